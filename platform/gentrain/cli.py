@@ -1,0 +1,169 @@
+"""The gentrain command line: parses, calls the Python API, prints. Bad input exits 2 with one line."""
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from gentrain.errors import GentrainError, SpecError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Train generative models on Ray, tracked in MLflow.",
+)
+out = Console()
+err = Console(stderr=True)
+
+SetOption = Annotated[
+    list[str], typer.Option("--set", help="Override a spec key: --set optim.lr=3e-4 (repeatable).")
+]
+AddressOption = Annotated[
+    str | None, typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded).")
+]
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _load(spec_path: str, sets: list[str]):
+    from gentrain import spec as spec_module
+
+    try:
+        return spec_module.load(spec_path, sets)
+    except SpecError as error:
+        _fail(str(error), 2)
+
+
+@app.command("ls")
+def list_components() -> None:
+    """Families with their flavors, strategies, data sources and evaluation features."""
+    from gentrain.families import all_families
+    from gentrain.metrics import FEATURE_EXTRACTORS
+    from gentrain.spec import DATA_SOURCE_KINDS
+    from gentrain.strategies import STRATEGIES
+
+    table = Table(title="model families", title_justify="left")
+    for column in ("family", "modality", "flavors", "eval metrics"):
+        table.add_column(column)
+    for family in all_families().values():
+        table.add_row(family.name, family.modality, ", ".join(family.flavors), ", ".join(family.eval_metrics))
+    out.print(table)
+    out.print(f"strategies:      {', '.join(STRATEGIES)}")
+    out.print(f"data sources:    builtin:digits  (planned forms: {', '.join(DATA_SOURCE_KINDS)})")
+    out.print(f"eval features:   {', '.join(FEATURE_EXTRACTORS)}")
+
+
+@app.command()
+def validate(spec: str, sets: SetOption = []) -> None:  # noqa: B006  (typer reads the default)
+    """Validate a job spec; starts nothing."""
+    job = _load(spec, sets)
+    out.print(f"ok: {spec} is a valid {job.model.family} job ({job.train.strategy}, "
+              f"{job.train.workers} workers, {job.train.max_steps} steps)", markup=False)
+
+
+@app.command()
+def run(
+    spec: str,
+    sets: SetOption = [],  # noqa: B006
+    address: AddressOption = None,
+    resume: Annotated[str | None, typer.Option("--resume", help="MLflow run id to continue.")] = None,
+) -> None:
+    """Train one job on Ray (embedded local Ray unless --address / RAY_ADDRESS)."""
+    job = _load(spec, sets)
+    from gentrain import launch
+
+    progress = _TrainingProgress(job.train.max_steps)
+    try:
+        with progress:
+            result = launch.run(
+                job, address=address, resume_run_id=resume,
+                on_start=progress.started, on_progress=progress.update,
+            )
+    except SpecError as error:
+        _fail(str(error), 2)
+    except GentrainError as error:
+        _fail(str(error), 1)
+    _print_summary(result)
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 exposes it.")] = "127.0.0.1",
+) -> None:
+    """Open the MLflow UI on the configured store (127.0.0.1 unless --host)."""
+    from gentrain import tracking
+
+    if host != "127.0.0.1":
+        err.print(f"warning: the MLflow UI listens on {host}: anyone who reaches it sees your runs")
+    argv = tracking.ui_command(tracking.resolve_tracking_uri(), host=host, port=port)
+    out.print(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)")
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
+
+
+class _TrainingProgress:
+    """step / max_steps, loss, samples/s and ETA, drawn by the driver from rank 0's reports."""
+
+    def __init__(self, max_steps: int):
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=out,
+            transient=False,
+        )
+        self.task = self.bar.add_task("starting", total=max_steps, stats="")
+        self.latest: dict[str, float] = {}
+        self.first_step: int | None = None
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def started(self, run_id: str) -> None:
+        self.bar.update(self.task, description=f"run {run_id[:8]}")
+        self.bar.console.print(f"MLflow run {run_id}: starting Ray workers...", markup=False)
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        if self.first_step is None:  # a resumed run starts part way: ETA counts from here
+            self.first_step = step
+            self.bar.reset(self.task, total=self.bar.tasks[self.task].total, completed=step)
+        self.latest.update(metrics)
+        shown = [f"{key} {self.latest[key]:.4g}" for key in ("loss", "fid", "is") if key in self.latest]
+        if "samples_per_sec" in self.latest:
+            shown.append(f"{self.latest['samples_per_sec']:.0f} samples/s")
+        self.bar.update(self.task, completed=step, stats="  ".join(shown))
+
+
+def _print_summary(result) -> None:
+    out.print()
+    out.print(f"[bold green]done[/]: MLflow run {result.run_id} in experiment '{result.experiment}'")
+    final = {k: v for k, v in result.metrics.items() if k in ("loss", "fid", "is", "step")}
+    if final:
+        out.print("final: " + "  ".join(f"{k} {v:.4g}" for k, v in final.items()), markup=False)
+    out.print(f"tracking store: {result.tracking_uri}", markup=False)
+    out.print("look at it: gentrain ui   (then open http://127.0.0.1:5000)", markup=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

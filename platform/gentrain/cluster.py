@@ -1,0 +1,23 @@
+"""Which Ray a job runs on: an embedded local one started by gentrain, or a running cluster."""
+
+import logging
+import os
+
+import ray
+
+
+def connect(address: str | None = None) -> None:
+    """Join the Ray at `address` (or RAY_ADDRESS); without one, start an embedded local Ray bound
+    to 127.0.0.1. Worker logs stay in Ray's log files: the driver shows progress instead."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    common = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
+    if address:
+        ray.init(address=address, **common)
+    else:
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, **common)
+
+
+def available_cpus() -> int:
+    return int(ray.cluster_resources().get("CPU", 1))

@@ -1,0 +1,108 @@
+"""The family registry and the interface every model family implements.
+
+A family supplies its networks, the loss of each update phase, sampling and the module to export;
+the platform (trainer.py) owns the loop, optimizers, checkpoints, metrics and reporting.
+"""
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import nn
+
+from gentrain.errors import SpecError
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a family needs to know of its data to size its networks."""
+
+    shape: tuple[int, ...]  # one example, e.g. (C, H, W) for images
+
+
+class FamilyStep(Protocol):
+    """What the trainer calls. `phases` names the networks updated each step, in order: the trainer
+    gives each its own optimizer and, for each phase, backpropagates `loss(..., phase=)` into it."""
+
+    phases: tuple[str, ...]
+
+    def build(self, config: Any, data: DataInfo) -> dict[str, nn.Module]: ...
+
+    def loss(
+        self, models: Mapping[str, nn.Module], batch: torch.Tensor, *, phase: str
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of one phase and the family's own named terms to log (e.g. loss_d)."""
+        ...
+
+    def sample(self, models: Mapping[str, nn.Module], n: int) -> torch.Tensor:
+        """n samples; images in [-1, 1], (n, C, H, W)."""
+        ...
+
+    def export(self, models: Mapping[str, nn.Module]) -> tuple[nn.Module, torch.Tensor]:
+        """The module logged as the run's model (e.g. the GAN's generator) and an example input."""
+        ...
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    name: str
+    modality: Literal["image", "text"]
+    config_cls: type  # a dataclass of the model's hyperparameters
+    flavors: Mapping[str, Mapping[str, Any]]  # flavor -> config values
+    eval_metrics: tuple[str, ...]  # what `eval.metrics` may name for this family
+    make_step: Callable[[], FamilyStep]
+
+    def config(self, *, flavor: str, overrides: Mapping[str, Any]) -> Any:
+        if flavor not in self.flavors:
+            raise SpecError(
+                f"model.flavor: '{flavor}' is not a {self.name} flavor; "
+                f"allowed: {', '.join(self.flavors)}"
+            )
+        fields = {f.name: f for f in dataclasses.fields(self.config_cls)}
+        for key, value in overrides.items():
+            if key not in fields:
+                raise SpecError(
+                    f"model.overrides.{key}: unknown {self.name} setting; "
+                    f"allowed: {', '.join(fields)}"
+                )
+            expected = type(self.flavors[flavor].get(key, fields[key].default))
+            if not _fits(value, expected):
+                raise SpecError(
+                    f"model.overrides.{key}: expected {expected.__name__}, got {value!r}"
+                )
+        return self.config_cls(**{**self.flavors[flavor], **overrides})
+
+
+def _fits(value: Any, expected: type) -> bool:
+    if expected is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+_REGISTRY: dict[str, FamilySpec] = {}
+
+
+def register(family: FamilySpec) -> FamilySpec:
+    assert family.name not in _REGISTRY, f"family {family.name} registered twice"
+    _REGISTRY[family.name] = family
+    return family
+
+
+def get_family(name: str) -> FamilySpec:
+    _load_builtin_families()
+    if name not in _REGISTRY:
+        raise SpecError(f"model.family: unknown family '{name}'; allowed: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def all_families() -> dict[str, FamilySpec]:
+    _load_builtin_families()
+    return dict(_REGISTRY)
+
+
+def _load_builtin_families() -> None:
+    import gentrain.families.gan  # noqa: F401  (registers itself)

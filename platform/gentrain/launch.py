@@ -1,0 +1,143 @@
+"""Runs one job: opens its MLflow run, builds a Ray Train TorchTrainer for the spec, relays
+progress to the caller and closes the run with its outcome."""
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from gentrain import cluster, tracking
+from gentrain.errors import GentrainError
+from gentrain.spec import JobSpec
+from gentrain.trainer import train_fn
+
+ProgressCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    experiment: str
+    tracking_uri: str
+    metrics: dict[str, float]
+
+
+@ray.remote(num_cpus=0)
+class ProgressBoard:
+    """Rank 0 pushes (step, metrics); the driver drains them to draw its progress display."""
+
+    def __init__(self):
+        self.events: list[tuple[int, dict[str, float]]] = []
+
+    def push(self, step: int, metrics: dict[str, float]) -> None:
+        self.events.append((step, metrics))
+
+    def drain(self) -> list[tuple[int, dict[str, float]]]:
+        events, self.events = self.events, []
+        return events
+
+
+def run(
+    spec: JobSpec,
+    *,
+    address: str | None = None,
+    resume_run_id: str | None = None,
+    on_progress: ProgressCallback | None = None,
+    on_start: Callable[[str], None] | None = None,
+) -> RunResult:
+    uri = tracking.resolve_tracking_uri(spec)
+    tracking.check_reachable(uri)
+    run_id = tracking.start_run(spec, uri=uri, resume_run_id=resume_run_id)
+    if on_start:
+        on_start(run_id)
+    try:
+        cluster.connect(address)
+        metrics = _fit(spec, run_id=run_id, uri=uri, on_progress=on_progress)
+    except KeyboardInterrupt:
+        tracking.end_run(run_id, uri=uri, status="KILLED", reason="interrupted by the user")
+        raise
+    except Exception as err:
+        reason = _reason(err)
+        tracking.end_run(run_id, uri=uri, status="FAILED", reason=reason)
+        raise GentrainError(f"run {run_id} failed: {reason}") from err
+    tracking.end_run(run_id, uri=uri, status="FINISHED")
+    return RunResult(run_id=run_id, experiment=spec.experiment, tracking_uri=uri, metrics=metrics)
+
+
+def _fit(spec: JobSpec, *, run_id: str, uri: str, on_progress: ProgressCallback | None) -> dict:
+    train = spec.train
+    threads = train.cpus_per_worker or max(1, cluster.available_cpus() // train.workers)
+    board_name = f"gentrain-progress-{run_id}"
+    board = ProgressBoard.options(name=board_name).remote()
+    trainer = TorchTrainer(
+        train_fn,
+        train_loop_config={
+            "spec": spec.to_dict(),
+            "run_id": run_id,
+            "tracking_uri": uri,
+            "progress": board_name,
+            "threads": threads,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=train.workers,
+            use_gpu=train.use_gpu,
+            resources_per_worker={"CPU": train.cpus_per_worker or 1},
+        ),
+        run_config=RunConfig(
+            name=run_id,  # the same name resumes from this run's latest checkpoint
+            storage_path=storage_path(spec),
+            failure_config=FailureConfig(max_failures=train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    relay = _Relay(board, on_progress)
+    relay.start()
+    try:
+        result = trainer.fit()
+    finally:
+        relay.stop()
+        ray.kill(board)
+    return {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
+
+
+def storage_path(spec: JobSpec) -> str:
+    path = spec.storage.path
+    return path if "://" in path else str(Path(path).resolve())
+
+
+class _Relay(threading.Thread):
+    """Polls the progress board and hands each event to the caller's callback."""
+
+    def __init__(self, board, callback: ProgressCallback | None, interval: float = 0.5):
+        super().__init__(daemon=True)
+        self.board, self.callback, self.interval = board, callback, interval
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            self._drain()
+        self._drain()
+
+    def _drain(self) -> None:
+        try:
+            events = ray.get(self.board.drain.remote(), timeout=10)
+        except Exception:  # progress is best effort: training goes on without a display
+            return
+        for step, metrics in events:
+            if self.callback:
+                self.callback(step, metrics)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=15)
+
+
+def _reason(err: BaseException) -> str:
+    """One line: the innermost worker error when Ray wraps one."""
+    text = str(err).strip().splitlines()
+    lines = [line for line in text if line.strip()]
+    return lines[-1][:500] if lines else type(err).__name__

@@ -1,0 +1,237 @@
+"""The job spec: pydantic sections (unknown keys and wrong types are errors), loading and --set overrides.
+
+Imports no ray or mlflow: validation stays fast and starts nothing.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gentrain.errors import SpecError
+
+DATA_SOURCE_KINDS = ("builtin", "parquet", "images", "text")
+AUGMENTATIONS = ("hflip", "random_crop", "noise")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(Section):
+    family: str
+    flavor: str = "small"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    init_from: str | None = None
+
+    @model_validator(mode="after")
+    def _known_family_and_flavor(self) -> "ModelSection":
+        from gentrain.families import get_family
+
+        get_family(self.family).config(flavor=self.flavor, overrides=self.overrides)
+        return self
+
+
+class DataSection(Section):
+    source: str = "builtin:digits"
+    batch_size: int = Field(64, ge=1, description="global batch, split evenly across workers")
+    augment: tuple[Literal["hflip", "random_crop", "noise"], ...] = ()
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, source: str) -> str:
+        kind, sep, rest = source.partition(":")
+        if not sep or kind not in DATA_SOURCE_KINDS or not rest:
+            raise ValueError(f"must be one of {', '.join(k + ':...' for k in DATA_SOURCE_KINDS)}")
+        if kind == "builtin" and rest != "digits":
+            raise ValueError("built-in datasets: builtin:digits")
+        if kind != "builtin":
+            raise ValueError(f"'{kind}:' sources are not supported yet; use builtin:digits")
+        return source
+
+
+class TrainSection(Section):
+    strategy: Literal["ddp"] = "ddp"
+    workers: int = Field(2, ge=1, le=1024)
+    use_gpu: bool = False
+    cpus_per_worker: int | None = Field(None, ge=1)
+    max_steps: int = Field(1000, ge=1)
+    seed: int = Field(0, ge=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(500, ge=1)
+    checkpoint_every: int = Field(250, ge=1)
+    max_failures: int = Field(2, ge=0, description="worker-group restarts before the job fails")
+
+    @model_validator(mode="after")
+    def _precision_needs_gpu(self) -> "TrainSection":
+        if self.precision != "fp32" and not self.use_gpu:
+            raise ValueError(f"precision {self.precision} needs train.use_gpu: true (CPU trains fp32)")
+        return self
+
+
+class OptimSection(Section):
+    name: Literal["sgd", "adam", "adamw", "adagrad"] = "adam"
+    lr: float = Field(2e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError("both betas must be in [0, 1)")
+        return betas
+
+
+class EvalSection(Section):
+    metrics: tuple[str, ...] = ("fid", "is")
+    num_samples: int = Field(500, ge=2)
+    features: str | None = None
+
+
+class TrackingSection(Section):
+    uri: str | None = None
+    experiment: str | None = None
+    register_as: str | None = None
+
+
+class StorageSection(Section):
+    path: str = ".gentrain/checkpoints"
+
+
+class JobSpec(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    model: ModelSection
+    data: DataSection = DataSection()
+    train: TrainSection = TrainSection()
+    optim: OptimSection = OptimSection()
+    eval: EvalSection = EvalSection()
+    tracking: TrackingSection = TrackingSection()
+    storage: StorageSection = StorageSection()
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> "JobSpec":
+        from gentrain.families import get_family
+        from gentrain.metrics import FEATURE_EXTRACTORS
+
+        if self.data.batch_size % self.train.workers:
+            raise SpecError(
+                f"data.batch_size: {self.data.batch_size} must be a multiple of "
+                f"train.workers ({self.train.workers})"
+            )
+        family = get_family(self.model.family)
+        for metric in self.eval.metrics:
+            if metric not in family.eval_metrics:
+                raise SpecError(
+                    f"eval.metrics: '{metric}' does not fit family {family.name}; "
+                    f"allowed: {', '.join(family.eval_metrics)}"
+                )
+        if self.eval.features is not None and self.eval.features not in FEATURE_EXTRACTORS:
+            raise SpecError(f"eval.features: must be one of {', '.join(FEATURE_EXTRACTORS)}")
+        return self
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 1e-3}} -> {"optim.lr": 1e-3}; empty dicts are kept as leaves."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
+    """Read, override and validate a spec; any problem raises a one-line SpecError."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    for item in overrides:
+        _apply_override(raw, item)
+    return validate(raw, source=str(path))
+
+
+def validate(raw: dict[str, Any], *, source: str = "spec") -> JobSpec:
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(f"{source}: {_describe(err)}") from None
+    except SpecError as err:
+        raise SpecError(f"{source}: {err}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise SpecError(f"{path}: no such file")
+    if not path.is_file():
+        raise SpecError(f"{path}: not a file; pass a YAML job spec")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text file; pass a YAML job spec") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or "malformed YAML"
+        raise SpecError(f"{path}: invalid YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a job spec is a YAML mapping with at least 'name' and 'model'")
+    return raw
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise SpecError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. optim.lr=3e-4")
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SpecError(f"--set {key}: '{part}' is not a section")
+        node = child
+    node[leaf] = value
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        allowed = ", ".join(_section_at(first["loc"][:-1]).model_fields)
+        return f"{field}: unknown key; allowed: {allowed}"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] != "missing" and "input" in first and not isinstance(first["input"], dict):
+        message += f" (got {first['input']!r})"
+    more = len(err.errors()) - 1
+    located = message if not field or message.startswith(field) else f"{field}: {message}"
+    return located + (f" (and {more} more)" if more else "")
+
+
+def _section_at(loc: tuple[Any, ...]) -> type[BaseModel]:
+    section: type[BaseModel] = JobSpec
+    for key in loc:
+        section = section.model_fields[key].annotation
+    return section

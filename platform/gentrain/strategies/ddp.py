@@ -1,0 +1,81 @@
+"""Data parallel: torch DistributedDataParallel, one optimizer per network, autocast on GPU."""
+
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from gentrain.optim import build_optimizer, build_schedule
+from gentrain.spec import JobSpec
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class DDPStrategy:
+    def __init__(self, spec: JobSpec, *, device: torch.device, world: int):
+        self.spec, self.device, self.world = spec, device, world
+        self.amp_dtype = _AMP_DTYPES.get(spec.train.precision)
+        self.raw: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedules: dict[str, torch.optim.lr_scheduler.LambdaLR] = {}
+        # fp16 needs loss scaling against underflow; one scaler per network keeps their steps apart.
+        self.scalers: dict[str, torch.amp.GradScaler] = {}
+
+    def prepare(self, models: dict[str, nn.Module]) -> dict[str, nn.Module]:
+        wrapped = {}
+        for name, model in models.items():
+            model.to(self.device)
+            self.raw[name] = model
+            optimizer = build_optimizer(model.parameters(), self.spec.optim)
+            self.optimizers[name] = optimizer
+            self.schedules[name] = build_schedule(
+                optimizer, self.spec.optim, max_steps=self.spec.train.max_steps
+            )
+            self.scalers[name] = torch.amp.GradScaler(
+                self.device.type, enabled=self.amp_dtype is torch.float16
+            )
+            wrapped[name] = DistributedDataParallel(model) if self.world > 1 else model
+        return wrapped
+
+    def unwrapped(self, name: str) -> nn.Module:
+        return self.raw[name]
+
+    def autocast(self) -> AbstractContextManager:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def update(self, name: str, loss: torch.Tensor) -> None:
+        optimizer, scaler = self.optimizers[name], self.scalers[name]
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if self.spec.optim.grad_clip is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(self.raw[name].parameters(), self.spec.optim.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        self.schedules[name].step()
+
+    def save(self, directory: Path, *, rank: int) -> None:
+        if rank != 0:  # replicas are identical: rank 0 holds the whole state
+            return
+        state = {
+            name: {
+                "model": self.raw[name].state_dict(),
+                "optimizer": self.optimizers[name].state_dict(),
+                "schedule": self.schedules[name].state_dict(),
+                "scaler": self.scalers[name].state_dict(),
+            }
+            for name in self.raw
+        }
+        torch.save(state, directory / "strategy.pt")
+
+    def load(self, directory: Path) -> None:
+        state = torch.load(directory / "strategy.pt", map_location=self.device, weights_only=True)
+        for name, parts in state.items():
+            self.raw[name].load_state_dict(parts["model"])
+            self.optimizers[name].load_state_dict(parts["optimizer"])
+            self.schedules[name].load_state_dict(parts["schedule"])
+            self.scalers[name].load_state_dict(parts["scaler"])

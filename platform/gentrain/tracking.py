@@ -1,0 +1,181 @@
+"""Everything MLflow: the run of a job, its params, tags, metrics, samples and model.
+
+The driver opens and closes runs; inside Ray only rank 0 logs, through a RunLogger.
+"""
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gentrain.errors import GentrainError, SpecError
+from gentrain.spec import JobSpec, flatten
+
+LOCAL_STORE = "mlflow.db"
+
+
+def resolve_tracking_uri(spec: JobSpec | None = None) -> str:
+    """The spec's `tracking.uri`, else MLFLOW_TRACKING_URI, else a SQLite store in the working
+    directory. Local forms are made absolute: Ray workers run in other directories."""
+    uri = (spec and spec.tracking.uri) or os.environ.get("MLFLOW_TRACKING_URI") or LOCAL_STORE
+    if uri.startswith("sqlite:///"):
+        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    if "://" not in uri and not uri.startswith("databricks"):
+        path = Path(uri).resolve()
+        return f"sqlite:///{path}" if path.suffix == ".db" else path.as_uri()
+    return uri
+
+
+def _client(uri: str):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def start_run(spec: JobSpec, *, uri: str, resume_run_id: str | None = None) -> str:
+    """Create the job's run (or reopen `resume_run_id`) with params, tags and spec.yaml."""
+    client = _client(uri)
+    if resume_run_id is not None:
+        try:
+            run = client.get_run(resume_run_id)
+        except Exception:
+            raise SpecError(f"--resume: no MLflow run '{resume_run_id}' in {uri}") from None
+        client.update_run(resume_run_id, status="RUNNING")
+        return run.info.run_id
+
+    experiment = client.get_experiment_by_name(spec.experiment)
+    experiment_id = (
+        experiment.experiment_id if experiment else client.create_experiment(spec.experiment)
+    )
+    run = client.create_run(experiment_id, tags=_tags(spec), run_name=None)
+    run_id = run.info.run_id
+    from mlflow.entities import Param
+
+    params = [Param(key, _param_value(v)) for key, v in flatten(spec.to_dict()).items()]
+    for start in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
+        client.log_batch(run_id, params=params[start : start + 100])
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_file = Path(tmp) / "spec.yaml"
+        spec_file.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        client.log_artifact(run_id, str(spec_file))
+    return run_id
+
+
+def end_run(run_id: str, *, uri: str, status: str, reason: str | None = None) -> None:
+    client = _client(uri)
+    if reason:
+        client.set_tag(run_id, "gentrain.failure", reason[:5000])
+    client.set_terminated(run_id, status=status)
+
+
+def run_url(run_id: str, *, uri: str) -> str:
+    client = _client(uri)
+    run = client.get_run(run_id)
+    return f"#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+
+def _tags(spec: JobSpec) -> dict[str, str]:
+    return {
+        "gentrain.family": spec.model.family,
+        "gentrain.strategy": spec.train.strategy,
+        "gentrain.workers": str(spec.train.workers),
+        "gentrain.spec_sha256": spec.sha256(),
+    }
+
+
+def _param_value(value: Any) -> str:
+    return "" if value is None else str(list(value) if isinstance(value, tuple) else value)
+
+
+class RunLogger:
+    """Rank 0's handle on the job's run. After a resume, steps already in the run's history are
+    not logged again, so a replayed stretch of training never doubles a metric."""
+
+    def __init__(self, *, uri: str, run_id: str):
+        self.uri, self.run_id = uri, run_id
+        self.client = _client(uri)
+        history = self.client.get_metric_history(run_id, "loss")
+        self.logged_through = max((m.step for m in history), default=0)
+
+    def log_metrics(self, metrics: dict[str, float], *, step: int) -> None:
+        if step <= self.logged_through:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_image_grid(self, images, *, step: int) -> None:
+        """images: (N, C, H, W) in [-1, 1] -> samples/step_<step>.png"""
+        from torchvision.utils import save_image
+
+        side = images.shape[-1]
+        scale = max(1, 32 // side)  # small images are enlarged (nearest) so the grid is legible
+        images = images.repeat_interleave(scale, dim=-1).repeat_interleave(scale, dim=-2)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"step_{step}.png"
+            save_image(images.float().cpu() * 0.5 + 0.5, path, nrow=8, padding=2, pad_value=1.0)
+            self.client.log_artifact(self.run_id, str(path), artifact_path="samples")
+
+    def log_model(self, module, *, example_input, register_as: str | None) -> None:
+        """The final model as an MLflow PyTorch model under `model` (code included, so a fresh
+        process loads it with `mlflow.pytorch.load_model("runs:/<id>/model")`)."""
+        import mlflow
+        import torch
+        from mlflow.models import infer_signature
+
+        import gentrain
+
+        module = module.cpu().eval()
+        with torch.no_grad():
+            output = module(example_input)
+        mlflow.set_tracking_uri(self.uri)
+        with _active_run(self.run_id):
+            mlflow.pytorch.log_model(
+                module,
+                name="model",
+                code_paths=[str(Path(gentrain.__file__).parent)],
+                signature=infer_signature(example_input.numpy(), output.numpy()),
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                registered_model_name=register_as,
+            )
+
+
+class _active_run:
+    """mlflow.start_run for logging only: leaving it must not end the driver's run."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def __enter__(self):
+        import mlflow
+
+        mlflow.start_run(run_id=self.run_id)
+
+    def __exit__(self, *exc):
+        import mlflow
+
+        status = mlflow.get_run(self.run_id).info.status
+        mlflow.end_run()
+        _client(mlflow.get_tracking_uri()).update_run(self.run_id, status=status)
+        return False
+
+
+def check_reachable(uri: str) -> None:
+    """Fail early and plainly when the tracking store cannot be used."""
+    try:
+        _client(uri).search_experiments(max_results=1)
+    except Exception as err:  # the store's own errors vary by backend
+        raise GentrainError(f"tracking store {uri} is not usable: {err}") from None
+
+
+def ui_command(uri: str, *, host: str, port: int) -> list[str]:
+    """argv of the MLflow UI over `uri`."""
+    import sys
+
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+            "--host", host, "--port", str(port)]

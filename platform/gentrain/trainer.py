@@ -1,0 +1,191 @@
+"""The one training loop, run by every Ray Train worker: the family supplies the step, the strategy
+the parallelism; this loop owns data, checkpoints, evaluation, metrics and reporting."""
+
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from gentrain.data import Dataset, ShardedBatches, augment, load_dataset
+from gentrain.families import FamilyStep, get_family
+from gentrain.spec import JobSpec
+from gentrain.strategies import Strategy, make_strategy
+from gentrain.tracking import RunLogger
+
+EVAL_SEED = 1234  # evaluations draw from their own RNG: the same noise at every step, training's RNG untouched
+
+
+def train_fn(config: dict[str, Any]) -> None:
+    """Entry point of each worker. `config` holds only plain data: the spec as a dict, the MLflow
+    run, the progress board's actor name and the threads this worker may use."""
+    spec = JobSpec.model_validate(config["spec"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(config["threads"])
+    device = ray.train.torch.get_device()
+
+    family = get_family(spec.model.family)
+    step_fn = family.make_step()
+    data = load_dataset(spec.data.source)
+    _seed_everything(spec.train.seed)  # same initial weights on every rank
+    models = step_fn.build(family.config(flavor=spec.model.flavor, overrides=spec.model.overrides), data.info)
+    strategy = make_strategy(spec, device=device, world=world)
+    train_models = strategy.prepare(models)
+    _seed_everything(spec.train.seed * 1000 + rank)  # each rank draws its own noise
+
+    start_step = _restore(strategy, rank=rank)
+    loop = _Loop(spec, config, rank=rank, world=world, step_fn=step_fn, strategy=strategy, data=data)
+    loop.run(train_models, device=device, start_step=start_step)
+
+
+class _Loop:
+    def __init__(self, spec: JobSpec, config: dict[str, Any], *, rank: int, world: int,
+                 step_fn: FamilyStep, strategy: Strategy, data: Dataset):
+        self.spec, self.rank, self.world = spec, rank, world
+        self.step_fn, self.strategy, self.data = step_fn, strategy, data
+        self.run_id = config["run_id"]
+        self.logger = RunLogger(uri=config["tracking_uri"], run_id=self.run_id) if rank == 0 else None
+        self.board = ray.get_actor(config["progress"]) if rank == 0 else None
+        self.quality = None  # built at the first evaluation (rank 0)
+
+    def run(self, train_models, *, device: torch.device, start_step: int) -> None:
+        spec, train = self.spec, self.spec.train
+        batches = ShardedBatches(
+            self.data.train, batch_size=spec.data.batch_size // self.world,
+            rank=self.rank, world=self.world, seed=train.seed,
+        )
+        sums: dict[str, torch.Tensor] = {}
+        window_seconds, window_steps = 0.0, 0  # training time only: evaluation and checkpoints excluded
+        metrics: dict[str, float] = {}
+        for step in range(start_step + 1, train.max_steps + 1):
+            step_start = time.perf_counter()
+            batch = augment(batches.at(step).to(device), spec.data.augment)
+            total = torch.zeros((), device=device)
+            for phase in self.step_fn.phases:
+                with self.strategy.autocast():
+                    loss, terms = self.step_fn.loss(train_models, batch, phase=phase)
+                self.strategy.update(phase, loss)
+                total += loss.detach().float()
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0) + value.float()
+            sums["loss"] = sums.get("loss", 0) + total
+            window_steps += 1
+            window_seconds += time.perf_counter() - step_start
+
+            last = step == train.max_steps
+            if step % train.log_every == 0 or last:
+                metrics = self._mean_over_workers(sums, window_steps)
+                metrics["samples_per_sec"] = spec.data.batch_size * window_steps / window_seconds
+                sums, window_seconds, window_steps = {}, 0.0, 0
+                self._log(metrics, step=step)
+            if step % train.eval_every == 0 or last:
+                metrics = {**metrics, **self._evaluate(step)}
+            if step % train.checkpoint_every == 0 or last:
+                self._checkpoint(step, metrics)
+        if self.rank == 0:
+            self._export()
+
+    def _mean_over_workers(self, sums: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
+        names = sorted(sums)
+        stacked = torch.stack([sums[name] for name in names]) / steps
+        if self.world > 1:
+            torch.distributed.all_reduce(stacked)
+            stacked /= self.world
+        return dict(zip(names, stacked.tolist()))
+
+    def _log(self, metrics: dict[str, float], *, step: int) -> None:
+        if self.rank != 0:
+            return
+        self.logger.log_metrics(metrics, step=step)
+        self.board.push.remote(step, metrics)
+
+    def _evaluate(self, step: int) -> dict[str, float]:
+        """FID / IS of fresh samples against the held-out split, and a sample grid (rank 0)."""
+        if self.rank != 0:
+            return {}
+        from gentrain.metrics import ImageQuality, default_features, load_feature_extractor
+
+        generator = {name: self.strategy.unwrapped(name) for name in self.step_fn.phases}
+        for model in generator.values():
+            model.eval()
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(EVAL_SEED)
+            samples = _sample_in_chunks(self.step_fn, generator, self.spec.eval.num_samples)
+        for model in generator.values():
+            model.train()
+        self.logger.log_image_grid(samples[:64], step=step)
+        if self.quality is None:
+            features = self.spec.eval.features or default_features(self.spec.data.source)
+            self.quality = ImageQuality(
+                extractor=load_feature_extractor(features), real_images=self.data.heldout
+            )
+        scores = self.quality.compute(samples)
+        scores = {name: value for name, value in scores.items() if name in self.spec.eval.metrics}
+        self.logger.log_metrics(scores, step=step)
+        self.board.push.remote(step, scores)
+        return scores
+
+    def _checkpoint(self, step: int, metrics: dict[str, float]) -> None:
+        """Every rank writes its part (rank 0 the strategy's state, each rank its RNG streams);
+        Ray merges them into one checkpoint under storage.path."""
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = Path(tmp)
+            self.strategy.save(directory, rank=self.rank)
+            torch.save(_rng_state(), directory / f"rng_rank{self.rank}.pt")
+            if self.rank == 0:
+                state = {"step": step, "mlflow_run_id": self.run_id}
+                (directory / "state.json").write_text(json.dumps(state))
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report({**metrics, "step": step}, checkpoint=checkpoint)
+
+    def _export(self) -> None:
+        models = {name: self.strategy.unwrapped(name) for name in self.step_fn.phases}
+        module, example = self.step_fn.export(models)
+        self.logger.log_model(module, example_input=example, register_as=self.spec.tracking.register_as)
+
+
+def _sample_in_chunks(step_fn: FamilyStep, models, n: int, chunk: int = 256) -> torch.Tensor:
+    parts = [step_fn.sample(models, min(chunk, n - done)) for done in range(0, n, chunk)]
+    return torch.cat(parts).float().cpu()
+
+
+def _restore(strategy: Strategy, *, rank: int) -> int:
+    """Load the latest checkpoint Ray Train hands this worker (after a restart or a resumed run);
+    returns the step it was taken at, or 0 to start afresh."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as tmp:
+        directory = Path(tmp)
+        strategy.load(directory)
+        _set_rng_state(torch.load(directory / f"rng_rank{rank}.pt", weights_only=False))
+        return json.loads((directory / "state.json").read_text())["step"]
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
