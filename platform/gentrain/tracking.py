@@ -3,6 +3,7 @@
 The driver opens and closes runs; inside Ray only rank 0 logs, through a RunLogger.
 """
 
+import logging
 import os
 import tempfile
 import time
@@ -31,6 +32,8 @@ def resolve_tracking_uri(spec: JobSpec | None = None) -> str:
 
 def _client(uri: str):
     import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no store-migration chatter on the CLI
 
     return mlflow.MlflowClient(tracking_uri=uri)
 
@@ -142,6 +145,7 @@ class RunLogger:
                 signature=infer_signature(example_input.numpy(), output.numpy()),
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 registered_model_name=register_as,
+                serialization_format="pickle",  # keeps the module whole: sample() and all
             )
 
 
