@@ -1,0 +1,106 @@
+"""gentrain's training loop versus a bare PyTorch loop: DCGAN `small` on digits, one worker, same
+data, seed, batch and threads. Prints both samples/s and their ratio (target >= 0.95).
+
+    python bench/overhead.py [--steps N] [--quick] [--json PATH]
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+LOG_EVERY = 50
+
+
+def bare_loop(*, steps: int, batch_size: int, lr: float, betas: tuple[float, float], threads: int,
+              seed: int) -> float:
+    """Samples/s of a plain loop over the same networks, after the same LOG_EVERY warm-up steps."""
+    from gentrain.data.digits import load_digits
+    from gentrain.families.gan.model import Discriminator, GANConfig, Generator
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    images, _ = load_digits("train")
+    config = GANConfig(latent_dim=32, g_channels=64, d_channels=64, spectral_norm=True)
+    d, g = Discriminator(config, (1, 8, 8)), Generator(config, (1, 8, 8))
+    opt_d = torch.optim.Adam(d.parameters(), lr=lr, betas=betas)
+    opt_g = torch.optim.Adam(g.parameters(), lr=lr, betas=betas)
+    order = torch.randperm(len(images))
+    per_epoch = len(images) // batch_size
+    start = 0.0
+    for step in range(steps):
+        if step == LOG_EVERY:
+            start = time.perf_counter()
+        index = step % per_epoch
+        if index == 0:
+            order = torch.randperm(len(images))
+        real = images[order[index * batch_size : (index + 1) * batch_size]]
+        with torch.no_grad():
+            fake = g(torch.randn(batch_size, config.latent_dim))
+        real_logits, fake_logits = d(torch.cat([real, fake])).chunk(2)
+        loss_d = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+        loss_g = F.softplus(-d(g(torch.randn(batch_size, config.latent_dim)))).mean()
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+        loss_d.item(), loss_g.item()  # a real loop reads its losses too
+    return batch_size * (steps - LOG_EVERY) / (time.perf_counter() - start)
+
+
+def gentrain_loop(*, steps: int, batch_size: int, threads: int, workdir: Path) -> tuple[float, dict]:
+    """Samples/s of gentrain's whole loop (logging, metric reduction and all) between its first
+    and last loss reports, from the MLflow metric timestamps; start-up and final evaluation excluded."""
+    import mlflow
+
+    from gentrain import launch, spec
+
+    job = spec.load(REPO / "jobs" / "dcgan_digits.yaml", [
+        "train.workers=1", f"train.cpus_per_worker={threads}", f"train.max_steps={steps}",
+        f"train.log_every={LOG_EVERY}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}",
+        f"data.batch_size={batch_size}", "eval.num_samples=100", "name=bench-overhead",
+        f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}", f"storage.path={workdir / 'ckpt'}",
+    ])
+    result = launch.run(job)
+    history = mlflow.MlflowClient(result.tracking_uri).get_metric_history(result.run_id, "loss")
+    first, last = min(history, key=lambda m: m.step), max(history, key=lambda m: m.step)
+    seconds = (last.timestamp - first.timestamp) / 1000
+    return batch_size * (last.step - first.step) / seconds, job.optim
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--quick", action="store_true", help="a reduced size for smoke tests")
+    parser.add_argument("--json", type=Path, help="write the figures as flat JSON")
+    args = parser.parse_args()
+    steps = 150 if args.quick else args.steps
+    threads, batch_size = 2, 64
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ours, optim = gentrain_loop(steps=steps, batch_size=batch_size, threads=threads, workdir=Path(tmp))
+    bare = bare_loop(steps=steps, batch_size=batch_size, lr=optim.lr, betas=optim.betas,
+                     threads=threads, seed=0)
+    ratio = ours / bare
+    print(f"DCGAN small on digits, 1 worker, {threads} threads, batch {batch_size}, {steps} steps")
+    print(f"{'loop':<12}{'samples/s':>12}")
+    print(f"{'bare torch':<12}{bare:>12.1f}")
+    print(f"{'gentrain':<12}{ours:>12.1f}")
+    print(f"ratio gentrain / bare: {ratio:.3f}  (target >= 0.95)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        figures = {"ratio": ratio, "gentrain_samples_per_sec": ours, "bare_samples_per_sec": bare,
+                   "steps": steps, "threads": threads, "batch_size": batch_size}
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

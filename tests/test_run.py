@@ -1,0 +1,198 @@
+"""A real job end to end: `gentrain run` on an embedded local Ray with 2 DDP workers (gloo), tracked in
+a local MLflow store, checkpointed under storage.path; failure and resume under SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from conftest import GENTRAIN, JOBS, gentrain
+
+pytestmark = pytest.mark.slow
+
+SPEC = str(JOBS / "dcgan_digits.yaml")
+SMALL_JOB = [
+    "--set", "model.flavor=debug", "--set", "train.max_steps=30", "--set", "train.log_every=5",
+    "--set", "train.eval_every=15", "--set", "train.checkpoint_every=15",
+    "--set", "eval.num_samples=200",
+]
+
+
+def _client(workdir: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+
+
+def _only_run(workdir: Path):
+    client = _client(workdir)
+    experiment = client.get_experiment_by_name("dcgan-digits")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+def _steps(client, run_id: str, key: str) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+def _losses(client, run_id: str) -> dict[int, float]:
+    return {m.step: m.value for m in client.get_metric_history(run_id, "loss")}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    result = gentrain("run", SPEC, *SMALL_JOB, cwd=workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return workdir, result, _only_run(workdir)
+
+
+def test_cli_shows_driver_progress_and_ends_with_the_run_id(finished):
+    _, result, run = finished
+    assert f"done: MLflow run {run.info.run_id}" in result.stdout
+    assert "gentrain ui" in result.stdout
+    assert "step 30/30" in result.stdout and "samples/s" in result.stdout and "eta" in result.stdout
+    assert "RayTrainWorker" not in result.stdout + result.stderr, "no per-worker log wall"
+
+
+def test_run_holds_flattened_params_and_tags(finished):
+    _, _, run = finished
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["model.family"] == "gan" and params["model.flavor"] == "debug"
+    assert params["optim.lr"] == "0.0005" and params["train.workers"] == "2"
+    assert params["train.max_steps"] == "30" and params["data.source"] == "builtin:digits"
+    tags = run.data.tags
+    assert tags["gentrain.family"] == "gan" and tags["gentrain.strategy"] == "ddp"
+    assert tags["gentrain.workers"] == "2" and len(tags["gentrain.spec_sha256"]) == 64
+
+
+def test_metrics_are_logged_by_optimizer_step(finished):
+    workdir, _, run = finished
+    client = _client(workdir)
+    run_id = run.info.run_id
+    for key in ("loss", "loss_g", "loss_d", "samples_per_sec"):
+        assert _steps(client, run_id, key) == [5, 10, 15, 20, 25, 30], key
+    for key in ("fid", "is"):
+        assert _steps(client, run_id, key) == [15, 30], key
+    assert run.data.metrics["fid"] > 0 and run.data.metrics["is"] >= 1
+    loss = _losses(client, run_id)
+    assert loss[30] == pytest.approx(run.data.metrics["loss_g"] + run.data.metrics["loss_d"])
+
+
+def test_artifacts_hold_spec_samples_and_model(finished):
+    workdir, _, run = finished
+    client = _client(workdir)
+    run_id = run.info.run_id
+    top = {a.path for a in client.list_artifacts(run_id)}
+    assert "spec.yaml" in top
+    samples = {a.path for a in client.list_artifacts(run_id, "samples")}
+    assert samples == {"samples/step_15.png", "samples/step_30.png"}
+    local = client.download_artifacts(run_id, "samples/step_30.png", str(workdir / "dl"))
+    assert Path(local).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_final_model_samples_images_in_a_fresh_process(finished):
+    workdir, _, run = finished
+    code = (
+        "import mlflow, torch; "
+        f"m = mlflow.pytorch.load_model('runs:/{run.info.run_id}/model'); "
+        "x = m.sample(6); print(tuple(x.shape), float(x.min()), float(x.max()))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    shape, low, high = result.stdout.strip().splitlines()[-1].rsplit(" ", 2)[0], *map(
+        float, result.stdout.split()[-2:])
+    assert shape == "(6, 1, 8, 8)" and -1 <= low < high <= 1
+
+
+def test_every_worker_reports_into_a_checkpoint_under_storage_path(finished):
+    workdir, _, run = finished
+    run_dir = workdir / ".gentrain" / "checkpoints" / run.info.run_id
+    checkpoints = sorted(p for p in run_dir.iterdir() if p.name.startswith("checkpoint_"))
+    assert len(checkpoints) == 2
+    last = checkpoints[-1]
+    state = json.loads((last / "state.json").read_text())
+    assert state == {"step": 30, "mlflow_run_id": run.info.run_id}
+    assert {"strategy.pt", "rng_rank0.pt", "rng_rank1.pt"} <= {p.name for p in last.iterdir()}
+
+
+def test_a_failing_job_ends_failed_with_its_reason(tmp_path):
+    result = gentrain(
+        "run", SPEC, *SMALL_JOB, "--set", "eval.features=inception", "--set", "train.max_failures=0",
+        cwd=tmp_path, env={"GENTRAIN_INCEPTION_WEIGHTS": str(tmp_path / "missing.pth")},
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "missing.pth" in error_lines[0]
+    run = _only_run(tmp_path)
+    assert run.info.status == "FAILED"
+    assert "missing.pth" in run.data.tags["gentrain.failure"]
+
+
+RESUME_JOB = [
+    "--set", "model.flavor=debug", "--set", "train.max_steps=120", "--set", "train.log_every=5",
+    "--set", "train.eval_every=1000", "--set", "train.checkpoint_every=40",
+    "--set", "eval.num_samples=100",
+]
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _logged_through(workdir: Path) -> int:
+    try:
+        run = _only_run(workdir)
+    except Exception:
+        return 0
+    return max(_steps(_client(workdir), run.info.run_id, "loss"), default=0)
+
+
+def test_resume_after_the_driver_is_killed_continues_the_same_run(tmp_path):
+    uninterrupted = tmp_path / "uninterrupted"
+    killed = tmp_path / "killed"
+    uninterrupted.mkdir()
+    killed.mkdir()
+    full = gentrain("run", SPEC, *RESUME_JOB, cwd=uninterrupted)
+    assert full.returncode == 0, full.stderr
+    expected = _losses(_client(uninterrupted), _only_run(uninterrupted).info.run_id)
+
+    driver = subprocess.Popen(
+        [*GENTRAIN, "run", SPEC, *RESUME_JOB], cwd=killed, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, env={**os.environ, "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": ""},
+    )
+    try:
+        _wait_for(lambda: _logged_through(killed) >= 50, 300, "step 50, past the checkpoint at 40")
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        driver.kill()
+    run_id = _only_run(killed).info.run_id
+    logged_before = _logged_through(killed)
+    assert logged_before < 120, "the driver was killed before the end"
+
+    resumed = gentrain("run", SPEC, *RESUME_JOB, "--resume", run_id, cwd=killed)
+    assert resumed.returncode == 0, resumed.stderr
+    run = _only_run(killed)
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    steps = _steps(_client(killed), run_id, "loss")
+    assert steps == list(range(5, 121, 5)), "each step logged once, none missing"
+    actual = _losses(_client(killed), run_id)
+    for step in expected:
+        assert actual[step] == pytest.approx(expected[step], rel=1e-5), step

@@ -1,0 +1,109 @@
+"""Specs are validated strictly: every problem is one line naming the field, exit 2, nothing started."""
+
+import pytest
+
+from conftest import JOBS, gentrain
+from gentrain import spec as spec_module
+from gentrain.errors import SpecError
+
+SHIPPED = sorted(JOBS.glob("**/*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_job_validates(path):
+    job = spec_module.load(path)
+    assert job.name and job.model.family
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+MINIMAL = "name: t\nmodel: {family: gan, flavor: debug}\n"
+
+
+def test_defaults_fill_a_minimal_spec_and_overrides_apply(tmp_path):
+    job = spec_module.load(_write(tmp_path, MINIMAL), ["optim.lr=3e-4", "train.workers=4",
+                                                       "model.overrides.latent_dim=16"])
+    assert job.optim.lr == 3e-4 and job.train.workers == 4
+    assert job.model.overrides == {"latent_dim": 16}
+    assert job.experiment == "t"
+    assert spec_module.flatten(job.to_dict())["optim.lr"] == 3e-4
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "expected"),
+    [
+        (MINIMAL + "extra: 1\n", [], "extra: unknown key"),
+        (MINIMAL, ["train.wrkers=2"], "train.wrkers: unknown key; allowed: strategy, workers"),
+        (MINIMAL, ["train.workers=two"], "train.workers"),
+        (MINIMAL, ["train.workers=0"], "train.workers: Input should be greater than or equal to 1"),
+        (MINIMAL, ["optim.lr=0"], "optim.lr: Input should be greater than 0"),
+        (MINIMAL, ["optim.name=adamax"], "optim.name"),
+        (MINIMAL, ["data.batch_size=0"], "data.batch_size"),
+        (MINIMAL, ["data.batch_size=63"], "data.batch_size: 63 must be a multiple of train.workers"),
+        (MINIMAL, ["data.source=builtin:cifar"], "data.source"),
+        (MINIMAL, ["data.augment=[rotate]"], "data.augment.0"),
+        (MINIMAL, ["model.family=vq"], "model.family: unknown family 'vq'; allowed: gan"),
+        (MINIMAL, ["model.flavor=huge"], "model.flavor: 'huge' is not a gan flavor"),
+        (MINIMAL, ["model.overrides.depth=3"], "model.overrides.depth: unknown gan setting"),
+        (MINIMAL, ["model.overrides.latent_dim=big"], "model.overrides.latent_dim: expected int"),
+        (MINIMAL, ["eval.metrics=[perplexity]"], "eval.metrics: 'perplexity' does not fit family gan"),
+        (MINIMAL, ["eval.features=vgg"], "eval.features: must be one of"),
+        (MINIMAL, ["train.precision=bf16"], "needs train.use_gpu"),
+        (MINIMAL, ["name=has space"], "name"),
+        ("model: {family: gan}\n", [], "name: Field required"),
+        ("- a\n- b\n", [], "a job spec is a YAML mapping"),
+        ("name: [unclosed\n", [], "invalid YAML (line"),
+        ("name: !!python/object/apply:os.system [echo hi]\n", [], "invalid YAML"),
+        (MINIMAL, ["optim.lr"], "expected KEY=VALUE"),
+        (MINIMAL, ["name.x=1"], "'name' is not a section"),
+    ],
+)
+def test_bad_specs_are_one_line_errors_naming_the_field(tmp_path, text, overrides, expected):
+    with pytest.raises(SpecError) as caught:
+        spec_module.load(_write(tmp_path, text), overrides)
+    message = str(caught.value)
+    assert expected in message
+    assert "\n" not in message
+    assert message.startswith(str(tmp_path / "job.yaml")) or message.startswith("--set")
+
+
+def test_missing_directory_and_binary_spec_files(tmp_path):
+    with pytest.raises(SpecError, match="no such file"):
+        spec_module.load(tmp_path / "nope.yaml")
+    with pytest.raises(SpecError, match="not a file"):
+        spec_module.load(tmp_path)
+    binary = tmp_path / "b.yaml"
+    binary.write_bytes(b"\xff\xfe\x00\x81")
+    with pytest.raises(SpecError, match="not a text file"):
+        spec_module.load(binary)
+
+
+def test_cli_validate_exit_codes_and_starts_nothing(tmp_path):
+    good = gentrain("validate", str(JOBS / "dcgan_digits.yaml"), cwd=tmp_path)
+    assert good.returncode == 0, good.stderr
+    assert "valid gan job" in good.stdout
+    bad = gentrain("validate", str(JOBS / "dcgan_digits.yaml"), "--set", "train.workers=0",
+                   cwd=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "train.workers" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_cli_run_with_an_invalid_spec_starts_nothing(tmp_path):
+    result = gentrain("run", str(JOBS / "dcgan_digits.yaml"), "--set", "optim.lr=-1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {JOBS / 'dcgan_digits.yaml'}: optim.lr: Input should be greater than 0 (got -1)"
+    ]
+    assert list(tmp_path.iterdir()) == [], "no MLflow store, no checkpoints: nothing started"
+
+
+def test_cli_ls_lists_families_flavors_and_strategies(tmp_path):
+    result = gentrain("ls", cwd=tmp_path)
+    assert result.returncode == 0
+    for word in ("gan", "debug", "small", "base", "ddp", "classifier:digits"):
+        assert word in result.stdout
