@@ -117,7 +117,7 @@ def test_final_model_samples_images_in_a_fresh_process(finished):
 def test_every_worker_reports_into_a_checkpoint_under_storage_path(finished):
     workdir, _, run = finished
     run_dir = workdir / ".gentrain" / "checkpoints" / run.info.run_id
-    checkpoints = sorted(p for p in run_dir.iterdir() if p.name.startswith("checkpoint_"))
+    checkpoints = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
     assert len(checkpoints) == 2
     last = checkpoints[-1]
     state = json.loads((last / "state.json").read_text())
@@ -164,35 +164,61 @@ def _logged_through(workdir: Path) -> int:
     return max(_steps(_client(workdir), run.info.run_id, "loss"), default=0)
 
 
-def test_resume_after_the_driver_is_killed_continues_the_same_run(tmp_path):
-    uninterrupted = tmp_path / "uninterrupted"
-    killed = tmp_path / "killed"
-    uninterrupted.mkdir()
-    killed.mkdir()
-    full = gentrain("run", SPEC, *RESUME_JOB, cwd=uninterrupted)
-    assert full.returncode == 0, full.stderr
-    expected = _losses(_client(uninterrupted), _only_run(uninterrupted).info.run_id)
-
-    driver = subprocess.Popen(
-        [*GENTRAIN, "run", SPEC, *RESUME_JOB], cwd=killed, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, env={**os.environ, "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": ""},
+def _start_driver(workdir: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*GENTRAIN, "run", SPEC, *RESUME_JOB, *args], cwd=workdir, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": ""},
     )
+
+
+def _assert_same_history_as(expected: dict[int, float], workdir: Path, run_id: str) -> None:
+    client = _client(workdir)
+    assert _steps(client, run_id, "loss") == list(range(5, 121, 5)), "each step once, none missing"
+    actual = _losses(client, run_id)
+    for step in expected:
+        assert actual[step] == pytest.approx(expected[step], rel=1e-5), step
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[int, float]:
+    """Loss by step of RESUME_JOB run start to end without interruption."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    full = gentrain("run", SPEC, *RESUME_JOB, cwd=workdir)
+    assert full.returncode == 0, full.stderr
+    return _losses(_client(workdir), _only_run(workdir).info.run_id)
+
+
+def test_resume_after_the_driver_is_killed_continues_the_same_run(tmp_path, uninterrupted):
+    driver = _start_driver(tmp_path)
     try:
-        _wait_for(lambda: _logged_through(killed) >= 50, 300, "step 50, past the checkpoint at 40")
+        _wait_for(lambda: _logged_through(tmp_path) >= 50, 300, "step 50, past the checkpoint at 40")
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
         driver.kill()
-    run_id = _only_run(killed).info.run_id
-    logged_before = _logged_through(killed)
-    assert logged_before < 120, "the driver was killed before the end"
+    run_id = _only_run(tmp_path).info.run_id
+    assert _logged_through(tmp_path) < 120, "the driver was killed before the end"
 
-    resumed = gentrain("run", SPEC, *RESUME_JOB, "--resume", run_id, cwd=killed)
+    resumed = gentrain("run", SPEC, *RESUME_JOB, "--resume", run_id, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    run = _only_run(killed)
+    run = _only_run(tmp_path)
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
-    steps = _steps(_client(killed), run_id, "loss")
-    assert steps == list(range(5, 121, 5)), "each step logged once, none missing"
-    actual = _losses(_client(killed), run_id)
-    for step in expected:
-        assert actual[step] == pytest.approx(expected[step], rel=1e-5), step
+    _assert_same_history_as(uninterrupted, tmp_path, run_id)
+
+
+def test_a_killed_worker_is_restarted_from_the_last_checkpoint(tmp_path, uninterrupted):
+    driver = _start_driver(tmp_path)
+    try:
+        _wait_for(lambda: _logged_through(tmp_path) >= 50, 300, "step 50, past the checkpoint at 40")
+        workers = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True,
+                                 text=True).stdout.split()
+        assert len(workers) == 2
+        os.kill(int(workers[-1]), signal.SIGKILL)
+        _, stderr = driver.communicate(timeout=300)
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, stderr
+    run = _only_run(tmp_path)
+    assert run.info.status == "FINISHED"
+    _assert_same_history_as(uninterrupted, tmp_path, run.info.run_id)

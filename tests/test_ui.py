@@ -1,0 +1,48 @@
+"""`gentrain ui` serves the MLflow UI of the configured store, on 127.0.0.1 only."""
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+
+import mlflow
+import pytest
+
+from conftest import GENTRAIN
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ui_serves_the_local_store_on_loopback(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.MlflowClient(store).create_experiment("seen-in-ui")
+    port = _free_port()
+    ui = subprocess.Popen(
+        [*GENTRAIN, "ui", "--port", str(port)], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_TRACKING_URI": store},
+        start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10"
+        deadline, body = time.monotonic() + 120, None
+        while body is None and time.monotonic() < deadline:
+            try:
+                body = json.loads(urllib.request.urlopen(url, timeout=5).read())
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "the UI did not come up"
+        assert "seen-in-ui" in {e["name"] for e in body["experiments"]}
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True,
+                                   text=True).stdout
+        assert "127.0.0.1:" in listening and "0.0.0.0" not in listening
+    finally:
+        os.killpg(ui.pid, 9)
+        ui.wait()
