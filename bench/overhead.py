@@ -18,8 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 LOG_EVERY = 50
 
 
-def bare_loop(*, steps: int, batch_size: int, lr: float, betas: tuple[float, float], threads: int,
-              seed: int) -> float:
+def bare_loop(
+    *, steps: int, batch_size: int, lr: float, betas: tuple[float, float], threads: int, seed: int
+) -> float:
     """Samples/s of a plain loop over the same networks, after the same LOG_EVERY warm-up steps."""
     from gentrain.data.digits import load_digits
     from gentrain.families.gan.model import Discriminator, GANConfig, Generator
@@ -56,19 +57,32 @@ def bare_loop(*, steps: int, batch_size: int, lr: float, betas: tuple[float, flo
     return batch_size * (steps - LOG_EVERY) / (time.perf_counter() - start)
 
 
-def gentrain_loop(*, steps: int, batch_size: int, threads: int, workdir: Path) -> tuple[float, dict]:
+def gentrain_loop(
+    *, steps: int, batch_size: int, threads: int, workdir: Path
+) -> tuple[float, dict]:
     """Samples/s of gentrain's whole loop (logging, metric reduction and all) between its first
-    and last loss reports, from the MLflow metric timestamps; start-up and final evaluation excluded."""
+    and last loss reports, from the MLflow metric timestamps; start-up and final evaluation
+    excluded."""
     import mlflow
 
     from gentrain import launch, spec
 
-    job = spec.load(REPO / "jobs" / "dcgan_digits.yaml", [
-        "train.workers=1", f"train.cpus_per_worker={threads}", f"train.max_steps={steps}",
-        f"train.log_every={LOG_EVERY}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}",
-        f"data.batch_size={batch_size}", "eval.num_samples=100", "name=bench-overhead",
-        f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}", f"storage.path={workdir / 'ckpt'}",
-    ])
+    job = spec.load(
+        REPO / "jobs" / "dcgan_digits.yaml",
+        [
+            "train.workers=1",
+            f"train.cpus_per_worker={threads}",
+            f"train.max_steps={steps}",
+            f"train.log_every={LOG_EVERY}",
+            f"train.eval_every={steps}",
+            f"train.checkpoint_every={steps}",
+            f"data.batch_size={batch_size}",
+            "eval.num_samples=100",
+            "name=bench-overhead",
+            f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
+            f"storage.path={workdir / 'ckpt'}",
+        ],
+    )
     result = launch.run(job)
     history = mlflow.MlflowClient(result.tracking_uri).get_metric_history(result.run_id, "loss")
     first, last = min(history, key=lambda m: m.step), max(history, key=lambda m: m.step)
@@ -86,9 +100,12 @@ def main() -> None:
     threads, batch_size = 2, 64
 
     with tempfile.TemporaryDirectory() as tmp:
-        ours, optim = gentrain_loop(steps=steps, batch_size=batch_size, threads=threads, workdir=Path(tmp))
-    bare = bare_loop(steps=steps, batch_size=batch_size, lr=optim.lr, betas=optim.betas,
-                     threads=threads, seed=0)
+        ours, optim = gentrain_loop(
+            steps=steps, batch_size=batch_size, threads=threads, workdir=Path(tmp)
+        )
+    bare = bare_loop(
+        steps=steps, batch_size=batch_size, lr=optim.lr, betas=optim.betas, threads=threads, seed=0
+    )
     ratio = ours / bare
     print(f"DCGAN small on digits, 1 worker, {threads} threads, batch {batch_size}, {steps} steps")
     print(f"{'loop':<12}{'samples/s':>12}")
@@ -97,8 +114,14 @@ def main() -> None:
     print(f"ratio gentrain / bare: {ratio:.3f}  (target >= 0.95)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        figures = {"ratio": ratio, "gentrain_samples_per_sec": ours, "bare_samples_per_sec": bare,
-                   "steps": steps, "threads": threads, "batch_size": batch_size}
+        figures = {
+            "ratio": ratio,
+            "gentrain_samples_per_sec": ours,
+            "bare_samples_per_sec": bare,
+            "steps": steps,
+            "threads": threads,
+            "batch_size": batch_size,
+        }
         args.json.write_text(json.dumps(figures, indent=2))
 
 

@@ -23,6 +23,10 @@ def _shared_cache(tmp_path_factory):
 def gentrain(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None):
     """Run the CLI in a fresh process, as a user would."""
     return subprocess.run(
-        [*GENTRAIN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        [*GENTRAIN, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": "", **(env or {})},
     )

@@ -1,5 +1,5 @@
-"""A real job end to end: `gentrain run` on an embedded local Ray with 2 DDP workers (gloo), tracked in
-a local MLflow store, checkpointed under storage.path; failure and resume under SIGKILL."""
+"""A real job end to end: `gentrain run` on an embedded local Ray with 2 DDP workers (gloo), tracked
+in a local MLflow store, checkpointed under storage.path; failure and resume under SIGKILL."""
 
 import json
 import os
@@ -18,9 +18,18 @@ pytestmark = pytest.mark.slow
 
 SPEC = str(JOBS / "dcgan_digits.yaml")
 SMALL_JOB = [
-    "--set", "model.flavor=debug", "--set", "train.max_steps=30", "--set", "train.log_every=5",
-    "--set", "train.eval_every=15", "--set", "train.checkpoint_every=15",
-    "--set", "eval.num_samples=200",
+    "--set",
+    "model.flavor=debug",
+    "--set",
+    "train.max_steps=30",
+    "--set",
+    "train.log_every=5",
+    "--set",
+    "train.eval_every=15",
+    "--set",
+    "train.checkpoint_every=15",
+    "--set",
+    "eval.num_samples=200",
 ]
 
 
@@ -105,12 +114,18 @@ def test_final_model_samples_images_in_a_fresh_process(finished):
         "x = m.sample(6); print(tuple(x.shape), float(x.min()), float(x.max()))"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", code],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    shape, low, high = result.stdout.strip().splitlines()[-1].rsplit(" ", 2)[0], *map(
-        float, result.stdout.split()[-2:])
+    shape, low, high = (
+        result.stdout.strip().splitlines()[-1].rsplit(" ", 2)[0],
+        *map(float, result.stdout.split()[-2:]),
+    )
     assert shape == "(6, 1, 8, 8)" and -1 <= low < high <= 1
 
 
@@ -127,8 +142,15 @@ def test_every_worker_reports_into_a_checkpoint_under_storage_path(finished):
 
 def test_a_failing_job_ends_failed_with_its_reason(tmp_path):
     result = gentrain(
-        "run", SPEC, *SMALL_JOB, "--set", "eval.features=inception", "--set", "train.max_failures=0",
-        cwd=tmp_path, env={"GENTRAIN_INCEPTION_WEIGHTS": str(tmp_path / "missing.pth")},
+        "run",
+        SPEC,
+        *SMALL_JOB,
+        "--set",
+        "eval.features=inception",
+        "--set",
+        "train.max_failures=0",
+        cwd=tmp_path,
+        env={"GENTRAIN_INCEPTION_WEIGHTS": str(tmp_path / "missing.pth")},
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
@@ -140,9 +162,18 @@ def test_a_failing_job_ends_failed_with_its_reason(tmp_path):
 
 
 RESUME_JOB = [
-    "--set", "model.flavor=debug", "--set", "train.max_steps=120", "--set", "train.log_every=5",
-    "--set", "train.eval_every=1000", "--set", "train.checkpoint_every=40",
-    "--set", "eval.num_samples=100",
+    "--set",
+    "model.flavor=debug",
+    "--set",
+    "train.max_steps=120",
+    "--set",
+    "train.log_every=5",
+    "--set",
+    "train.eval_every=1000",
+    "--set",
+    "train.checkpoint_every=40",
+    "--set",
+    "eval.num_samples=100",
 ]
 
 
@@ -166,8 +197,11 @@ def _logged_through(workdir: Path) -> int:
 
 def _start_driver(workdir: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [*GENTRAIN, "run", SPEC, *RESUME_JOB, *args], cwd=workdir, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True,
+        [*GENTRAIN, "run", SPEC, *RESUME_JOB, *args],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": ""},
     )
 
@@ -192,7 +226,9 @@ def uninterrupted(tmp_path_factory) -> dict[int, float]:
 def test_resume_after_the_driver_is_killed_continues_the_same_run(tmp_path, uninterrupted):
     driver = _start_driver(tmp_path)
     try:
-        _wait_for(lambda: _logged_through(tmp_path) >= 50, 300, "step 50, past the checkpoint at 40")
+        _wait_for(
+            lambda: _logged_through(tmp_path) >= 50, 300, "step 50, past the checkpoint at 40"
+        )
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
@@ -210,9 +246,12 @@ def test_resume_after_the_driver_is_killed_continues_the_same_run(tmp_path, unin
 def test_a_killed_worker_is_restarted_from_the_last_checkpoint(tmp_path, uninterrupted):
     driver = _start_driver(tmp_path)
     try:
-        _wait_for(lambda: _logged_through(tmp_path) >= 50, 300, "step 50, past the checkpoint at 40")
-        workers = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True,
-                                 text=True).stdout.split()
+        _wait_for(
+            lambda: _logged_through(tmp_path) >= 50, 300, "step 50, past the checkpoint at 40"
+        )
+        workers = subprocess.run(
+            ["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True
+        ).stdout.split()
         assert len(workers) == 2
         os.kill(int(workers[-1]), signal.SIGKILL)
         _, stderr = driver.communicate(timeout=300)

@@ -1,4 +1,4 @@
-"""Specs are validated strictly: every problem is one line naming the field, exit 2, nothing started."""
+"""Strict validation: each problem is one line naming the field, exit 2, nothing started."""
 
 import pytest
 
@@ -25,8 +25,10 @@ MINIMAL = "name: t\nmodel: {family: gan, flavor: debug}\n"
 
 
 def test_defaults_fill_a_minimal_spec_and_overrides_apply(tmp_path):
-    job = spec_module.load(_write(tmp_path, MINIMAL), ["optim.lr=3e-4", "train.workers=4",
-                                                       "model.overrides.latent_dim=16"])
+    job = spec_module.load(
+        _write(tmp_path, MINIMAL),
+        ["optim.lr=3e-4", "train.workers=4", "model.overrides.latent_dim=16"],
+    )
     assert job.optim.lr == 3e-4 and job.train.workers == 4
     assert job.model.overrides == {"latent_dim": 16}
     assert job.experiment == "t"
@@ -43,14 +45,22 @@ def test_defaults_fill_a_minimal_spec_and_overrides_apply(tmp_path):
         (MINIMAL, ["optim.lr=0"], "optim.lr: Input should be greater than 0"),
         (MINIMAL, ["optim.name=adamax"], "optim.name"),
         (MINIMAL, ["data.batch_size=0"], "data.batch_size"),
-        (MINIMAL, ["data.batch_size=63"], "data.batch_size: 63 must be a multiple of train.workers"),
+        (
+            MINIMAL,
+            ["data.batch_size=63"],
+            "data.batch_size: 63 must be a multiple of train.workers",
+        ),
         (MINIMAL, ["data.source=builtin:cifar"], "data.source"),
         (MINIMAL, ["data.augment=[rotate]"], "data.augment.0"),
         (MINIMAL, ["model.family=vq"], "model.family: unknown family 'vq'; allowed: gan"),
         (MINIMAL, ["model.flavor=huge"], "model.flavor: 'huge' is not a gan flavor"),
         (MINIMAL, ["model.overrides.depth=3"], "model.overrides.depth: unknown gan setting"),
         (MINIMAL, ["model.overrides.latent_dim=big"], "model.overrides.latent_dim: expected int"),
-        (MINIMAL, ["eval.metrics=[perplexity]"], "eval.metrics: 'perplexity' does not fit family gan"),
+        (
+            MINIMAL,
+            ["eval.metrics=[perplexity]"],
+            "eval.metrics: 'perplexity' does not fit family gan",
+        ),
         (MINIMAL, ["eval.features=vgg"], "eval.features: must be one of"),
         (MINIMAL, ["train.precision=bf16"], "needs train.use_gpu"),
         (MINIMAL, ["name=has space"], "name"),
@@ -86,8 +96,9 @@ def test_cli_validate_exit_codes_and_starts_nothing(tmp_path):
     good = gentrain("validate", str(JOBS / "dcgan_digits.yaml"), cwd=tmp_path)
     assert good.returncode == 0, good.stderr
     assert "valid gan job" in good.stdout
-    bad = gentrain("validate", str(JOBS / "dcgan_digits.yaml"), "--set", "train.workers=0",
-                   cwd=tmp_path)
+    bad = gentrain(
+        "validate", str(JOBS / "dcgan_digits.yaml"), "--set", "train.workers=0", cwd=tmp_path
+    )
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "train.workers" in bad.stderr
     assert "Traceback" not in bad.stderr

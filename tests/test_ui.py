@@ -26,8 +26,11 @@ def test_ui_serves_the_local_store_on_loopback(tmp_path):
     mlflow.MlflowClient(store).create_experiment("seen-in-ui")
     port = _free_port()
     ui = subprocess.Popen(
-        [*GENTRAIN, "ui", "--port", str(port)], cwd=tmp_path, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_TRACKING_URI": store},
+        [*GENTRAIN, "ui", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "MLFLOW_TRACKING_URI": store},
         start_new_session=True,
     )
     try:
@@ -40,8 +43,9 @@ def test_ui_serves_the_local_store_on_loopback(tmp_path):
                 time.sleep(0.5)
         assert body is not None, "the UI did not come up"
         assert "seen-in-ui" in {e["name"] for e in body["experiments"]}
-        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True,
-                                   text=True).stdout
+        listening = subprocess.run(
+            ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True
+        ).stdout
         assert "127.0.0.1:" in listening and "0.0.0.0" not in listening
     finally:
         os.killpg(ui.pid, 9)

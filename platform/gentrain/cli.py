@@ -1,4 +1,6 @@
-"""The gentrain command line: parses, calls the Python API, prints. Bad input exits 2 with one line."""
+"""The gentrain command line: parses, calls the Python API, prints.
+
+Bad input exits 2 with one line on stderr; a failed run exits 1."""
 
 import os
 import sys
@@ -26,7 +28,8 @@ SetOption = Annotated[
     list[str], typer.Option("--set", help="Override a spec key: --set optim.lr=3e-4 (repeatable).")
 ]
 AddressOption = Annotated[
-    str | None, typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded).")
+    str | None,
+    typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded)."),
 ]
 
 
@@ -56,7 +59,9 @@ def list_components() -> None:
     for column in ("family", "modality", "flavors", "eval metrics"):
         table.add_column(column)
     for family in all_families().values():
-        table.add_row(family.name, family.modality, ", ".join(family.flavors), ", ".join(family.eval_metrics))
+        table.add_row(
+            family.name, family.modality, ", ".join(family.flavors), ", ".join(family.eval_metrics)
+        )
     out.print(table)
     out.print(f"strategies:      {', '.join(STRATEGIES)}")
     out.print(f"data sources:    builtin:digits  (planned forms: {', '.join(DATA_SOURCE_KINDS)})")
@@ -67,8 +72,11 @@ def list_components() -> None:
 def validate(spec: str, sets: SetOption = []) -> None:  # noqa: B006  (typer reads the default)
     """Validate a job spec; starts nothing."""
     job = _load(spec, sets)
-    out.print(f"ok: {spec} is a valid {job.model.family} job ({job.train.strategy}, "
-              f"{job.train.workers} workers, {job.train.max_steps} steps)", markup=False)
+    out.print(
+        f"ok: {spec} is a valid {job.model.family} job ({job.train.strategy}, "
+        f"{job.train.workers} workers, {job.train.max_steps} steps)",
+        markup=False,
+    )
 
 
 @app.command()
@@ -76,7 +84,9 @@ def run(
     spec: str,
     sets: SetOption = [],  # noqa: B006
     address: AddressOption = None,
-    resume: Annotated[str | None, typer.Option("--resume", help="MLflow run id to continue.")] = None,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="MLflow run id to continue.")
+    ] = None,
 ) -> None:
     """Train one job on Ray (embedded local Ray unless --address / RAY_ADDRESS)."""
     job = _load(spec, sets)
@@ -86,8 +96,11 @@ def run(
     try:
         with progress:
             result = launch.run(
-                job, address=address, resume_run_id=resume,
-                on_start=progress.started, on_progress=progress.update,
+                job,
+                address=address,
+                resume_run_id=resume,
+                on_start=progress.started,
+                on_progress=progress.update,
             )
     except SpecError as error:
         _fail(str(error), 2)
@@ -157,10 +170,15 @@ class _TrainingProgress:
         if "samples_per_sec" in self.latest:
             shown.append(f"{self.latest['samples_per_sec']:.0f} samples/s")
         self.bar.update(self.task, completed=step, stats="  ".join(shown))
-        if not self.live and (now - self.last_plain >= self.PLAIN_INTERVAL or step == self.max_steps):
+        if not self.live and (
+            now - self.last_plain >= self.PLAIN_INTERVAL or step == self.max_steps
+        ):
             self.last_plain = now
-            out.print(f"step {step}/{self.max_steps}  {'  '.join(shown)}  eta {self._eta(step, now)}",
-                      markup=False, highlight=False)
+            out.print(
+                f"step {step}/{self.max_steps}  {'  '.join(shown)}  eta {self._eta(step, now)}",
+                markup=False,
+                highlight=False,
+            )
 
     def _eta(self, step: int, now: float) -> str:
         first_step, first_time = self.first
@@ -172,7 +190,9 @@ class _TrainingProgress:
 
 def _print_summary(result) -> None:
     out.print()
-    out.print(f"[bold green]done[/]: MLflow run {result.run_id} in experiment '{result.experiment}'")
+    out.print(
+        f"[bold green]done[/]: MLflow run {result.run_id} in experiment '{result.experiment}'"
+    )
     final = {k: v for k, v in result.metrics.items() if k in ("loss", "fid", "is", "step")}
     if final:
         out.print("final: " + "  ".join(f"{k} {v:.4g}" for k, v in final.items()), markup=False)

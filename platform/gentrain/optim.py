@@ -8,7 +8,9 @@ import torch
 from gentrain.spec import OptimSection
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], optim: OptimSection) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter], optim: OptimSection
+) -> torch.optim.Optimizer:
     common = {"lr": optim.lr, "weight_decay": optim.weight_decay}
     if optim.name == "sgd":
         return torch.optim.SGD(params, momentum=optim.momentum, **common)

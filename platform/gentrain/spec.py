@@ -1,4 +1,4 @@
-"""The job spec: pydantic sections (unknown keys and wrong types are errors), loading and --set overrides.
+"""The job spec: pydantic sections (unknown keys, wrong types: errors), loading, --set overrides.
 
 Imports no ray or mlflow: validation stays fast and starts nothing.
 """
@@ -69,7 +69,9 @@ class TrainSection(Section):
     @model_validator(mode="after")
     def _precision_needs_gpu(self) -> "TrainSection":
         if self.precision != "fp32" and not self.use_gpu:
-            raise ValueError(f"precision {self.precision} needs train.use_gpu: true (CPU trains fp32)")
+            raise ValueError(
+                f"precision {self.precision} needs train.use_gpu: true (CPU trains fp32)"
+            )
         return self
 
 

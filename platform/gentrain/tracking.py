@@ -181,5 +181,15 @@ def ui_command(uri: str, *, host: str, port: int) -> list[str]:
     """argv of the MLflow UI over `uri`."""
     import sys
 
-    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-            "--host", host, "--port", str(port)]
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]

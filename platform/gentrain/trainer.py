@@ -20,7 +20,8 @@ from gentrain.spec import JobSpec
 from gentrain.strategies import Strategy, make_strategy
 from gentrain.tracking import RunLogger
 
-EVAL_SEED = 1234  # evaluations draw from their own RNG: the same noise at every step, training's RNG untouched
+# Evaluations draw from their own RNG: the same noise at every step, training's RNG untouched.
+EVAL_SEED = 1234
 
 
 def train_fn(config: dict[str, Any]) -> None:
@@ -36,34 +37,55 @@ def train_fn(config: dict[str, Any]) -> None:
     step_fn = family.make_step()
     data = load_dataset(spec.data.source)
     _seed_everything(spec.train.seed)  # same initial weights on every rank
-    models = step_fn.build(family.config(flavor=spec.model.flavor, overrides=spec.model.overrides), data.info)
+    models = step_fn.build(
+        family.config(flavor=spec.model.flavor, overrides=spec.model.overrides), data.info
+    )
     strategy = make_strategy(spec, device=device, world=world)
     train_models = strategy.prepare(models)
     _seed_everything(spec.train.seed * 1000 + rank)  # each rank draws its own noise
 
     start_step = _restore(strategy, rank=rank)
-    loop = _Loop(spec, config, rank=rank, world=world, step_fn=step_fn, strategy=strategy, data=data)
+    loop = _Loop(
+        spec, config, rank=rank, world=world, step_fn=step_fn, strategy=strategy, data=data
+    )
     loop.run(train_models, device=device, start_step=start_step)
 
 
 class _Loop:
-    def __init__(self, spec: JobSpec, config: dict[str, Any], *, rank: int, world: int,
-                 step_fn: FamilyStep, strategy: Strategy, data: Dataset):
+    def __init__(
+        self,
+        spec: JobSpec,
+        config: dict[str, Any],
+        *,
+        rank: int,
+        world: int,
+        step_fn: FamilyStep,
+        strategy: Strategy,
+        data: Dataset,
+    ):
         self.spec, self.rank, self.world = spec, rank, world
         self.step_fn, self.strategy, self.data = step_fn, strategy, data
         self.run_id = config["run_id"]
-        self.logger = RunLogger(uri=config["tracking_uri"], run_id=self.run_id) if rank == 0 else None
+        self.logger = (
+            RunLogger(uri=config["tracking_uri"], run_id=self.run_id) if rank == 0 else None
+        )
         self.board = ray.get_actor(config["progress"]) if rank == 0 else None
         self.quality = None  # built at the first evaluation (rank 0)
 
     def run(self, train_models, *, device: torch.device, start_step: int) -> None:
         spec, train = self.spec, self.spec.train
         batches = ShardedBatches(
-            self.data.train, batch_size=spec.data.batch_size // self.world,
-            rank=self.rank, world=self.world, seed=train.seed,
+            self.data.train,
+            batch_size=spec.data.batch_size // self.world,
+            rank=self.rank,
+            world=self.world,
+            seed=train.seed,
         )
         sums: dict[str, torch.Tensor] = {}
-        window_seconds, window_steps = 0.0, 0  # training time only: evaluation and checkpoints excluded
+        window_seconds, window_steps = (
+            0.0,
+            0,
+        )  # training time only: evaluation and checkpoints excluded
         metrics: dict[str, float] = {}
         for step in range(start_step + 1, train.max_steps + 1):
             step_start = time.perf_counter()
@@ -99,7 +121,7 @@ class _Loop:
         if self.world > 1:
             torch.distributed.all_reduce(stacked)
             stacked /= self.world
-        return dict(zip(names, stacked.tolist()))
+        return dict(zip(names, stacked.tolist(), strict=True))
 
     def _log(self, metrics: dict[str, float], *, step: int) -> None:
         if self.rank != 0:
@@ -149,7 +171,9 @@ class _Loop:
     def _export(self) -> None:
         models = {name: self.strategy.unwrapped(name) for name in self.step_fn.phases}
         module, example = self.step_fn.export(models)
-        self.logger.log_model(module, example_input=example, register_as=self.spec.tracking.register_as)
+        self.logger.log_model(
+            module, example_input=example, register_as=self.spec.tracking.register_as
+        )
 
 
 def _sample_in_chunks(step_fn: FamilyStep, models, n: int, chunk: int = 256) -> torch.Tensor:
@@ -177,7 +201,11 @@ def _seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

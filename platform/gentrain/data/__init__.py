@@ -1,4 +1,4 @@
-"""Datasets named by `data.source`, their deterministic sharding across workers, and augmentations."""
+"""Datasets named by `data.source`, their deterministic sharding across workers, augmentations."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +20,7 @@ class Dataset:
 
 
 def load_dataset(source: str) -> Dataset:
-    """`source` is validated by the spec; built-in sets are generated or shipped, never downloaded."""
+    """`source` is validated by the spec; built-in sets ship with a package, never downloaded."""
     assert source == "builtin:digits", source
     from gentrain.data.digits import load_digits
 
@@ -37,7 +37,9 @@ class ShardedBatches:
     resumed run sees exactly the batches an uninterrupted one would have seen.
     """
 
-    def __init__(self, examples: torch.Tensor, *, batch_size: int, rank: int, world: int, seed: int):
+    def __init__(
+        self, examples: torch.Tensor, *, batch_size: int, rank: int, world: int, seed: int
+    ):
         self.examples = examples
         self.batch_size = batch_size  # per worker
         self.rank, self.world, self.seed = rank, world, seed
@@ -49,9 +51,10 @@ class ShardedBatches:
     def at(self, step: int) -> torch.Tensor:
         """The batch of the 1-based optimizer `step`."""
         epoch, index = divmod(step - 1, self.per_epoch)
-        order = torch.randperm(len(self.examples), generator=torch.Generator().manual_seed(
-            self.seed * 1_000_003 + epoch
-        ))
+        order = torch.randperm(
+            len(self.examples),
+            generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch),
+        )
         shard = order[self.rank :: self.world]
         return self.examples[shard[index * self.batch_size : (index + 1) * self.batch_size]]
 
@@ -78,5 +81,8 @@ def _random_crop(images: torch.Tensor, *, pad: int) -> torch.Tensor:
     dy = torch.randint(0, 2 * pad + 1, (batch,)).tolist()
     dx = torch.randint(0, 2 * pad + 1, (batch,)).tolist()
     return torch.stack(
-        [padded[i, :, y : y + height, x : x + width] for i, (y, x) in enumerate(zip(dy, dx))]
+        [
+            padded[i, :, y : y + height, x : x + width]
+            for i, (y, x) in enumerate(zip(dy, dx, strict=True))
+        ]
     )

@@ -34,9 +34,7 @@ class Strategy(Protocol):
     def load(self, directory: Path) -> None: ...
 
 
-def make_strategy(
-    spec: JobSpec, *, device: torch.device, world: int
-) -> Strategy:
+def make_strategy(spec: JobSpec, *, device: torch.device, world: int) -> Strategy:
     name: Literal["ddp"] = spec.train.strategy
     assert name == "ddp", name
     from gentrain.strategies.ddp import DDPStrategy

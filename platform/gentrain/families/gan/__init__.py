@@ -12,10 +12,14 @@ FAMILY = register(
         flavors={
             "debug": {"latent_dim": 8, "g_channels": 8, "d_channels": 8, "spectral_norm": True},
             "small": {"latent_dim": 32, "g_channels": 64, "d_channels": 64, "spectral_norm": True},
-            "base": {"latent_dim": 128, "g_channels": 128, "d_channels": 128, "spectral_norm": True},
+            "base": {
+                "latent_dim": 128,
+                "g_channels": 128,
+                "d_channels": 128,
+                "spectral_norm": True,
+            },
         },
         eval_metrics=("fid", "is"),
         make_step=GANStep,
     )
 )
-

@@ -44,4 +44,3 @@ class GANStep:
 
     def export(self, models: Mapping[str, nn.Module]) -> tuple[nn.Module, torch.Tensor]:
         return models["generator"], torch.randn(2, self.latent_dim)
-
