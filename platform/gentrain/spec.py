@@ -31,6 +31,9 @@ class ModelSection(Section):
     def _known_family_and_flavor(self) -> "ModelSection":
         from gentrain.families import get_family
 
+        if self.init_from is not None:
+            raise SpecError("model.init_from: fine-tuning from earlier weights is not supported yet")
+
         get_family(self.family).config(flavor=self.flavor, overrides=self.overrides)
         return self
 

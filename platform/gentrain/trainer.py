@@ -135,13 +135,14 @@ class _Loop:
             return {}
         from gentrain.metrics import ImageQuality, default_features, load_feature_extractor
 
-        generator = {name: self.strategy.unwrapped(name) for name in self.step_fn.phases}
-        for model in generator.values():
+        models = {name: self.strategy.unwrapped(name) for name in self.step_fn.phases}
+        for model in models.values():
             model.eval()
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=cuda), torch.no_grad():
             torch.manual_seed(EVAL_SEED)
-            samples = _sample_in_chunks(self.step_fn, generator, self.spec.eval.num_samples)
-        for model in generator.values():
+            samples = _sample_in_chunks(self.step_fn, models, self.spec.eval.num_samples)
+        for model in models.values():
             model.train()
         self.logger.log_image_grid(samples[:64], step=step)
         if self.quality is None:
