@@ -32,7 +32,7 @@ class ModelSection(Section):
         from gentrain.families import get_family
 
         if self.init_from is not None:
-            raise SpecError("model.init_from: fine-tuning from earlier weights is not supported yet")
+            raise SpecError("model.init_from: fine-tuning from saved weights is not supported yet")
 
         get_family(self.family).config(flavor=self.flavor, overrides=self.overrides)
         return self
