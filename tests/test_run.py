@@ -56,7 +56,9 @@ def _losses(client, run_id: str) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    result = gentrain("run", SPEC, *SMALL_JOB, cwd=workdir)
+    result = gentrain(
+        "run", SPEC, *SMALL_JOB, "--set", "tracking.register_as=digits-gan", cwd=workdir
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return workdir, result, _only_run(workdir)
 
@@ -127,6 +129,12 @@ def test_final_model_samples_images_in_a_fresh_process(finished):
         *map(float, result.stdout.split()[-2:]),
     )
     assert shape == "(6, 1, 8, 8)" and -1 <= low < high <= 1
+
+
+def test_model_is_registered_under_tracking_register_as(finished):
+    workdir, _, run = finished
+    versions = _client(workdir).search_model_versions("name = 'digits-gan'")
+    assert [v.run_id for v in versions] == [run.info.run_id]
 
 
 def test_every_worker_reports_into_a_checkpoint_under_storage_path(finished):
