@@ -46,7 +46,8 @@ def test_ui_serves_the_local_store_on_loopback(tmp_path):
         listening = subprocess.run(
             ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True
         ).stdout
-        assert "127.0.0.1:" in listening and "0.0.0.0" not in listening
+        local_addresses = {line.split()[3] for line in listening.splitlines()}
+        assert local_addresses == {f"127.0.0.1:{port}"}
     finally:
         os.killpg(ui.pid, 9)
         ui.wait()
