@@ -97,7 +97,7 @@ class OptimSection(Section):
 
 
 class EvalSection(Section):
-    metrics: tuple[str, ...] = ("fid", "is")
+    metrics: tuple[str, ...] | None = None  # default: every metric of the family
     num_samples: int = Field(500, ge=2)
     features: str | None = None
 
@@ -133,7 +133,7 @@ class JobSpec(Section):
                 f"train.workers ({self.train.workers})"
             )
         family = get_family(self.model.family)
-        for metric in self.eval.metrics:
+        for metric in self.eval.metrics or ():
             if metric not in family.eval_metrics:
                 raise SpecError(
                     f"eval.metrics: '{metric}' does not fit family {family.name}; "
@@ -142,6 +142,12 @@ class JobSpec(Section):
         if self.eval.features is not None and self.eval.features not in FEATURE_EXTRACTORS:
             raise SpecError(f"eval.features: must be one of {', '.join(FEATURE_EXTRACTORS)}")
         return self
+
+    @property
+    def eval_metrics(self) -> tuple[str, ...]:
+        from gentrain.families import get_family
+
+        return self.eval.metrics or get_family(self.model.family).eval_metrics
 
     @property
     def experiment(self) -> str:

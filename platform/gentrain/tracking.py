@@ -124,6 +124,11 @@ class RunLogger:
             save_image(images.float().cpu() * 0.5 + 0.5, path, nrow=8, padding=2, pad_value=1.0)
             self.client.log_artifact(self.run_id, str(path), artifact_path="samples")
 
+    def log_texts(self, texts: list[str], *, step: int) -> None:
+        """-> samples/step_<step>.txt, one sample after another."""
+        body = "".join(f"--- sample {i}\n{text}\n" for i, text in enumerate(texts))
+        self.client.log_text(self.run_id, body, f"samples/step_{step}.txt")
+
     def log_model(self, module, *, example_input, register_as: str | None) -> None:
         """The final model as an MLflow PyTorch model under `model` (code included, so a fresh
         process loads it with `mlflow.pytorch.load_model("runs:/<id>/model")`)."""

@@ -130,31 +130,42 @@ class _Loop:
         self.board.push.remote(step, metrics)
 
     def _evaluate(self, step: int) -> dict[str, float]:
-        """FID / IS of fresh samples against the held-out split, and a sample grid (rank 0)."""
+        """The family's held-out metrics, FID / IS of fresh samples for image families, and a
+        preview (sample grid or texts), on rank 0."""
         if self.rank != 0:
             return {}
-        from gentrain.metrics import ImageQuality, default_features, load_feature_extractor
-
+        wanted = self.spec.eval_metrics
         models = {name: self.strategy.unwrapped(name) for name in self.step_fn.phases}
         for model in models.values():
             model.eval()
         cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=cuda), torch.no_grad():
             torch.manual_seed(EVAL_SEED)
-            samples = _sample_in_chunks(self.step_fn, models, self.spec.eval.num_samples)
+            preview = self.step_fn.preview(models, self.data.heldout)
+            scores = self.step_fn.evaluate(models, self.data.heldout)
+            if {"fid", "is"} & set(wanted):
+                samples = _sample_in_chunks(self.step_fn, models, self.spec.eval.num_samples)
+                scores.update(self._image_quality().compute(samples))
         for model in models.values():
             model.train()
-        self.logger.log_image_grid(samples[:64], step=step)
+        if isinstance(preview, torch.Tensor):
+            self.logger.log_image_grid(preview, step=step)
+        else:
+            self.logger.log_texts(preview, step=step)
+        scores = {name: value for name, value in scores.items() if name in wanted}
+        self.logger.log_metrics(scores, step=step)
+        self.board.push.remote(step, scores)
+        return scores
+
+    def _image_quality(self):
         if self.quality is None:
+            from gentrain.metrics import ImageQuality, default_features, load_feature_extractor
+
             features = self.spec.eval.features or default_features(self.spec.data.source)
             self.quality = ImageQuality(
                 extractor=load_feature_extractor(features), real_images=self.data.heldout
             )
-        scores = self.quality.compute(samples)
-        scores = {name: value for name, value in scores.items() if name in self.spec.eval.metrics}
-        self.logger.log_metrics(scores, step=step)
-        self.board.push.remote(step, scores)
-        return scores
+        return self.quality
 
     def _checkpoint(self, step: int, metrics: dict[str, float]) -> None:
         """Every rank writes its part (rank 0 the strategy's state, each rank its RNG streams);

@@ -17,7 +17,7 @@ def _build(name: str):
     family = all_families()[name]
     torch.manual_seed(0)
     step = family.make_step()
-    data = load_dataset("builtin:digits")
+    data = load_dataset(family.default_source)
     models = step.build(family.config(flavor="debug", overrides={}), data.info)
     return family, step, models, data.train[:32]
 
@@ -91,9 +91,45 @@ def test_exported_module_runs_on_its_example_input(name):
 def test_every_flavor_builds(name):
     family = all_families()[name]
     step = family.make_step()
-    data = load_dataset("builtin:digits")
+    data = load_dataset(family.default_source)
     sizes = []
     for flavor in family.flavors:
         models = step.build(family.config(flavor=flavor, overrides={}), data.info)
         sizes.append(sum(p.numel() for m in models.values() for p in m.parameters()))
     assert sizes == sorted(sizes), "flavors grow from debug to base"
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_losses_and_samples_are_deterministic_under_a_seed(name):
+    _, step_a, models_a, batch = _build(name)
+    _, step_b, models_b, _ = _build(name)
+    for phase in step_a.phases:
+        torch.manual_seed(5)
+        loss_a, _ = step_a.loss(models_a, batch, phase=phase)
+        torch.manual_seed(5)
+        loss_b, _ = step_b.loss(models_b, batch, phase=phase)
+        assert loss_a.item() == loss_b.item()
+    for models in (models_a, models_b):
+        for model in models.values():
+            model.eval()
+    torch.manual_seed(6)
+    first = step_a.sample(models_a, 3)
+    torch.manual_seed(6)
+    assert torch.equal(first, step_b.sample(models_b, 3))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_preview_and_evaluate_give_what_the_trainer_logs(name):
+    family, step, models, _ = _build(name)
+    heldout = load_dataset(family.default_source).heldout[:64]
+    for model in models.values():
+        model.eval()
+    with torch.no_grad():
+        preview = step.preview(models, heldout)
+        scores = step.evaluate(models, heldout)
+    if family.modality == "image":
+        assert preview.ndim == 4 and preview.shape[1:] == heldout.shape[1:]
+    else:
+        assert preview and all(isinstance(text, str) for text in preview)
+    assert set(scores) <= set(family.eval_metrics)
+    assert all(isinstance(v, float) and v == v for v in scores.values())

@@ -19,7 +19,9 @@ from gentrain.errors import SpecError
 class DataInfo:
     """What a family needs to know of its data to size its networks."""
 
-    shape: tuple[int, ...]  # one example, e.g. (C, H, W) for images
+    shape: tuple[int, ...]  # one example: (C, H, W) for images, (T,) token ids for text
+    vocab_size: int | None = None  # text only
+    decode: Callable[[list[int]], str] | None = None  # text only: token ids -> text
 
 
 class FamilyStep(Protocol):
@@ -37,7 +39,19 @@ class FamilyStep(Protocol):
         ...
 
     def sample(self, models: Mapping[str, nn.Module], n: int) -> torch.Tensor:
-        """n samples; images in [-1, 1], (n, C, H, W)."""
+        """n samples: images in [-1, 1], (n, C, H, W); token ids, (n, T)."""
+        ...
+
+    def preview(
+        self, models: Mapping[str, nn.Module], heldout: torch.Tensor
+    ) -> torch.Tensor | list[str]:
+        """What a person looks at after an evaluation: an image batch (n, C, H, W) in [-1, 1],
+        saved as samples/step_<N>.png, or texts, saved as samples/step_<N>.txt."""
+        ...
+
+    def evaluate(self, models: Mapping[str, nn.Module], heldout: torch.Tensor) -> dict[str, float]:
+        """The family's own held-out metrics (e.g. bits_per_dim, perplexity); image families'
+        FID and IS are computed by the platform from `sample`."""
         ...
 
     def export(self, models: Mapping[str, nn.Module]) -> tuple[nn.Module, torch.Tensor]:
@@ -52,6 +66,7 @@ class FamilySpec:
     config_cls: type  # a dataclass of the model's hyperparameters
     flavors: Mapping[str, Mapping[str, Any]]  # flavor -> config values
     eval_metrics: tuple[str, ...]  # what `eval.metrics` may name for this family
+    default_source: str  # the built-in data its jobs and tests use by default
     make_step: Callable[[], FamilyStep]
 
     def config(self, *, flavor: str, overrides: Mapping[str, Any]) -> Any:

@@ -20,6 +20,7 @@ FAMILY = register(
             },
         },
         eval_metrics=("fid", "is"),
+        default_source="builtin:digits",
         make_step=GANStep,
     )
 )

@@ -42,5 +42,11 @@ class GANStep:
     def sample(self, models: Mapping[str, nn.Module], n: int) -> torch.Tensor:
         return models["generator"].sample(n)
 
+    def preview(self, models: Mapping[str, nn.Module], heldout: torch.Tensor) -> torch.Tensor:
+        return self.sample(models, 64)
+
+    def evaluate(self, models: Mapping[str, nn.Module], heldout: torch.Tensor) -> dict[str, float]:
+        return {}  # FID and IS come from the platform's image evaluation
+
     def export(self, models: Mapping[str, nn.Module]) -> tuple[nn.Module, torch.Tensor]:
         return models["generator"], torch.randn(2, self.latent_dim)
