@@ -62,7 +62,11 @@ def test_defaults_fill_a_minimal_spec_and_overrides_apply(tmp_path):
             "eval.metrics: 'perplexity' does not fit family gan",
         ),
         (MINIMAL, ["eval.features=vgg"], "eval.features: must be one of"),
-        (MINIMAL, ["model.init_from=runs:/abc/model"], "model.init_from: fine-tuning"),
+        (
+            MINIMAL,
+            ["model.init_from=/no/such/ckpt"],
+            "model.init_from: /no/such/ckpt does not exist",
+        ),
         (MINIMAL, ["train.precision=bf16"], "needs train.use_gpu"),
         (MINIMAL, ["name=has space"], "name"),
         ("model: {family: gan}\n", [], "name: Field required"),

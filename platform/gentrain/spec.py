@@ -31,8 +31,12 @@ class ModelSection(Section):
     def _known_family_and_flavor(self) -> "ModelSection":
         from gentrain.families import get_family
 
-        if self.init_from is not None:
-            raise SpecError("model.init_from: fine-tuning from saved weights is not supported yet")
+        if self.init_from is not None and not self.init_from.startswith(("runs:/", "models:/")):
+            if not Path(self.init_from).exists():
+                raise SpecError(
+                    f"model.init_from: {self.init_from} does not exist; expected runs:/<id>/model, "
+                    "models:/<name>/<version> or a gentrain checkpoint path"
+                )
 
         get_family(self.family).config(flavor=self.flavor, overrides=self.overrides)
         return self

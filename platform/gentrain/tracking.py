@@ -174,6 +174,19 @@ class _active_run:
         return False
 
 
+def load_model_state(model_uri: str, *, uri: str) -> dict:
+    """The state dict of an MLflow PyTorch model (`runs:/...` or `models:/...`)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    try:
+        module = mlflow.pytorch.load_model(model_uri, map_location="cpu")
+    except Exception as err:  # MLflow's errors vary by store and URI form
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise GentrainError(f"model.init_from: cannot load {model_uri}: {first_line}") from None
+    return module.state_dict()
+
+
 def check_reachable(uri: str) -> None:
     """Fail early and plainly when the tracking store cannot be used."""
     try:

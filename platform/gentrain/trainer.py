@@ -40,6 +40,15 @@ def train_fn(config: dict[str, Any]) -> None:
     models = step_fn.build(
         family.config(flavor=spec.model.flavor, overrides=spec.model.overrides), data.info
     )
+    if spec.model.init_from and rank == 0:  # DDP hands rank 0's weights to the other ranks
+        from gentrain.pretrained import load_initial_weights
+
+        load_initial_weights(
+            spec.model.init_from,
+            step_fn=step_fn,
+            models=models,
+            tracking_uri=config["tracking_uri"],
+        )
     strategy = make_strategy(spec, device=device, world=world)
     train_models = strategy.prepare(models)
     _seed_everything(spec.train.seed * 1000 + rank)  # each rank draws its own noise

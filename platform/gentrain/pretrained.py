@@ -1,0 +1,57 @@
+"""`model.init_from`: start a job from weights trained before (fine-tuning).
+
+Sources: `runs:/<run_id>/model` or `models:/<name>/<version>` (an MLflow model that gentrain logged:
+its weights go into the family's exported network, e.g. the GAN's generator), or a gentrain
+checkpoint (a `checkpoint_*` directory or its `strategy.pt`: every network's weights).
+"""
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gentrain.errors import GentrainError
+from gentrain.families import FamilyStep
+
+
+def load_initial_weights(
+    source: str, *, step_fn: FamilyStep, models: Mapping[str, nn.Module], tracking_uri: str
+) -> None:
+    if source.startswith(("runs:/", "models:/")):
+        from gentrain.tracking import load_model_state
+
+        module, _ = step_fn.export(models)
+        _load_exactly(module, load_model_state(source, uri=tracking_uri), source=source)
+        return
+    path = Path(source)
+    state = torch.load(path / "strategy.pt" if path.is_dir() else path, map_location="cpu")
+    for name, model in models.items():
+        if name not in state:
+            raise GentrainError(
+                f"model.init_from: {source} has no '{name}' network (it has {', '.join(state)}): "
+                "it was trained as another model family"
+            )
+        _load_exactly(model, state[name]["model"], source=source)
+
+
+def _load_exactly(module: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """load_state_dict, with an architecture mismatch told in one line."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    resized = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or resized:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if resized:
+            key = resized[0]
+            details.append(f"{key}: {tuple(state[key].shape)} there, {tuple(own[key].shape)} here")
+        raise GentrainError(
+            f"model.init_from: {source} does not fit this model ({'; '.join(details)}); use the "
+            "same model.family, model.flavor and model.overrides as the source run"
+        )
+    module.load_state_dict(state)
