@@ -38,7 +38,9 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def classifier(cache_dir):
-    return load_feature_extractor("classifier:digits")  # trains once, into cache_dir
+    # Trains once, into cache_dir; under no_grad, as an evaluation loop may first ask for it.
+    with torch.no_grad():
+        return load_feature_extractor("classifier:digits")
 
 
 @pytest.fixture(scope="module")

@@ -128,7 +128,8 @@ def _train_digits_classifier() -> DigitsClassifier:
     recipe = _CLASSIFIER_RECIPE
     threads = torch.get_num_threads()
     # A private RNG stream: deterministic weights, and the caller's global RNG is left untouched.
-    with torch.random.fork_rng(devices=[]):
+    # enable_grad: callers may build the extractor lazily inside their own no_grad evaluation.
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(recipe["seed"])
         # Steps this small run several times faster on one thread than on a contended pool.
         torch.set_num_threads(1)
