@@ -52,7 +52,7 @@ def test_defaults_fill_a_minimal_spec_and_overrides_apply(tmp_path):
         ),
         (MINIMAL, ["data.source=builtin:cifar"], "data.source"),
         (MINIMAL, ["data.augment=[rotate]"], "data.augment.0"),
-        (MINIMAL, ["model.family=vq"], "model.family: unknown family 'vq'; allowed: gan"),
+        (MINIMAL, ["model.family=vq"], "model.family: unknown family 'vq'; allowed: flow, gan, vae"),
         (MINIMAL, ["model.flavor=huge"], "model.flavor: 'huge' is not a gan flavor"),
         (MINIMAL, ["model.overrides.depth=3"], "model.overrides.depth: unknown gan setting"),
         (MINIMAL, ["model.overrides.latent_dim=big"], "model.overrides.latent_dim: expected int"),

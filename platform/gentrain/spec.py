@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gentrain.errors import SpecError
 
 DATA_SOURCE_KINDS = ("builtin", "parquet", "images", "text")
-AUGMENTATIONS = ("hflip", "random_crop", "noise")
 
 
 class Section(BaseModel):
@@ -45,18 +44,29 @@ class ModelSection(Section):
 class DataSection(Section):
     source: str = "builtin:digits"
     batch_size: int = Field(64, ge=1, description="global batch, split evenly across workers")
-    augment: tuple[Literal["hflip", "random_crop", "noise"], ...] = ()
+    augment: tuple[Literal["hflip", "random_crop", "color_jitter", "noise"], ...] = ()
+    # images: (user images are resized to image_size x image_size; channels 1 = grayscale, 3 = RGB)
+    image_size: int | None = Field(None, ge=4, le=4096)
+    channels: Literal[1, 3] | None = None
+    column: str | None = None  # parquet: the image-bytes or text column (default: image or text)
+    # text:
+    tokenizer: Literal["byte", "bpe"] = "byte"
+    vocab_size: int = Field(1024, ge=258, le=1_000_000, description="bpe only")
+    seq_len: int = Field(64, ge=4, le=65_536)
 
     @field_validator("source")
     @classmethod
     def _known_source(cls, source: str) -> str:
+        from gentrain.data.text import BUILTIN_CORPORA
+
         kind, sep, rest = source.partition(":")
         if not sep or kind not in DATA_SOURCE_KINDS or not rest:
             raise ValueError(f"must be one of {', '.join(k + ':...' for k in DATA_SOURCE_KINDS)}")
-        if kind == "builtin" and rest != "digits":
-            raise ValueError("built-in datasets: builtin:digits")
-        if kind != "builtin":
-            raise ValueError(f"'{kind}:' sources are not supported yet; use builtin:digits")
+        builtin = ("digits", *BUILTIN_CORPORA)
+        if kind == "builtin" and rest not in builtin:
+            raise ValueError(f"built-in datasets: {', '.join('builtin:' + b for b in builtin)}")
+        if kind != "builtin" and not rest.startswith("s3://") and not Path(rest).exists():
+            raise ValueError(f"{rest} does not exist")
         return source
 
 
@@ -137,6 +147,7 @@ class JobSpec(Section):
                 f"train.workers ({self.train.workers})"
             )
         family = get_family(self.model.family)
+        _check_data_fits(self.data, family.name, family.modality)
         for metric in self.eval.metrics or ():
             if metric not in family.eval_metrics:
                 raise SpecError(
@@ -162,6 +173,20 @@ class JobSpec(Section):
 
     def sha256(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def _check_data_fits(data: DataSection, family: str, modality: str) -> None:
+    from gentrain.data import source_modality
+
+    holds = source_modality(data.source)
+    if holds is not None and holds != modality:
+        raise SpecError(
+            f"data.source: {data.source} holds {holds}s; family {family} trains on {modality}s"
+        )
+    if modality == "text" and data.augment:
+        raise SpecError(
+            f"data.augment: augmentations apply to images; family {family} trains on text"
+        )
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

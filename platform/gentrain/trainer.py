@@ -15,6 +15,7 @@ import ray.train.torch
 import torch
 
 from gentrain.data import Dataset, ShardedBatches, augment, load_dataset
+from gentrain.errors import GentrainError
 from gentrain.families import FamilyStep, get_family
 from gentrain.spec import JobSpec
 from gentrain.strategies import Strategy, make_strategy
@@ -35,7 +36,12 @@ def train_fn(config: dict[str, Any]) -> None:
 
     family = get_family(spec.model.family)
     step_fn = family.make_step()
-    data = load_dataset(spec.data.source)
+    data = load_dataset(spec.data)
+    if data.modality != family.modality:  # parquet sources tell only once read
+        raise GentrainError(
+            f"data.source: {spec.data.source} holds {data.modality}s; family {family.name} "
+            f"trains on {family.modality}s"
+        )
     _seed_everything(spec.train.seed)  # same initial weights on every rank
     models = step_fn.build(
         family.config(flavor=spec.model.flavor, overrides=spec.model.overrides), data.info
@@ -98,7 +104,9 @@ class _Loop:
         metrics: dict[str, float] = {}
         for step in range(start_step + 1, train.max_steps + 1):
             step_start = time.perf_counter()
-            batch = augment(batches.at(step).to(device), spec.data.augment)
+            batch = batches.at(step).to(device)
+            if spec.data.augment:
+                batch = augment(batch, spec.data.augment)
             total = torch.zeros((), device=device)
             for phase in self.step_fn.phases:
                 with self.strategy.autocast():
@@ -147,14 +155,15 @@ class _Loop:
         models = {name: self.strategy.unwrapped(name) for name in self.step_fn.phases}
         for model in models.values():
             model.eval()
+        quality = self._image_quality() if {"fid", "is"} & set(wanted) else None
         cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=cuda), torch.no_grad():
             torch.manual_seed(EVAL_SEED)
             preview = self.step_fn.preview(models, self.data.heldout)
             scores = self.step_fn.evaluate(models, self.data.heldout)
-            if {"fid", "is"} & set(wanted):
+            if quality is not None:
                 samples = _sample_in_chunks(self.step_fn, models, self.spec.eval.num_samples)
-                scores.update(self._image_quality().compute(samples))
+                scores.update(quality.compute(samples))
         for model in models.values():
             model.train()
         if isinstance(preview, torch.Tensor):

@@ -22,6 +22,7 @@ class DataInfo:
     shape: tuple[int, ...]  # one example: (C, H, W) for images, (T,) token ids for text
     vocab_size: int | None = None  # text only
     decode: Callable[[list[int]], str] | None = None  # text only: token ids -> text
+    mask_id: int | None = None  # text only: the token masked language models mask inputs with
 
 
 class FamilyStep(Protocol):
@@ -120,4 +121,6 @@ def all_families() -> dict[str, FamilySpec]:
 
 
 def _load_builtin_families() -> None:
+    import gentrain.families.flow  # noqa: F401
     import gentrain.families.gan  # noqa: F401  (registers itself)
+    import gentrain.families.vae  # noqa: F401

@@ -1,0 +1,44 @@
+"""User images: encoded files (PNG/JPEG) decoded into one (N, C, H, W) tensor in [-1, 1]."""
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from gentrain.errors import GentrainError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def decode_images(
+    encoded: Sequence[bytes], *, names: Sequence[str], channels: int, size: int | None
+) -> torch.Tensor:
+    """Decode, convert to `channels` (1: grayscale, 3: RGB), centre-crop to a square and resize to
+    `size` (None: keep each image as it is; then all must share one size)."""
+    from PIL import Image, UnidentifiedImageError
+
+    arrays = []
+    for data, name in zip(encoded, names, strict=True):
+        try:
+            image = Image.open(io.BytesIO(data))
+            image = image.convert("L" if channels == 1 else "RGB")
+        except (UnidentifiedImageError, OSError) as err:
+            raise GentrainError(f"{name}: not a readable image ({err})") from None
+        if size is not None:
+            image = _square(image).resize((size, size), Image.Resampling.BICUBIC)
+        array = np.asarray(image, dtype=np.float32)
+        arrays.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise GentrainError(
+            f"images differ in size ({', '.join(sorted(str(s[1:]) for s in shapes)[:3])}); "
+            "set data.image_size to resize them"
+        )
+    return torch.from_numpy(np.stack(arrays)) / 127.5 - 1.0
+
+
+def _square(image):
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return image.crop((left, top, left + side, top + side))
