@@ -50,7 +50,7 @@ def image_references(job) -> dict[str, float]:
     from gentrain.families import get_family
     from gentrain.metrics import ImageQuality, default_features, load_feature_extractor
 
-    data = load_dataset(job.data.source)
+    data = load_dataset(job.data)
     extractor = load_feature_extractor(job.eval.features or default_features(job.data.source))
     quality = ImageQuality(extractor=extractor, real_images=data.heldout)
     family = get_family(job.model.family)
@@ -69,7 +69,7 @@ def unigram_perplexity(job) -> float:
     """Held-out perplexity of token frequencies counted on the train split (add-one smoothed)."""
     from gentrain.data import load_dataset
 
-    data = load_dataset(job.data.source)
+    data = load_dataset(job.data)
     vocab = data.info.vocab_size
     counts = torch.bincount(data.train.flatten(), minlength=vocab).double() + 1
     log_probs = (counts / counts.sum()).log()

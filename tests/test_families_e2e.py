@@ -2,6 +2,9 @@
 model all land in MLflow. (The GAN is covered in depth by test_run.py.)"""
 
 import math
+import os
+import subprocess
+import sys
 from collections import defaultdict
 
 import mlflow
@@ -9,6 +12,7 @@ import pytest
 
 from conftest import JOBS, gentrain
 from gentrain import spec as spec_module
+from gentrain.data import load_dataset
 from gentrain.families import all_families
 
 pytestmark = pytest.mark.slow
@@ -59,3 +63,22 @@ def test_family_trains_end_to_end(family, tmp_path):
     assert run.data.tags["gentrain.family"] == family
     models = client.search_logged_models([experiment.experiment_id])
     assert [m.source_run_id for m in models] == [run.info.run_id]
+    shape = _sample_shape_in_a_fresh_process(run.info.run_id, cwd=tmp_path)
+    assert shape == (2, *load_dataset(job.data).info.shape)
+
+
+def _sample_shape_in_a_fresh_process(run_id: str, *, cwd) -> tuple[int, ...]:
+    code = (
+        "import mlflow; "
+        f"print(tuple(mlflow.pytorch.load_model('runs:/{run_id}/model').sample(2).shape))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return tuple(int(n) for n in result.stdout.strip().splitlines()[-1].strip("()").split(",") if n)

@@ -76,6 +76,9 @@ def test_samples_have_the_data_shape_and_range(name):
     assert samples.shape == (5, *batch.shape[1:])
     if family.modality == "image":
         assert samples.min() >= -1 and samples.max() <= 1
+    else:
+        vocab = load_dataset(family.default_source).info.vocab_size
+        assert samples.dtype == torch.int64 and 0 <= samples.min() and samples.max() < vocab
 
 
 @pytest.mark.parametrize("name", FAMILIES)
