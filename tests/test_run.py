@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import mlflow
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import GENTRAIN, JOBS, gentrain
@@ -149,24 +151,45 @@ def test_every_worker_reports_into_a_checkpoint_under_storage_path(finished):
 
 
 def test_a_failing_job_ends_failed_with_its_reason(tmp_path):
+    # Only the workers find out, once they read it, that this parquet file holds text.
+    texts = tmp_path / "texts.parquet"
+    pq.write_table(pa.table({"text": ["not an image. " * 100] * 8}), texts)
+    result = gentrain(
+        "run",
+        SPEC,
+        *SMALL_JOB,
+        "--set",
+        f"data.source=parquet:{texts}",
+        "--set",
+        "eval.metrics=[]",
+        "--set",
+        "train.max_failures=0",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "holds texts" in error_lines[0], result.stderr[-2000:]
+    assert "gentrain.errors" not in error_lines[0]
+    run = _only_run(tmp_path)
+    assert run.info.status == "FAILED"
+    assert "holds texts; family gan trains on images" in run.data.tags["gentrain.failure"]
+
+
+def test_missing_inception_weights_stop_the_job_before_anything_starts(tmp_path):
     result = gentrain(
         "run",
         SPEC,
         *SMALL_JOB,
         "--set",
         "eval.features=inception",
-        "--set",
-        "train.max_failures=0",
         cwd=tmp_path,
         env={"GENTRAIN_INCEPTION_WEIGHTS": str(tmp_path / "missing.pth")},
     )
     assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1 and "missing.pth" in error_lines[0]
-    run = _only_run(tmp_path)
-    assert run.info.status == "FAILED"
-    assert "missing.pth" in run.data.tags["gentrain.failure"]
+    assert result.stderr.startswith("error:") and "missing.pth" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "mlflow.db").exists(), "no MLflow run was opened"
 
 
 RESUME_JOB = [

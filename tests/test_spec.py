@@ -35,6 +35,17 @@ def test_defaults_fill_a_minimal_spec_and_overrides_apply(tmp_path):
     assert spec_module.flatten(job.to_dict())["optim.lr"] == 3e-4
 
 
+def test_eval_metrics_default_to_the_familys_and_an_empty_list_turns_them_off(tmp_path):
+    job = spec_module.load(_write(tmp_path, MINIMAL))
+    assert job.eval_metrics == ("fid", "is") and job.image_features == "classifier:digits"
+    off = spec_module.load(_write(tmp_path, MINIMAL), ["eval.metrics=[]"])
+    assert off.eval_metrics == () and off.image_features is None
+    own = spec_module.load(
+        _write(tmp_path, MINIMAL), ["eval.metrics=[is]", "eval.features=inception"]
+    )
+    assert own.eval_metrics == ("is",) and own.image_features == "inception"
+
+
 @pytest.mark.parametrize(
     ("text", "overrides", "expected"),
     [
@@ -52,7 +63,11 @@ def test_defaults_fill_a_minimal_spec_and_overrides_apply(tmp_path):
         ),
         (MINIMAL, ["data.source=builtin:cifar"], "data.source"),
         (MINIMAL, ["data.augment=[rotate]"], "data.augment.0"),
-        (MINIMAL, ["model.family=vq"], "model.family: unknown family 'vq'; allowed: flow, gan, vae"),
+        (
+            MINIMAL,
+            ["model.family=vq"],
+            "model.family: unknown family 'vq'; allowed: flow, gan, vae",
+        ),
         (MINIMAL, ["model.flavor=huge"], "model.flavor: 'huge' is not a gan flavor"),
         (MINIMAL, ["model.overrides.depth=3"], "model.overrides.depth: unknown gan setting"),
         (MINIMAL, ["model.overrides.latent_dim=big"], "model.overrides.latent_dim: expected int"),

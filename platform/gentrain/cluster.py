@@ -6,6 +6,11 @@ import os
 import ray
 
 
+def is_embedded(address: str | None) -> bool:
+    """Whether a job with this --address runs on an embedded local Ray (on this machine)."""
+    return not (address or os.environ.get("RAY_ADDRESS"))
+
+
 def connect(address: str | None = None) -> None:
     """Join the Ray at `address` (or RAY_ADDRESS); without one, start an embedded local Ray bound
     to 127.0.0.1. Worker logs stay in Ray's log files: the driver shows progress instead."""

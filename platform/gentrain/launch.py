@@ -1,6 +1,7 @@
 """Runs one job: opens its MLflow run, builds a Ray Train TorchTrainer for the spec, relays
 progress to the caller and closes the run with its outcome."""
 
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +50,10 @@ def run(
     on_progress: ProgressCallback | None = None,
     on_start: Callable[[str], None] | None = None,
 ) -> RunResult:
+    if spec.image_features and cluster.is_embedded(address):
+        from gentrain.metrics import ensure_available
+
+        ensure_available(spec.image_features)  # before anything starts, not at the first eval
     uri = tracking.resolve_tracking_uri(spec)
     tracking.check_reachable(uri)
     run_id = tracking.start_run(spec, uri=uri, resume_run_id=resume_run_id)
@@ -137,7 +142,10 @@ class _Relay(threading.Thread):
 
 
 def _reason(err: BaseException) -> str:
-    """One line: the innermost worker error when Ray wraps one."""
+    """One line: the innermost worker error when Ray wraps one (our own errors without their
+    class name: they are written to be read as they are)."""
     text = str(err).strip().splitlines()
     lines = [line for line in text if line.strip()]
-    return lines[-1][:500] if lines else type(err).__name__
+    if not lines:
+        return type(err).__name__
+    return re.sub(r"^gentrain\.errors\.\w+: ", "", lines[-1])[:500]

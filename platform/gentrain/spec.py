@@ -111,7 +111,7 @@ class OptimSection(Section):
 
 
 class EvalSection(Section):
-    metrics: tuple[str, ...] | None = None  # default: every metric of the family
+    metrics: tuple[str, ...] | None = None  # default: every metric of the family; [] none
     num_samples: int = Field(500, ge=2)
     features: str | None = None
 
@@ -162,7 +162,18 @@ class JobSpec(Section):
     def eval_metrics(self) -> tuple[str, ...]:
         from gentrain.families import get_family
 
-        return self.eval.metrics or get_family(self.model.family).eval_metrics
+        if self.eval.metrics is not None:  # [] turns evaluation metrics off
+            return self.eval.metrics
+        return get_family(self.model.family).eval_metrics
+
+    @property
+    def image_features(self) -> str | None:
+        """The FID / IS feature extractor, when the job computes either."""
+        if not {"fid", "is"} & set(self.eval_metrics):
+            return None
+        from gentrain.metrics import default_features
+
+        return self.eval.features or default_features(self.data.source)
 
     @property
     def experiment(self) -> str:

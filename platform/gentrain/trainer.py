@@ -155,7 +155,7 @@ class _Loop:
         models = {name: self.strategy.unwrapped(name) for name in self.step_fn.phases}
         for model in models.values():
             model.eval()
-        quality = self._image_quality() if {"fid", "is"} & set(wanted) else None
+        quality = self._image_quality() if self.spec.image_features else None
         cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=cuda), torch.no_grad():
             torch.manual_seed(EVAL_SEED)
@@ -177,11 +177,11 @@ class _Loop:
 
     def _image_quality(self):
         if self.quality is None:
-            from gentrain.metrics import ImageQuality, default_features, load_feature_extractor
+            from gentrain.metrics import ImageQuality, load_feature_extractor
 
-            features = self.spec.eval.features or default_features(self.spec.data.source)
             self.quality = ImageQuality(
-                extractor=load_feature_extractor(features), real_images=self.data.heldout
+                extractor=load_feature_extractor(self.spec.image_features),
+                real_images=self.data.heldout,
             )
         return self.quality
 

@@ -6,6 +6,7 @@ from gentrain.metrics.features import (
     ImageFeatureExtractor,
     InceptionFeatures,
     default_features,
+    ensure_available,
     load_feature_extractor,
 )
 from gentrain.metrics.image import ImageQuality
@@ -17,5 +18,6 @@ __all__ = [
     "ImageQuality",
     "InceptionFeatures",
     "default_features",
+    "ensure_available",
     "load_feature_extractor",
 ]

@@ -49,6 +49,13 @@ def load_feature_extractor(name: str, *, cache_dir: Path | None = None) -> "Imag
     )
 
 
+def ensure_available(name: str) -> None:
+    """Raise the error that loading `name` would raise later, without building it: InceptionV3's
+    weights must be on disk (or downloadable); the digits classifier is trained on demand."""
+    if name == "inception":
+        _inception_weights()
+
+
 class ImageFeatureExtractor(nn.Module):
     """forward(images (N, C, H, W) in [-1, 1])
     -> (features (N, num_features) for FID, logits (N, num_classes) for IS)."""
