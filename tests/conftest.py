@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,41 @@ def gentrain(*args: str, cwd: Path, timeout: float = 600, env: dict | None = Non
         timeout=timeout,
         env={**os.environ, "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": "", **(env or {})},
     )
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str  # http://127.0.0.1:PORT
+    env: dict[str, str]  # AWS_* settings that point boto3 and pyarrow at it
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.env["AWS_REGION"],
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+        )
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto) on 127.0.0.1 for the session. Tests set its `env`
+    (monkeypatch.setenv) and use buckets of their own: its state lives as long as the session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",  # no instance-metadata lookups for credentials
+    }
+    yield S3Server(endpoint=endpoint, env=env)
+    server.stop()

@@ -42,7 +42,13 @@ def test_batches_are_a_pure_function_of_the_step():
 def test_augmentations_keep_shape_and_range_and_change_images():
     images = load_digits("train")[0][:64]
     torch.manual_seed(0)
-    for names in (("hflip",), ("random_crop",), ("noise",), ("hflip", "random_crop", "noise")):
+    for names in (
+        ("hflip",),
+        ("random_crop",),
+        ("color_jitter",),
+        ("noise",),
+        ("hflip", "random_crop", "color_jitter", "noise"),
+    ):
         out = augment(images, names)
         assert out.shape == images.shape
         assert out.min() >= -1 and out.max() <= 1

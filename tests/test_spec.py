@@ -66,7 +66,7 @@ def test_eval_metrics_default_to_the_familys_and_an_empty_list_turns_them_off(tm
         (
             MINIMAL,
             ["model.family=vq"],
-            "model.family: unknown family 'vq'; allowed: flow, gan, vae",
+            "model.family: unknown family 'vq'; allowed: bert, diffusion, flow, gan, gpt, vae",
         ),
         (MINIMAL, ["model.flavor=huge"], "model.flavor: 'huge' is not a gan flavor"),
         (MINIMAL, ["model.overrides.depth=3"], "model.overrides.depth: unknown gan setting"),

@@ -65,9 +65,12 @@ class DataSection(Section):
         builtin = ("digits", *BUILTIN_CORPORA)
         if kind == "builtin" and rest not in builtin:
             raise ValueError(f"built-in datasets: {', '.join('builtin:' + b for b in builtin)}")
-        if kind != "builtin" and not rest.startswith("s3://") and not Path(rest).exists():
+        if kind == "builtin" or rest.startswith("s3://"):
+            return source
+        if not Path(rest).exists():
             raise ValueError(f"{rest} does not exist")
-        return source
+        # absolute: Ray Train workers run in a working directory of their own
+        return f"{kind}:{Path(rest).resolve()}"
 
 
 class TrainSection(Section):

@@ -75,13 +75,13 @@ def _split_images(images: torch.Tensor, where: str) -> Dataset:
 
 def _images_from_files(directory: str, data: DataSection) -> Dataset:
     from gentrain.data.images import IMAGE_SUFFIXES, decode_images
-    from gentrain.data.storage import list_files, read_bytes
+    from gentrain.data.storage import list_files, read_files
 
     files = list_files(directory, IMAGE_SUFFIXES)
     if not files:
         raise GentrainError(f"{directory}: no {'/'.join(IMAGE_SUFFIXES)} files found")
     images = decode_images(
-        [read_bytes(f) for f in files],
+        read_files(files),
         names=files,
         channels=data.channels or 3,
         size=data.image_size,
@@ -124,9 +124,9 @@ def _parquet_dataset(path: str, data: DataSection) -> Dataset:
         names = parquet.schema.names
         column = data.column or next((c for c in ("image", "text") if c in names), None)
         if column not in names:
+            wanted = repr(data.column) if data.column else "'image' or 'text'"
             raise GentrainError(
-                f"{path}: no column {data.column or 'image or text'!r}; columns: "
-                f"{', '.join(names)} (set data.column)"
+                f"{path}: no column {wanted}; columns: {', '.join(names)} (set data.column)"
             )
         values = parquet.read(columns=[column]).column(column)
     except (OSError, pa.ArrowException) as err:
@@ -163,9 +163,11 @@ class ShardedBatches:
         self.batch_size = batch_size  # per worker
         self.rank, self.world, self.seed = rank, world, seed
         self.per_epoch = len(examples) // (batch_size * world)
-        assert self.per_epoch > 0, (
-            f"{len(examples)} examples are fewer than one global batch of {batch_size * world}"
-        )
+        if self.per_epoch == 0:  # user data can be small
+            raise GentrainError(
+                f"data.batch_size: {batch_size * world} is more than the {len(examples)} training "
+                "examples; lower it or add data"
+            )
 
     def at(self, step: int) -> torch.Tensor:
         """The batch of the 1-based optimizer `step`."""

@@ -18,23 +18,27 @@ def decode_images(
     `size` (None: keep each image as it is; then all must share one size)."""
     from PIL import Image, UnidentifiedImageError
 
-    arrays = []
+    arrays, first_size = [], None
     for data, name in zip(encoded, names, strict=True):
         try:
             image = Image.open(io.BytesIO(data))
             image = image.convert("L" if channels == 1 else "RGB")
-        except (UnidentifiedImageError, OSError) as err:
+        except UnidentifiedImageError:
+            raise GentrainError(f"{name}: not a readable image (unknown format)") from None
+        except OSError as err:
             raise GentrainError(f"{name}: not a readable image ({err})") from None
         if size is not None:
             image = _square(image).resize((size, size), Image.Resampling.BICUBIC)
+        first_size = first_size or image.size
+        if image.size != first_size:
+            raise GentrainError(
+                f"{name} is {_size(image.size)} but {names[0]} is {_size(first_size)}: "
+                "set data.image_size to resize all images to one size"
+            )
         array = np.asarray(image, dtype=np.float32)
         arrays.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise GentrainError(
-            f"images differ in size ({', '.join(sorted(str(s[1:]) for s in shapes)[:3])}); "
-            "set data.image_size to resize them"
-        )
+    if not arrays:  # the caller says how many it needs
+        return torch.empty(0, channels, size or 0, size or 0)
     return torch.from_numpy(np.stack(arrays)) / 127.5 - 1.0
 
 
@@ -42,3 +46,7 @@ def _square(image):
     side = min(image.size)
     left, top = (image.width - side) // 2, (image.height - side) // 2
     return image.crop((left, top, left + side, top + side))
+
+
+def _size(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"  # width x height

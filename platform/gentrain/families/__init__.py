@@ -121,6 +121,9 @@ def all_families() -> dict[str, FamilySpec]:
 
 
 def _load_builtin_families() -> None:
+    import gentrain.families.bert  # noqa: F401
+    import gentrain.families.diffusion  # noqa: F401
     import gentrain.families.flow  # noqa: F401
     import gentrain.families.gan  # noqa: F401  (registers itself)
+    import gentrain.families.gpt  # noqa: F401
     import gentrain.families.vae  # noqa: F401

@@ -1,0 +1,21 @@
+"""BERT family: an encoder-only transformer trained as a masked language model."""
+
+from gentrain.families import FamilySpec, register
+from gentrain.families.bert.model import BERTConfig
+from gentrain.families.bert.step import BERTStep
+
+FAMILY = register(
+    FamilySpec(
+        name="bert",
+        modality="text",
+        config_cls=BERTConfig,
+        flavors={
+            "debug": {"layers": 2, "dim": 32, "heads": 2, "dropout": 0.0, "sample_rounds": 4},
+            "small": {"layers": 4, "dim": 128, "heads": 4, "dropout": 0.0},
+            "base": {"layers": 12, "dim": 768, "heads": 12, "dropout": 0.1},  # BERT-base sized
+        },
+        eval_metrics=("perplexity", "mlm_accuracy"),
+        default_source="builtin:python_docs",
+        make_step=BERTStep,
+    )
+)

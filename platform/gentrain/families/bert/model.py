@@ -1,0 +1,155 @@
+"""An encoder-only transformer (BERT-like) trained as a masked language model: token + learned
+position embeddings, a stack of identical blocks of bidirectional self-attention and an MLP
+(post-LayerNorm as in BERT, or pre-LayerNorm), and an MLM head (dense, GELU, LayerNorm) whose
+decoder is the token embedding.
+
+The model reads one window of seq_len tokens, some of them the mask token, and predicts every
+position's token; `fill` and `sample` never emit the mask token.
+"""
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BERTConfig:
+    layers: int = 4
+    dim: int = 128
+    heads: int = 4
+    dropout: float = 0.1
+    norm: str = "pre"  # "post": LayerNorm after each residual add (BERT); "pre": before each branch
+    mask_prob: float = 0.15  # share of positions the training loss (and evaluation) predicts
+    sample_rounds: int = 16  # sampling unmasks a window in this many rounds
+
+    def __post_init__(self):
+        if self.norm not in ("pre", "post"):
+            raise ValueError(f"model.overrides.norm: expected 'pre' or 'post', got {self.norm!r}")
+        if not 0 < self.mask_prob < 1:
+            raise ValueError(f"model.overrides.mask_prob: expected in (0, 1), got {self.mask_prob}")
+
+
+class Embeddings(nn.Module):
+    """Token plus learned position embeddings; post-LN models normalise them (as BERT does)."""
+
+    def __init__(self, config: BERTConfig, *, vocab_size: int, seq_len: int):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab_size, config.dim)
+        self.positions = nn.Embedding(seq_len, config.dim)
+        self.norm = nn.LayerNorm(config.dim) if config.norm == "post" else nn.Identity()
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, dim)
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        return self.dropout(self.norm(self.tokens(ids) + self.positions(positions)))
+
+
+class Block(nn.Module):
+    """Bidirectional multi-head self-attention then an MLP, each a residual branch."""
+
+    def __init__(self, config: BERTConfig):
+        super().__init__()
+        assert config.dim % config.heads == 0, f"dim {config.dim} % heads {config.heads} != 0"
+        self.heads, self.dropout, self.pre_norm = config.heads, config.dropout, config.norm == "pre"
+        self.qkv = nn.Linear(config.dim, 3 * config.dim)
+        self.proj = nn.Linear(config.dim, config.dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(config.dim, 4 * config.dim), nn.GELU(), nn.Linear(4 * config.dim, config.dim)
+        )
+        self.norm1, self.norm2 = nn.LayerNorm(config.dim), nn.LayerNorm(config.dim)
+        self.residual_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, dim) -> (B, T, dim)
+        if self.pre_norm:
+            x = x + self.residual_dropout(self.attend(self.norm1(x)))
+            return x + self.residual_dropout(self.mlp(self.norm2(x)))
+        x = self.norm1(x + self.residual_dropout(self.attend(x)))
+        return self.norm2(x + self.residual_dropout(self.mlp(x)))
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        q, k, v = (  # (B, heads, T, dim / heads) each
+            part.view(batch, length, self.heads, dim // self.heads).transpose(1, 2)
+            for part in self.qkv(x).split(dim, dim=2)
+        )
+        attended = F.scaled_dot_product_attention(  # every position sees every other: no mask
+            q, k, v, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj(attended.transpose(1, 2).reshape(x.shape))
+
+
+class MLMHead(nn.Module):
+    """Hidden states -> token logits; the decoder's weight is the token embedding's."""
+
+    def __init__(self, config: BERTConfig, tokens: nn.Embedding):
+        super().__init__()
+        self.transform = nn.Sequential(
+            nn.Linear(config.dim, config.dim), nn.GELU(), nn.LayerNorm(config.dim)
+        )
+        self.decoder = nn.Linear(config.dim, tokens.num_embeddings)
+        self.decoder.weight = tokens.weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, T, dim) -> (B, T, vocab)
+        return self.decoder(self.transform(hidden))
+
+
+class BERT(nn.Module):
+    def __init__(self, config: BERTConfig, *, vocab_size: int, seq_len: int, mask_id: int):
+        super().__init__()
+        assert 0 <= mask_id < vocab_size, f"mask token {mask_id} not in [0, {vocab_size})"
+        self.config, self.seq_len, self.mask_id = config, seq_len, mask_id
+        self.embed = Embeddings(config, vocab_size=vocab_size, seq_len=seq_len)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
+        # Pre-LN leaves the residual stream unnormalised: one LayerNorm closes the stack.
+        self.norm = nn.LayerNorm(config.dim) if config.norm == "pre" else nn.Identity()
+        self.head = MLMHead(config, self.embed.tokens)
+        self.apply(_init_weights)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, vocab) of the token at each position of `ids` (B, T), T <= seq_len."""
+        assert ids.shape[1] <= self.seq_len, f"{ids.shape[1]} tokens > seq_len {self.seq_len}"
+        x = self.embed(ids)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+    def _probs(self, ids: torch.Tensor) -> torch.Tensor:
+        """Predicted distributions (B, T, vocab) with no mass on the mask token."""
+        logits = self(ids).float()
+        logits[..., self.mask_id] = float("-inf")
+        return logits.softmax(-1)
+
+    @torch.no_grad()
+    def fill(self, ids: torch.Tensor) -> torch.Tensor:
+        """`ids` (B, T) with each mask token replaced by the likeliest token, in one pass."""
+        return torch.where(ids == self.mask_id, self._probs(ids).argmax(-1), ids)
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        """n windows (n, seq_len) by iterative unmasking: start fully masked; each round draws a
+        token for every masked position and keeps the most confident draws, a fixed share of the
+        window per round, so that later rounds condition on earlier ones."""
+        device = self.embed.tokens.weight.device
+        ids = torch.full((n, self.seq_len), self.mask_id, dtype=torch.int64, device=device)
+        rounds = max(1, min(self.config.sample_rounds, self.seq_len))
+        revealed = [math.ceil(self.seq_len * r / rounds) for r in range(rounds + 1)]
+        for before, after in itertools.pairwise(revealed):  # positions revealed by each round
+            probs = self._probs(ids)
+            drawn = torch.multinomial(probs.flatten(0, 1), 1).view(ids.shape)  # (n, T)
+            confidence = probs.gather(-1, drawn[..., None])[..., 0]
+            confidence = confidence.masked_fill(ids != self.mask_id, -1.0)  # revealed: not again
+            chosen = confidence.topk(after - before, dim=1).indices  # (n, after - before)
+            ids.scatter_(1, chosen, drawn.gather(1, chosen))
+        return ids
+
+
+def _init_weights(module: nn.Module) -> None:
+    """BERT's initialisation: N(0, 0.02) weights, zero biases (LayerNorms keep ones and zeros)."""
+    if isinstance(module, nn.Linear | nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,70 @@
+"""A decoder-only transformer (nanoGPT-like): token + learned position embeddings, a stack of
+identical pre-LayerNorm blocks of causal self-attention and an MLP, a final LayerNorm and an LM head
+tied to the token embedding.
+
+A data window of seq_len tokens trains the model to predict its tokens 1..T-1 from 0..T-2, so the
+model's context is seq_len - 1 tokens. Sampling starts from a fixed start token (the step picks the
+newline token) and draws the rest of a window one token at a time.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gentrain.families.transformer import Block, Embeddings, init_weights
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    layers: int = 4
+    dim: int = 128
+    heads: int = 4
+    dropout: float = 0.1
+    temperature: float = 1.0  # sampling: logits are divided by it
+    top_k: int = 0  # sampling: draw from the k likeliest tokens only; 0 = from all
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig, *, vocab_size: int, context: int, start_id: int):
+        super().__init__()
+        assert 0 <= start_id < vocab_size, f"start token {start_id} not in [0, {vocab_size})"
+        self.config, self.vocab_size = config, vocab_size
+        self.context, self.start_id = context, start_id
+        self.embed = Embeddings(vocab_size, context, config.dim, config.dropout)
+        self.blocks = nn.ModuleList(
+            Block(config.dim, config.heads, config.dropout, causal=True)
+            for _ in range(config.layers)
+        )
+        self.norm = nn.LayerNorm(config.dim)
+        self.head = nn.Linear(config.dim, vocab_size, bias=False)
+        self.apply(init_weights)
+        self.head.weight = self.embed.tokens.weight  # tied input and output embeddings
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, vocab) of the token after each position of `ids` (B, T), T <= context."""
+        if ids.shape[1] > self.context:
+            raise ValueError(f"{ids.shape[1]} tokens: the model reads at most {self.context}")
+        x = self.embed(ids)  # (B, T, dim)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """`prompt_ids` (B, P), P >= 1, followed by `max_new_tokens` sampled tokens: (B, P + new).
+        Each token is drawn given the last `context` tokens. Call it in eval mode (no dropout)."""
+        ids = prompt_ids
+        for _ in range(max_new_tokens):
+            logits = self(ids[:, -self.context :])[:, -1].float() / self.config.temperature
+            if self.config.top_k:
+                kth = logits.topk(min(self.config.top_k, self.vocab_size)).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            ids = torch.cat([ids, torch.multinomial(logits.softmax(-1), 1)], dim=1)
+        return ids
+
+    def sample(self, n: int) -> torch.Tensor:
+        """n windows (n, context + 1) of token ids: the start token, then sampled tokens."""
+        device = self.embed.tokens.weight.device
+        start = torch.full((n, 1), self.start_id, dtype=torch.int64, device=device)
+        return self.generate(start, self.context)

@@ -1,0 +1,79 @@
+"""GPT's training step: next-token cross-entropy; held-out perplexity; text continuations."""
+
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gentrain.families import DataInfo
+from gentrain.families.gpt.model import GPT, GPTConfig
+
+
+class GPTStep:
+    phases = ("gpt",)
+    decode: Callable[[list[int]], str] = staticmethod(str)  # set by build
+    seq_len = 0
+
+    def build(self, config: GPTConfig, data: DataInfo) -> dict[str, nn.Module]:
+        assert data.vocab_size and data.decode, "gpt trains on text"
+        self.decode, self.seq_len = data.decode, data.shape[0]
+        start_id = newline_id(data.decode, data.vocab_size)
+        model = GPT(config, vocab_size=data.vocab_size, context=self.seq_len - 1, start_id=start_id)
+        return {"gpt": model}
+
+    def loss(
+        self, models: Mapping[str, nn.Module], batch: torch.Tensor, *, phase: str
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        assert phase == "gpt", phase
+        return next_token_loss(models["gpt"], batch), {}
+
+    def sample(self, models: Mapping[str, nn.Module], n: int) -> torch.Tensor:
+        return models["gpt"].sample(n)
+
+    def preview(self, models: Mapping[str, nn.Module], heldout: torch.Tensor) -> list[str]:
+        """Four held-out prompts (half a window, spread over the held-out text) each continued to
+        a whole window by the model, then four unconditional samples."""
+        gpt = models["gpt"]
+        half = self.seq_len // 2
+        picks = torch.linspace(0, len(heldout) - 1, 4).long().unique()
+        prompts = heldout[picks, :half].to(gpt.embed.tokens.weight.device)
+        wholes = gpt.generate(prompts, self.seq_len - half)
+        texts = [
+            f"[prompt]\n{self.decode(whole[:half].tolist())}\n[model]\n"
+            f"{self.decode(whole[half:].tolist())}"
+            for whole in wholes
+        ]
+        return texts + [f"[sample]\n{self.decode(ids.tolist())}" for ids in self.sample(models, 4)]
+
+    def evaluate(self, models: Mapping[str, nn.Module], heldout: torch.Tensor) -> dict[str, float]:
+        """Perplexity: exp of the mean next-token cross-entropy over every predicted held-out token
+        (tokens 1..T-1 of each window)."""
+        gpt = models["gpt"]
+        device = gpt.embed.tokens.weight.device
+        total = 0.0
+        for windows in heldout.split(64):
+            total += next_token_loss(gpt, windows.to(device), reduction="sum").item()
+        count = heldout.shape[0] * (heldout.shape[1] - 1)
+        return {"perplexity": float(torch.tensor(total / count, dtype=torch.float64).exp())}
+
+    def export(self, models: Mapping[str, nn.Module]) -> tuple[nn.Module, torch.Tensor]:
+        # The GPT itself: forward(ids) -> logits, sample(n) and generate(prompt_ids, new_tokens).
+        gpt = models["gpt"]
+        example = torch.full((2, gpt.context), gpt.start_id, dtype=torch.int64)
+        return gpt, example.to(gpt.embed.tokens.weight.device)
+
+
+def next_token_loss(
+    model: nn.Module, windows: torch.Tensor, *, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy of predicting tokens 1..T-1 of `windows` (B, T) from tokens 0..T-2."""
+    logits = model(windows[:, :-1]).float()  # (B, T - 1, vocab)
+    return F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten(), reduction=reduction)
+
+
+def newline_id(decode: Callable[[list[int]], str], vocab_size: int) -> int:
+    """Where sampling starts: the token that decodes to a newline (10 in the byte tokenizer; the
+    byte-level BPE's alphabet has one too), so that samples read as text from a line's start;
+    token 0 for a vocabulary without one."""
+    return next((i for i in range(vocab_size) if decode([i]) == "\n"), 0)

@@ -1,0 +1,486 @@
+"""User data sources (images:, parquet:, text:, local or s3://) and the spec's data section, on real
+files made here: PNG/JPEG with Pillow, parquet with pyarrow, S3 on a real server (moto)."""
+
+import io
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from conftest import gentrain
+from gentrain import spec as spec_module
+from gentrain.data import Dataset, ShardedBatches, augment, load_dataset, source_modality
+from gentrain.data.storage import filesystem, read_bytes
+from gentrain.data.text import BPETokenizer, ByteTokenizer, builtin_corpus, split_text
+from gentrain.errors import GentrainError, SpecError
+from gentrain.spec import DataSection
+
+RNG = np.random.default_rng(0)
+
+
+def _pixels(height: int = 8, width: int = 8) -> np.ndarray:
+    """(H, W, 3) uint8 that spans 0..255, so the scaled images span exactly [-1, 1]."""
+    pixels = RNG.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    pixels[0, 0], pixels[0, 1] = 0, 255
+    return pixels
+
+
+def _encode(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _scaled(pixels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(pixels.transpose(2, 0, 1).astype(np.float32)) / 127.5 - 1
+
+
+def _image_folder(root, n: int = 10) -> list[np.ndarray]:
+    """n PNGs, half of them in a nested folder, next to files that are not images."""
+    (root / "nested" / "deeper").mkdir(parents=True)
+    images = [_pixels() for _ in range(n)]
+    for i, pixels in enumerate(images):
+        folder = root / "nested" / "deeper" if i % 2 else root
+        (folder / f"img{i:02d}.png").write_bytes(_encode(pixels))
+    (root / "README.txt").write_text("not an image")
+    (root / "nested" / "labels.csv").write_text("a,b\n")
+    return images
+
+
+def _tuples(tensor: torch.Tensor) -> list[tuple[float, ...]]:
+    return [tuple(x.flatten().tolist()) for x in tensor]
+
+
+def _rows(tensor: torch.Tensor) -> set[tuple[float, ...]]:
+    return set(_tuples(tensor))
+
+
+def _load(source: str, **data) -> Dataset:
+    return load_dataset(DataSection(source=source, **data))
+
+
+# --- images:DIR ------------------------------------------------------------------------------
+
+
+def test_image_folder_is_decoded_scaled_and_split_deterministically(tmp_path):
+    images = _image_folder(tmp_path)
+    data = _load(f"images:{tmp_path}")
+    assert data.modality == "image" and data.info.shape == (3, 8, 8)
+    assert (len(data.train), len(data.heldout)) == (9, 1), "nested folders count, text files not"
+    assert data.train.dtype == torch.float32
+    assert data.train.min() == -1 and data.train.max() == 1
+    everything = torch.cat([data.train, data.heldout])
+    assert _rows(everything) == _rows(torch.stack([_scaled(p) for p in images])), "lossless"
+    assert not _rows(data.train) & _rows(data.heldout)
+    again = _load(f"images:{tmp_path}")
+    assert torch.equal(again.train, data.train) and torch.equal(again.heldout, data.heldout)
+
+
+def test_channels_and_image_size(tmp_path):
+    for i in range(4):  # not square, mixed sizes: centre-cropped and resized
+        (tmp_path / f"{i}.png").write_bytes(_encode(_pixels(8 + 2 * i, 12)))
+    gray = _load(f"images:{tmp_path}", channels=1, image_size=6)
+    assert gray.info.shape == (1, 6, 6) and gray.train.shape[1:] == (1, 6, 6)
+    assert -1 <= gray.train.min() and gray.train.max() <= 1
+    rgb = _load(f"images:{tmp_path}", channels=3, image_size=4)
+    assert rgb.info.shape == (3, 4, 4)
+    assert _load(f"images:{tmp_path}", image_size=4).info.shape == (3, 4, 4), "default: RGB"
+
+
+def test_grayscale_values_and_jpeg_files(tmp_path):
+    gray = RNG.integers(0, 256, (8, 8), dtype=np.uint8)
+    for name in ("a.png", "b.PNG"):
+        (tmp_path / name).write_bytes(_encode(np.stack([gray] * 3, axis=-1)))
+    data = _load(f"images:{tmp_path}", channels=1)
+    expected = torch.from_numpy(gray.astype(np.float32))[None] / 127.5 - 1
+    assert torch.equal(data.train[0], expected) and torch.equal(data.heldout[0], expected)
+
+    jpegs = tmp_path / "jpegs"
+    jpegs.mkdir()
+    smooth = np.tile(np.linspace(0, 255, 16, dtype=np.uint8)[None, :, None], (16, 1, 3))
+    for name in ("a.jpg", "b.jpeg", "c.JPG"):
+        (jpegs / name).write_bytes(_encode(smooth, "JPEG"))
+    data = _load(f"images:{jpegs}")
+    assert data.info.shape == (3, 16, 16)
+    assert (torch.cat([data.train, data.heldout]) - _scaled(smooth)).abs().max() < 0.1, "lossy"
+
+
+def test_image_folder_errors_name_the_file_and_the_fix(tmp_path):
+    _image_folder(tmp_path, n=4)
+    (tmp_path / "nested" / "broken.png").write_bytes(_encode(_pixels())[:60])
+    with pytest.raises(GentrainError, match=r"broken\.png: not a readable image"):
+        _load(f"images:{tmp_path}")
+    (tmp_path / "nested" / "broken.png").write_bytes(b"plain text, not a PNG")
+    with pytest.raises(GentrainError, match=r"broken\.png: not a readable image \(unknown format"):
+        _load(f"images:{tmp_path}")
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "a.png").write_bytes(_encode(_pixels(8, 8)))
+    (mixed / "b.png").write_bytes(_encode(_pixels(16, 12)))
+    with pytest.raises(GentrainError) as caught:
+        _load(f"images:{mixed}")
+    message = str(caught.value)
+    assert "b.png is 12x16 but" in message and "a.png is 8x8" in message
+    assert "data.image_size" in message and "\n" not in message
+    assert _load(f"images:{mixed}", image_size=8).info.shape == (3, 8, 8)
+
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("no images here")
+    with pytest.raises(GentrainError, match=r"empty: no \.png/\.jpg/\.jpeg files found"):
+        _load(f"images:{empty}")
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "a.png").write_bytes(_encode(_pixels()))
+    with pytest.raises(GentrainError, match="found 1 image"):
+        _load(f"images:{single}")
+
+
+# --- parquet:PATH ------------------------------------------------------------------------------
+
+
+def _image_table(n: int, *, column: str = "image", hugging_face: bool = False) -> pa.Table:
+    encoded = [_encode(_pixels()) for _ in range(n)]
+    if hugging_face:  # datasets' Image feature: struct<bytes: binary, path: string>
+        values = pa.array([{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(encoded)])
+    else:
+        values = pa.array(encoded, type=pa.binary())
+    return pa.table({"label": list(range(n)), column: values})
+
+
+def _text_table(n: int) -> pa.Table:
+    texts = [f"Paragraph {i} says hello. " * 4 for i in range(n)]
+    return pa.table({"id": list(range(n)), "text": texts})
+
+
+def test_parquet_image_bytes_column(tmp_path):
+    pq.write_table(_image_table(10), tmp_path / "auto.parquet")
+    data = _load(f"parquet:{tmp_path / 'auto.parquet'}")
+    assert data.modality == "image" and data.info.shape == (3, 8, 8)
+    assert (len(data.train), len(data.heldout)) == (9, 1)
+    assert data.train.min() == -1 and data.train.max() == 1
+
+    pq.write_table(_image_table(10, column="picture"), tmp_path / "named.parquet")
+    named = _load(f"parquet:{tmp_path / 'named.parquet'}", column="picture", channels=1)
+    assert named.info.shape == (1, 8, 8)
+
+    pq.write_table(_image_table(10, hugging_face=True), tmp_path / "hf.parquet")
+    hf = _load(f"parquet:{tmp_path / 'hf.parquet'}", image_size=4)
+    assert hf.info.shape == (3, 4, 4) and len(hf.train) + len(hf.heldout) == 10
+
+
+def test_parquet_text_column_and_a_directory_of_files(tmp_path):
+    pq.write_table(_text_table(20), tmp_path / "text.parquet")
+    data = _load(f"parquet:{tmp_path / 'text.parquet'}", seq_len=16)
+    assert data.modality == "text" and data.train.dtype == torch.int64
+    start = data.info.decode(data.train[::2].flatten().tolist())  # stride T/2: every other one
+    assert start.startswith("Paragraph 0 says hello.") and "hello. \n\nParagraph 1" in start
+
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    table = _image_table(12)
+    for k in range(3):
+        pq.write_table(table.slice(4 * k, 4), folder / f"part-{k}.parquet")
+    parts = _load(f"parquet:{folder}")
+    assert len(parts.train) + len(parts.heldout) == 12
+    assert len(_rows(torch.cat([parts.train, parts.heldout]))) == 12, "every row once"
+
+
+def test_parquet_errors_list_the_columns(tmp_path):
+    pq.write_table(pa.table({"pixels": [b"x"], "caption": ["a"]}), tmp_path / "t.parquet")
+    with pytest.raises(GentrainError) as caught:
+        _load(f"parquet:{tmp_path / 't.parquet'}")
+    message = str(caught.value)
+    assert "no column 'image' or 'text'" in message and "columns: pixels, caption" in message
+    assert "data.column" in message
+    with pytest.raises(GentrainError, match="no column 'photo'; columns: pixels, caption"):
+        _load(f"parquet:{tmp_path / 't.parquet'}", column="photo")
+
+    pq.write_table(pa.table({"image": [1, 2, 3]}), tmp_path / "ints.parquet")
+    with pytest.raises(GentrainError, match="column 'image' is int64; expected encoded image"):
+        _load(f"parquet:{tmp_path / 'ints.parquet'}")
+    pq.write_table(pa.table({"image": pa.array([], type=pa.binary())}), tmp_path / "none.parquet")
+    with pytest.raises(GentrainError, match="none.parquet: found 0 image"):
+        _load(f"parquet:{tmp_path / 'none.parquet'}")
+    (tmp_path / "fake.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(GentrainError, match="fake.parquet: cannot read parquet"):
+        _load(f"parquet:{tmp_path / 'fake.parquet'}")
+
+
+# --- text:FILE and built-in corpora ----------------------------------------------------------
+
+
+def _numbered_text(n: int = 400) -> str:
+    """Text whose every marker is unique, so that overlap between windows is visible."""
+    return "".join(f"<{i:04d}> Ünïcode and ascii.\n\n" for i in range(n))
+
+
+def _markers(text: str) -> set[str]:
+    return {piece.split(">")[0] for piece in text.split("<")[1:] if ">" in piece}
+
+
+def test_text_file_byte_windows_and_a_contiguous_heldout_tail(tmp_path):
+    text = _numbered_text()
+    (tmp_path / "corpus.txt").write_text(text, encoding="utf-8")
+    data = _load(f"text:{tmp_path / 'corpus.txt'}", seq_len=32)
+    assert data.modality == "text" and data.info.shape == (32,)
+    assert data.info.vocab_size == 257 and data.info.mask_id == 256
+    assert data.train.dtype == torch.int64 and data.train.shape[1] == 32
+    assert data.train.max() < 256 and data.heldout.max() < 256
+    assert torch.equal(data.train[1, :16], data.train[0, 16:]), "training windows: stride T/2"
+
+    split = split_text(text)
+    heldout = data.info.decode(data.heldout.flatten().tolist())
+    assert heldout in split.heldout, "held-out windows follow each other in the tail"
+    train_markers = set().union(*(_markers(data.info.decode(w.tolist())) for w in data.train))
+    heldout_markers = _markers(heldout)
+    assert heldout_markers and not train_markers & heldout_markers, "no window overlaps"
+    assert max(int(m) for m in train_markers) < min(int(m) for m in heldout_markers)
+
+
+def test_byte_and_bpe_tokenizers_round_trip():
+    text = builtin_corpus("python_docs")
+    split = split_text(text)
+    byte = ByteTokenizer()
+    assert byte.decode(byte.encode(split.heldout)) == split.heldout
+
+    bpe = BPETokenizer(split.train, vocab_size=512)
+    ids = bpe.encode(split.heldout)
+    assert bpe.vocab_size == 512 and 0 <= bpe.mask_id < 512
+    assert max(ids) < 512 and bpe.mask_id not in ids
+    assert bpe.decode(ids) == split.heldout
+    assert len(ids) < len(split.heldout) / 2, "merges compress English text"
+    assert bpe.decode([bpe.mask_id, *bpe.encode("def f():")]) == "def f():"
+    assert BPETokenizer(split.train, vocab_size=512).encode(split.heldout) == ids
+
+    tiny = BPETokenizer("tiny text " * 10, vocab_size=1000)
+    assert tiny.vocab_size <= 1000 and tiny.mask_id < tiny.vocab_size
+    odd = "naïve café — 日本語 🐍\n\n\n\nnew paragraph"
+    assert tiny.decode(tiny.encode(odd)) == odd, "byte-level: any text, nothing lost"
+
+
+def test_bpe_is_the_same_in_every_process():
+    """Each Ray worker trains its own tokenizer: all must agree on every id."""
+    code = (
+        "from gentrain.data.text import BPETokenizer, builtin_corpus\n"
+        "text = builtin_corpus('python_docs')[:100_000]\n"
+        "print(BPETokenizer(text, vocab_size=600).encode(text[-5000:]))\n"
+    )
+    here = BPETokenizer(builtin_corpus("python_docs")[:100_000], vocab_size=600)
+    there = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert there.stdout.strip() == str(here.encode(builtin_corpus("python_docs")[:100_000][-5000:]))
+
+
+def test_bpe_dataset_from_the_builtin_corpus():
+    data = _load("builtin:python_docs", tokenizer="bpe", vocab_size=300, seq_len=64)
+    assert data.info.vocab_size == 300 and 0 <= data.info.mask_id < 300
+    assert data.train.dtype == torch.int64 and data.train.shape[1:] == (64,)
+    assert int(data.train.max()) < 300 and len(data.heldout) > 10
+    assert isinstance(data.info.decode(data.heldout[0].tolist()), str)
+
+
+def test_builtin_python_docs_is_english_text():
+    assert source_modality("builtin:python_docs") == "text"
+    text = builtin_corpus("python_docs")
+    assert len(text) > 100_000
+    words = text.lower().split()
+    assert words.count("the") > 1000 and "python" in words
+    assert sum(c.isascii() for c in text) / len(text) > 0.99
+    data = _load("builtin:python_docs", seq_len=128)
+    assert data.info.vocab_size == 257 and len(data.train) > 1000
+
+
+def test_too_little_text_is_a_clear_error(tmp_path):
+    (tmp_path / "short.txt").write_text("only a few words here")
+    with pytest.raises(GentrainError, match="too little text for data.seq_len 64"):
+        _load(f"text:{tmp_path / 'short.txt'}")
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(GentrainError, match="too little text"):
+        _load(f"text:{tmp_path / 'empty.txt'}", seq_len=4)
+
+
+# --- s3:// on a real S3-compatible server ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server, tmp_path_factory):
+    """A bucket holding an image folder, parquet files and a text file, plus their local twins."""
+    local = tmp_path_factory.mktemp("s3-twins")
+    client = s3_server.client()
+    client.create_bucket(Bucket="gentrain-data")
+    _image_folder(local / "images")
+    pq.write_table(_image_table(10), local / "images.parquet")
+    pq.write_table(_text_table(20), local / "text.parquet")
+    (local / "parts").mkdir()
+    for k in range(2):
+        pq.write_table(_image_table(4), local / "parts" / f"part-{k}.parquet")
+    (local / "corpus.txt").write_text(_numbered_text(100), encoding="utf-8")
+    for path in local.rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), "gentrain-data", path.relative_to(local).as_posix())
+    return local
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    for key in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
+def _same_split(a, b) -> bool:
+    return torch.equal(a.train, b.train) and torch.equal(a.heldout, b.heldout)
+
+
+def test_s3_sources_read_what_local_ones_do(bucket, s3_env):
+    pairs = [
+        ("images:s3://gentrain-data/images", f"images:{bucket / 'images'}", {}),
+        ("images:s3://gentrain-data/images/", f"images:{bucket / 'images'}", {"channels": 1}),
+        ("parquet:s3://gentrain-data/images.parquet", f"parquet:{bucket / 'images.parquet'}", {}),
+        ("parquet:s3://gentrain-data/parts", f"parquet:{bucket / 'parts'}", {}),
+        ("parquet:s3://gentrain-data/text.parquet", f"parquet:{bucket / 'text.parquet'}", {}),
+        ("text:s3://gentrain-data/corpus.txt", f"text:{bucket / 'corpus.txt'}", {"seq_len": 16}),
+    ]
+    for remote, local, settings in pairs:
+        assert _same_split(_load(remote, **settings), _load(local, **settings)), remote
+
+
+def test_missing_s3_objects_are_clear_errors(bucket, s3_env):
+    with pytest.raises(GentrainError, match="s3://gentrain-data/missing.txt: cannot read"):
+        _load("text:s3://gentrain-data/missing.txt")
+    with pytest.raises(GentrainError, match="s3://gentrain-data/nothing-here: cannot list"):
+        _load("images:s3://gentrain-data/nothing-here")
+    with pytest.raises(GentrainError, match="s3://no-such-bucket/x.parquet: cannot read parquet"):
+        _load("parquet:s3://no-such-bucket/x.parquet")
+
+
+def test_s3_endpoint_comes_from_the_environment(bucket, s3_env, monkeypatch):
+    fs, path = filesystem("s3://gentrain-data/corpus.txt")
+    settings = fs.__reduce__()[1][0]  # what pyarrow was given
+    assert settings["endpoint_override"] == s3_env.endpoint.removeprefix("http://")
+    assert settings["scheme"] == "http" and path == "gentrain-data/corpus.txt"
+    expected = (bucket / "corpus.txt").read_bytes()
+    assert read_bytes("s3://gentrain-data/corpus.txt") == expected
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(GentrainError, match="cannot read"):
+        read_bytes("s3://gentrain-data/corpus.txt")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_env.endpoint)  # the service's own one wins
+    assert read_bytes("s3://gentrain-data/corpus.txt") == expected
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "minio.example:9000")  # no scheme: https
+    settings = filesystem("s3://b/k")[0].__reduce__()[1][0]
+    assert (settings["endpoint_override"], settings["scheme"]) == ("minio.example:9000", "https")
+
+
+# --- the spec's data section ---------------------------------------------------------------
+
+
+def _job(family: str, **data) -> dict:
+    return {"name": "t", "model": {"family": family, "flavor": "debug"}, "data": data}
+
+
+TEXT = {"source": "builtin:python_docs"}
+
+
+@pytest.mark.parametrize(
+    ("job", "expected"),
+    [
+        (_job("gan", image_size=2), "data.image_size: Input should be greater than or equal to 4"),
+        (_job("gan", image_size="big"), "data.image_size: Input should be a valid integer"),
+        (_job("gan", channels=2), "data.channels: Input should be 1 or 3 (got 2)"),
+        (_job("gan", column=["a"]), "data.column: Input should be a valid string"),
+        (_job("gan", augment=["color"]), "data.augment.0: Input should be 'hflip'"),
+        (_job("gpt", **TEXT, tokenizer="wordpiece"), "data.tokenizer: Input should be 'byte'"),
+        (_job("gpt", **TEXT, vocab_size=100), "data.vocab_size: Input should be greater than"),
+        (_job("gpt", **TEXT, seq_len=1), "data.seq_len: Input should be greater than"),
+        (_job("gpt", **TEXT, seq_len=10**6), "data.seq_len: Input should be less than"),
+        (_job("gpt", **TEXT, shuffle=True), "data.shuffle: unknown key; allowed: source"),
+        (_job("gan", source="images"), "data.source: must be one of builtin:..., parquet:..."),
+        (_job("gan", source="video:/x"), "data.source: must be one of"),
+        (_job("gan", source="builtin:cifar"), "data.source: built-in datasets: builtin:digits"),
+        (_job("gan", source="images:/no/such/dir"), "data.source: /no/such/dir does not exist"),
+        (_job("gpt", source="text:/no/such.txt"), "data.source: /no/such.txt does not exist"),
+        (_job("gan", source="parquet:/no/x.parquet"), "data.source: /no/x.parquet does not exist"),
+        (_job("gan", **TEXT), "data.source: builtin:python_docs holds texts; family gan trains"),
+        (_job("vae", source="text:s3://b/c.txt"), "data.source: text:s3://b/c.txt holds texts"),
+        (_job("gpt", source="builtin:digits"), "data.source: builtin:digits holds images"),
+        (_job("bert", source="images:s3://b/x"), "data.source: images:s3://b/x holds images"),
+        (_job("gpt", **TEXT, augment=["hflip"]), "data.augment: augmentations apply to images"),
+    ],
+)
+def test_bad_data_sections_are_one_line_errors_naming_the_field(job, expected):
+    with pytest.raises(SpecError) as caught:
+        spec_module.validate(job)
+    message = str(caught.value)
+    assert expected in message and "\n" not in message
+
+
+def test_good_data_sections(tmp_path, monkeypatch):
+    job = spec_module.validate(_job("gpt", **TEXT, tokenizer="bpe", vocab_size=512, seq_len=32))
+    assert (job.data.tokenizer, job.data.vocab_size, job.data.seq_len) == ("bpe", 512, 32)
+    images = spec_module.validate(
+        _job("gan", source="images:s3://b/x", image_size=32, channels=1, augment=["color_jitter"])
+    )
+    assert images.data.source == "images:s3://b/x", "s3:// is not checked at validation"
+    assert spec_module.validate(_job("flow", source="parquet:s3://b/p", column="img")).data.column
+
+    (tmp_path / "imgs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    relative = spec_module.validate(_job("gan", source="images:imgs"))
+    assert relative.data.source == f"images:{tmp_path.resolve() / 'imgs'}", (
+        "made absolute: Ray workers run in another working directory"
+    )
+    assert spec_module.validate(relative.to_dict()).data.source == relative.data.source
+
+
+def test_cli_validate_rejects_a_source_of_the_wrong_modality(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("name: t\nmodel: {family: gan, flavor: debug}\n")
+    result = gentrain(
+        "validate", str(job), "--set", "data.source=builtin:python_docs", cwd=tmp_path, timeout=120
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert "data.source: builtin:python_docs holds texts; family gan" in result.stderr
+
+
+# --- augmentations and batches ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_color_jitter_keeps_shape_and_range_and_changes_images(channels):
+    torch.manual_seed(0)
+    images = torch.rand(16, channels, 8, 8) * 2 - 1
+    out = augment(images, ("color_jitter",))
+    assert out.shape == images.shape and out.dtype == images.dtype
+    assert out.min() >= -1 and out.max() <= 1
+    changed = (out - images).flatten(1).abs().amax(dim=1) > 1e-3
+    assert changed.all(), "every image is jittered"
+    assert not torch.equal(augment(images, ("color_jitter",)), out), "random each call"
+
+
+def test_sharded_batches_of_text_windows(tmp_path):
+    (tmp_path / "corpus.txt").write_text(_numbered_text(200), encoding="utf-8")
+    windows = _load(f"text:{tmp_path / 'corpus.txt'}", seq_len=16).train
+    shards = [ShardedBatches(windows, batch_size=8, rank=r, world=2, seed=0) for r in range(2)]
+    batch = shards[0].at(1)
+    assert batch.dtype == torch.int64 and batch.shape == (8, 16)
+    epoch = torch.cat([s.at(step) for s in shards for step in range(1, shards[0].per_epoch + 1)])
+    assert Counter(_tuples(epoch)) <= Counter(_tuples(windows)), "no window twice in an epoch"
+    assert torch.equal(
+        ShardedBatches(windows, batch_size=8, rank=0, world=2, seed=0).at(5), (shards[0].at(5))
+    )
+    with pytest.raises(GentrainError, match="data.batch_size: .* training examples"):
+        ShardedBatches(windows[:10], batch_size=8, rank=0, world=2, seed=0)
