@@ -47,6 +47,16 @@ def test_eval_metrics_default_to_the_familys_and_an_empty_list_turns_them_off(tm
 
 
 @pytest.mark.parametrize(
+    ("family", "source"), [("gpt", "builtin:python_docs"), ("vae", "builtin:digits")]
+)
+def test_a_spec_without_a_data_source_takes_its_familys(tmp_path, family, source):
+    text = f"name: t\nmodel: {{family: {family}, flavor: debug}}\ndata: {{batch_size: 8}}\n"
+    assert spec_module.load(_write(tmp_path, text)).data.source == source
+    bare = f"name: t\nmodel: {{family: {family}, flavor: debug}}\n"
+    assert spec_module.load(_write(tmp_path, bare)).data.source == source
+
+
+@pytest.mark.parametrize(
     ("text", "overrides", "expected"),
     [
         (MINIMAL + "extra: 1\n", [], "extra: unknown key"),
@@ -136,5 +146,7 @@ def test_cli_run_with_an_invalid_spec_starts_nothing(tmp_path):
 def test_cli_ls_lists_families_flavors_and_strategies(tmp_path):
     result = gentrain("ls", cwd=tmp_path)
     assert result.returncode == 0
-    for word in ("gan", "debug", "small", "base", "ddp", "classifier:digits"):
+    for word in ("gan", "gpt", "debug", "small", "base", "ddp", "classifier:digits"):
+        assert word in result.stdout
+    for word in ("builtin:python_docs", "images:DIR", "parquet:PATH", "text:FILE", "s3://"):
         assert word in result.stdout

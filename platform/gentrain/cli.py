@@ -50,9 +50,9 @@ def _load(spec_path: str, sets: list[str]):
 @app.command("ls")
 def list_components() -> None:
     """Families with their flavors, strategies, data sources and evaluation features."""
+    from gentrain.data.text import BUILTIN_CORPORA
     from gentrain.families import all_families
     from gentrain.metrics import FEATURE_EXTRACTORS
-    from gentrain.spec import DATA_SOURCE_KINDS
     from gentrain.strategies import STRATEGIES
 
     table = Table(title="model families", title_justify="left")
@@ -64,7 +64,8 @@ def list_components() -> None:
         )
     out.print(table)
     out.print(f"strategies:      {', '.join(STRATEGIES)}")
-    out.print(f"data sources:    builtin:digits  (planned forms: {', '.join(DATA_SOURCE_KINDS)})")
+    builtin = ", ".join(f"builtin:{name}" for name in ("digits", *BUILTIN_CORPORA))
+    out.print(f"data sources:    {builtin}, images:DIR, parquet:PATH, text:FILE (local or s3://)")
     out.print(f"eval features:   {', '.join(FEATURE_EXTRACTORS)}")
 
 

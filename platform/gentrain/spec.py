@@ -42,7 +42,7 @@ class ModelSection(Section):
 
 
 class DataSection(Section):
-    source: str = "builtin:digits"
+    source: str = "builtin:digits"  # a job spec without one takes its family's default_source
     batch_size: int = Field(64, ge=1, description="global batch, split evenly across workers")
     augment: tuple[Literal["hflip", "random_crop", "color_jitter", "noise"], ...] = ()
     # images: (user images are resized to image_size x image_size; channels 1 = grayscale, 3 = RGB)
@@ -138,6 +138,23 @@ class JobSpec(Section):
     eval: EvalSection = EvalSection()
     tracking: TrackingSection = TrackingSection()
     storage: StorageSection = StorageSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_default_source(cls, raw: Any) -> Any:
+        """data.source, when the spec leaves it out, is the family's own default dataset."""
+        from gentrain.families import get_family
+
+        model, data = (raw.get("model"), raw.get("data")) if isinstance(raw, dict) else (None, None)
+        if not isinstance(model, dict) or not isinstance(model.get("family"), str):
+            return raw  # the field validators report what is missing or wrong
+        if data is None or (isinstance(data, dict) and "source" not in data):
+            try:
+                source = get_family(model["family"]).default_source
+            except SpecError:
+                return raw  # an unknown family: model.family's own error says so
+            return {**raw, "data": {**(data or {}), "source": source}}
+        return raw
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> "JobSpec":

@@ -138,7 +138,7 @@ class RunLogger:
 
         import gentrain
 
-        module = module.cpu().eval()
+        module, example_input = module.cpu().eval(), example_input.cpu()
         with torch.no_grad():
             output = module(example_input)
         mlflow.set_tracking_uri(self.uri)
