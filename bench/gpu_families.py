@@ -1,11 +1,14 @@
-"""Every family's shipped job on the GPU under each mixed precision: one worker (NCCL, autocast,
-GradScaler for fp16), a short run through `launch.run`, its loss at the start and the end and its
-final metrics. Skips with a line where no CUDA device is visible.
+"""Every family's shipped job on the GPU under each strategy and mixed precision: one worker (NCCL,
+autocast, GradScaler for fp16; DeepSpeed's bf16/fp16 modes and fused optimizers), a short run
+through `launch.run`, its loss at the start and the end and its final metrics. Skips with a line
+where no CUDA device is visible.
 
-    python bench/gpu_families.py [--families gan,gpt] [--precisions bf16,fp16] [--steps 300]
+    python bench/gpu_families.py [--families gan,gpt] [--strategies ddp,zero3]
+        [--precisions bf16,fp16] [--steps 300] [--quick] [--json PATH]
 """
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -15,7 +18,16 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_one(path: Path, precision: str, steps: int, workdir: Path) -> dict:
+STRATEGIES = {
+    "ddp": [],
+    **{
+        f"zero{stage}": ["train.strategy=deepspeed", f"train.deepspeed.zero_stage={stage}"]
+        for stage in range(4)
+    },
+}
+
+
+def run_one(path: Path, strategy: str, precision: str, steps: int, workdir: Path) -> dict:
     import mlflow
 
     from gentrain import launch, spec
@@ -23,6 +35,7 @@ def run_one(path: Path, precision: str, steps: int, workdir: Path) -> dict:
     job = spec.load(
         path,
         [
+            *STRATEGIES[strategy],
             f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
             f"storage.path={workdir}/ckpt",
             "train.use_gpu=true",
@@ -45,8 +58,11 @@ def run_one(path: Path, precision: str, steps: int, workdir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", help="comma-separated; default: every family with a job")
+    parser.add_argument("--strategies", default="ddp", help=f"of {', '.join(STRATEGIES)}")
     parser.add_argument("--precisions", default="fp32,bf16,fp16")
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--quick", action="store_true", help="30 steps")
+    parser.add_argument("--json", type=Path, help="write the figures as flat JSON")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("gpu_families: no CUDA device here; skipped")
@@ -55,25 +71,36 @@ def main() -> None:
 
     jobs = {spec.load(p).model.family: p for p in sorted((REPO / "jobs").glob("*.yaml"))}
     wanted = args.families.split(",") if args.families else sorted(jobs)
+    steps = 30 if args.quick else args.steps
+    figures: dict[str, float] = {}
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    print(f"{'family':<10}{'precision':<10}{'loss first':>11}{'loss last':>11}{'sec':>7}  metrics")
+    print(
+        f"{'family':<10}{'strategy':<9}{'precision':<10}{'loss first':>11}{'loss last':>11}"
+        f"{'sec':>7}  metrics"
+    )
     for family in wanted:
-        for precision in args.precisions.split(","):
-            with tempfile.TemporaryDirectory() as tmp:
-                try:
-                    out = run_one(jobs[family], precision, args.steps, Path(tmp))
-                except Exception as err:  # a table row, not a stop: the other cells still run
-                    print(f"{family:<10}{precision:<10} FAILED: {str(err)[:300]}")
-                    continue
-            losses, shown = (
-                out["losses"],
-                {k: round(v, 3) for k, v in out["metrics"].items() if k not in ("step", "loss")},
-            )
-            print(
-                f"{family:<10}{precision:<10}{losses[0]:>11.4f}{losses[-1]:>11.4f}"
-                f"{out['seconds']:>7.0f}  {shown}",
-                flush=True,
-            )
+        for strategy in args.strategies.split(","):
+            for precision in args.precisions.split(","):
+                cell = f"{family:<10}{strategy:<9}{precision:<10}"
+                with tempfile.TemporaryDirectory() as tmp:
+                    try:
+                        out = run_one(jobs[family], strategy, precision, steps, Path(tmp))
+                    except Exception as err:  # a table row, not a stop: the other cells run
+                        print(f"{cell} FAILED: {str(err)[:300]}", flush=True)
+                        continue
+                losses = out["losses"]
+                shown = {
+                    k: round(v, 3) for k, v in out["metrics"].items() if k not in ("step", "loss")
+                }
+                key = f"{family}.{strategy}.{precision}"
+                figures.update({f"{key}.loss_first": losses[0], f"{key}.loss_last": losses[-1]})
+                print(
+                    f"{cell}{losses[0]:>11.4f}{losses[-1]:>11.4f}{out['seconds']:>7.0f}  {shown}",
+                    flush=True,
+                )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

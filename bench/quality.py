@@ -105,6 +105,12 @@ def main() -> None:
                 {f"{family}.perplexity": metrics["perplexity"], f"{family}.unigram": baseline}
             )
             rows.append((family, "perplexity", metrics["perplexity"], f"unigram {baseline:.2f}"))
+        if "is" in metrics:
+            figures[f"{family}.is"] = metrics["is"]
+            rows.append((family, "is", metrics["is"], "Inception Score: higher is better"))
+        if "mlm_accuracy" in metrics:
+            figures[f"{family}.mlm_accuracy"] = metrics["mlm_accuracy"]
+            rows.append((family, "mlm_acc", metrics["mlm_accuracy"], "masked bytes recovered"))
         if "bits_per_dim" in metrics:
             figures[f"{family}.bits_per_dim"] = metrics["bits_per_dim"]
             rows.append((family, "bits/dim", metrics["bits_per_dim"], ""))

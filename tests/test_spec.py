@@ -13,6 +13,16 @@ SHIPPED = sorted(JOBS.glob("**/*.yaml"))
 def test_every_shipped_job_validates(path):
     job = spec_module.load(path)
     assert job.name and job.model.family
+    assert spec_module.JobSpec.model_validate(job.to_dict()) == job  # what workers receive
+
+
+def test_a_deepspeed_spec_survives_the_trip_to_the_workers(tmp_path):
+    job = spec_module.load(
+        _write(tmp_path, DEEPSPEED),
+        ["train.deepspeed.zero_stage=3", "train.deepspeed.config={zero_optimization: {a: 1}}"],
+    )
+    assert job.train.deepspeed.zero_stage == 3
+    assert spec_module.JobSpec.model_validate(job.to_dict()) == job
 
 
 def _write(tmp_path, text: str):
@@ -22,6 +32,7 @@ def _write(tmp_path, text: str):
 
 
 MINIMAL = "name: t\nmodel: {family: gan, flavor: debug}\n"
+DEEPSPEED = MINIMAL + "train: {strategy: deepspeed}\n"
 
 
 def test_defaults_fill_a_minimal_spec_and_overrides_apply(tmp_path):
@@ -93,6 +104,39 @@ def test_a_spec_without_a_data_source_takes_its_familys(tmp_path, family, source
             "model.init_from: /no/such/ckpt does not exist",
         ),
         (MINIMAL, ["train.precision=bf16"], "needs train.use_gpu"),
+        (MINIMAL, ["train.strategy=fsdp"], "train.strategy"),
+        (
+            DEEPSPEED,
+            ["train.deepspeed.zero_stage=4"],
+            "train.deepspeed.zero_stage: Input should be less than or equal to 3",
+        ),
+        (
+            DEEPSPEED,
+            ["train.deepspeed.offload_param=cpu"],
+            "train.deepspeed: offload_param cpu needs zero_stage 3 (got 2)",
+        ),
+        (
+            DEEPSPEED,
+            ["train.deepspeed.zero_stage=0", "train.deepspeed.offload_optimizer=cpu"],
+            "offload_optimizer cpu needs zero_stage 1-3",
+        ),
+        (
+            DEEPSPEED,
+            ["train.deepspeed.zero_stage=3", "train.deepspeed.offload_param=nvme"],
+            "train.deepspeed: nvme offload needs nvme_path",
+        ),
+        (
+            DEEPSPEED,
+            ["train.deepspeed.offload_optimizer=disk"],
+            "train.deepspeed.offload_optimizer",
+        ),
+        (
+            DEEPSPEED,
+            ["train.deepspeed.gradient_accumulation_steps=3"],
+            "data.batch_size: 64 must be a multiple of train.workers x gradient_accumulation_steps "
+            "(6)",
+        ),
+        (MINIMAL, ["train.deepspeed.zero_stage=3"], "deepspeed is set but strategy is ddp"),
         (MINIMAL, ["name=has space"], "name"),
         ("model: {family: gan}\n", [], "name: Field required"),
         ("- a\n- b\n", [], "a job spec is a YAML mapping"),

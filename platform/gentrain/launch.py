@@ -145,7 +145,7 @@ def _reason(err: BaseException) -> str:
     """One line: the innermost worker error when Ray wraps one (our own errors without their
     class name: they are written to be read as they are)."""
     text = str(err).strip().splitlines()
-    lines = [line for line in text if line.strip()]
+    lines = [line for line in text if line.strip() and "errors.pydantic.dev" not in line]
     if not lines:
         return type(err).__name__
     return re.sub(r"^gentrain\.errors\.\w+: ", "", lines[-1])[:500]

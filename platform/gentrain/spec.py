@@ -73,8 +73,35 @@ class DataSection(Section):
         return f"{kind}:{Path(rest).resolve()}"
 
 
+Offload = Literal["none", "cpu", "nvme"]
+
+
+class DeepSpeedSection(Section):
+    """The fields gentrain turns into a DeepSpeed config (train.strategy: deepspeed)."""
+
+    zero_stage: int = Field(2, ge=0, le=3)
+    offload_optimizer: Offload = "none"
+    offload_param: Offload = "none"
+    nvme_path: str | None = None  # where nvme offload swaps to
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    gradient_clipping: float | None = Field(None, gt=0, description="default: optim.grad_clip")
+    config: dict[str, Any] = Field(default_factory=dict)  # raw DeepSpeed keys, merged on top
+
+    @model_validator(mode="after")
+    def _offload_rules(self) -> "DeepSpeedSection":
+        if self.offload_param != "none" and self.zero_stage != 3:
+            raise ValueError(
+                f"offload_param {self.offload_param} needs zero_stage 3 (got {self.zero_stage})"
+            )
+        if self.offload_optimizer != "none" and self.zero_stage == 0:
+            raise ValueError(f"offload_optimizer {self.offload_optimizer} needs zero_stage 1-3")
+        if "nvme" in (self.offload_optimizer, self.offload_param) and not self.nvme_path:
+            raise ValueError("nvme offload needs nvme_path: a directory to swap to")
+        return self
+
+
 class TrainSection(Section):
-    strategy: Literal["ddp"] = "ddp"
+    strategy: Literal["ddp", "deepspeed"] = "ddp"
     workers: int = Field(2, ge=1, le=1024)
     use_gpu: bool = False
     cpus_per_worker: int | None = Field(None, ge=1)
@@ -85,6 +112,7 @@ class TrainSection(Section):
     eval_every: int = Field(500, ge=1)
     checkpoint_every: int = Field(250, ge=1)
     max_failures: int = Field(2, ge=0, description="worker-group restarts before the job fails")
+    deepspeed: DeepSpeedSection = DeepSpeedSection()
 
     @model_validator(mode="after")
     def _precision_needs_gpu(self) -> "TrainSection":
@@ -92,7 +120,14 @@ class TrainSection(Section):
             raise ValueError(
                 f"precision {self.precision} needs train.use_gpu: true (CPU trains fp32)"
             )
+        if self.strategy != "deepspeed" and self.deepspeed != DeepSpeedSection():
+            raise ValueError(f"deepspeed is set but strategy is {self.strategy}")
         return self
+
+    @property
+    def accumulation_steps(self) -> int:
+        """Micro-batches per optimizer step (DeepSpeed's gradient accumulation)."""
+        return self.deepspeed.gradient_accumulation_steps if self.strategy == "deepspeed" else 1
 
 
 class OptimSection(Section):
@@ -161,10 +196,13 @@ class JobSpec(Section):
         from gentrain.families import get_family
         from gentrain.metrics import FEATURE_EXTRACTORS
 
-        if self.data.batch_size % self.train.workers:
+        parts = self.train.workers * self.train.accumulation_steps
+        if self.data.batch_size % parts:
+            by = "train.workers" + (
+                " x gradient_accumulation_steps" if self.train.accumulation_steps > 1 else ""
+            )
             raise SpecError(
-                f"data.batch_size: {self.data.batch_size} must be a multiple of "
-                f"train.workers ({self.train.workers})"
+                f"data.batch_size: {self.data.batch_size} must be a multiple of {by} ({parts})"
             )
         family = get_family(self.model.family)
         _check_data_fits(self.data, family.name, family.modality)

@@ -55,15 +55,15 @@ def train_fn(config: dict[str, Any]) -> None:
             models=models,
             tracking_uri=config["tracking_uri"],
         )
-    strategy = make_strategy(spec, device=device, world=world)
-    train_models = strategy.prepare(models)
+    strategy = make_strategy(spec, device=device, world=world, rank=rank)
+    strategy.prepare(models)
     _seed_everything(spec.train.seed * 1000 + rank)  # each rank draws its own noise
 
     start_step = _restore(strategy, rank=rank)
     loop = _Loop(
         spec, config, rank=rank, world=world, step_fn=step_fn, strategy=strategy, data=data
     )
-    loop.run(train_models, device=device, start_step=start_step)
+    loop.run(device=device, start_step=start_step)
 
 
 class _Loop:
@@ -87,8 +87,9 @@ class _Loop:
         self.board = ray.get_actor(config["progress"]) if rank == 0 else None
         self.quality = None  # built at the first evaluation (rank 0)
 
-    def run(self, train_models, *, device: torch.device, start_step: int) -> None:
+    def run(self, *, device: torch.device, start_step: int) -> None:
         spec, train = self.spec, self.spec.train
+        micro = self.strategy.accumulation_steps
         batches = ShardedBatches(
             self.data.train,
             batch_size=spec.data.batch_size // self.world,
@@ -97,10 +98,8 @@ class _Loop:
             seed=train.seed,
         )
         sums: dict[str, torch.Tensor] = {}
-        window_seconds, window_steps = (
-            0.0,
-            0,
-        )  # training time only: evaluation and checkpoints excluded
+        # training time only: evaluation and checkpoints excluded
+        window_seconds, window_steps = 0.0, 0
         metrics: dict[str, float] = {}
         for step in range(start_step + 1, train.max_steps + 1):
             step_start = time.perf_counter()
@@ -109,12 +108,16 @@ class _Loop:
                 batch = augment(batch, spec.data.augment)
             total = torch.zeros((), device=device)
             for phase in self.step_fn.phases:
-                with self.strategy.autocast():
-                    loss, terms = self.step_fn.loss(train_models, batch, phase=phase)
-                self.strategy.update(phase, loss)
-                total += loss.detach().float()
-                for name, value in terms.items():
-                    sums[name] = sums.get(name, 0) + value.float()
+                for part in batch.chunk(micro):  # equal parts: the spec checks the division
+                    with self.strategy.phase(phase) as models:
+                        loss, terms = self.step_fn.loss(models, part, phase=phase)
+                    self.strategy.update(phase, loss)
+                    total += loss.detach().float() / micro
+                    for name, value in terms.items():
+                        sums[name] = sums.get(name, 0) + value.float() / micro
+                if after_update := getattr(self.step_fn, "after_update", None):
+                    with self.strategy.readable(phase) as models:
+                        after_update(models, phase=phase)
             sums["loss"] = sums.get("loss", 0) + total
             window_steps += 1
             window_seconds += time.perf_counter() - step_start
@@ -129,8 +132,9 @@ class _Loop:
                 metrics = {**metrics, **self._evaluate(step)}
             if step % train.checkpoint_every == 0 or last:
                 self._checkpoint(step, metrics)
+        models = self.strategy.full_models()
         if self.rank == 0:
-            self._export()
+            self._export(models)
 
     def _mean_over_workers(self, sums: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
         names = sorted(sums)
@@ -149,10 +153,10 @@ class _Loop:
     def _evaluate(self, step: int) -> dict[str, float]:
         """The family's held-out metrics, FID / IS of fresh samples for image families, and a
         preview (sample grid or texts), on rank 0."""
+        models = self.strategy.full_models()
         if self.rank != 0:
             return {}
         wanted = self.spec.eval_metrics
-        models = {name: self.strategy.unwrapped(name) for name in self.step_fn.phases}
         for model in models.values():
             model.eval()
         quality = self._image_quality() if self.spec.image_features else None
@@ -198,8 +202,7 @@ class _Loop:
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report({**metrics, "step": step}, checkpoint=checkpoint)
 
-    def _export(self) -> None:
-        models = {name: self.strategy.unwrapped(name) for name in self.step_fn.phases}
+    def _export(self, models: dict[str, torch.nn.Module]) -> None:
         module, example = self.step_fn.export(models)
         self.logger.log_model(
             module, example_input=example, register_as=self.spec.tracking.register_as

@@ -165,16 +165,14 @@ def test_ema_is_buffers_in_the_state_dict_not_parameters():
     assert not any(key.startswith("schedule.") for key in diffusion.state_dict())
 
 
-def test_only_a_training_forward_moves_the_ema():
+def test_after_update_moves_the_ema_and_forward_does_not():
     step, models, batch = _build()
     diffusion = models["diffusion"]
     _randomise(diffusion.unet)  # away from the EMA's copy of the initial weights
     before = copy.deepcopy(diffusion.ema.weights())
-    diffusion.eval()
-    diffusion(batch)
-    assert diffusion.ema.updates.item() == 0
-    diffusion.train()
     step.loss(models, batch, phase="diffusion")
+    assert diffusion.ema.updates.item() == 0
+    step.after_update(models, phase="diffusion")
     assert diffusion.ema.updates.item() == 1
     after = diffusion.ema.weights()
     assert all(not torch.equal(before[name], after[name]) for name in after)

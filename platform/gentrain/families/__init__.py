@@ -39,6 +39,11 @@ class FamilyStep(Protocol):
         """The loss of one phase and the family's own named terms to log (e.g. loss_d)."""
         ...
 
+    def after_update(self, models: Mapping[str, nn.Module], *, phase: str) -> None:
+        """Optional: runs after each optimizer step of `phase`'s network, on every rank, with
+        plain modules whose whole weights are readable (e.g. to move an EMA of them)."""
+        ...
+
     def sample(self, models: Mapping[str, nn.Module], n: int) -> torch.Tensor:
         """n samples: images in [-1, 1], (n, C, H, W); token ids, (n, T)."""
         ...

@@ -1,5 +1,6 @@
 """Parallelism strategies behind one protocol; the trainer never knows which one runs."""
 
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Literal, Protocol
@@ -9,24 +10,34 @@ from torch import nn
 
 from gentrain.spec import JobSpec
 
-STRATEGIES = ("ddp",)
+STRATEGIES = ("ddp", "deepspeed")
 
 
 class Strategy(Protocol):
-    def prepare(self, models: dict[str, nn.Module]) -> dict[str, nn.Module]:
-        """Place, wrap and give optimizers to the networks; returns the modules to run forward."""
+    accumulation_steps: int  # micro-batches per optimizer step
+
+    def prepare(self, models: dict[str, nn.Module]) -> None:
+        """Place, wrap and give optimizers to the networks."""
         ...
 
-    def unwrapped(self, name: str) -> nn.Module:
-        """The plain module, for sampling, evaluation and export."""
-        ...
-
-    def autocast(self) -> AbstractContextManager:
-        """The mixed-precision context of forward passes."""
+    def phase(self, name: str) -> AbstractContextManager[Mapping[str, nn.Module]]:
+        """The context of phase `name`'s forward passes (mixed precision and the like); it gives
+        the networks to run them with."""
         ...
 
     def update(self, name: str, loss: torch.Tensor) -> None:
-        """Backward `loss` into network `name`, clip, step its optimizer and schedule."""
+        """Backward one micro-batch's `loss` into network `name`; at the last micro-batch of a
+        step, clip, step its optimizer and schedule."""
+        ...
+
+    def readable(self, name: str) -> AbstractContextManager[Mapping[str, nn.Module]]:
+        """Network `name` as a plain module whose whole weights can be read, on every rank (a
+        collective where weights are sharded): for the family's after_update."""
+        ...
+
+    def full_models(self) -> dict[str, nn.Module]:
+        """Plain modules with the whole weights, for sampling, evaluation and export. Every rank
+        calls it (gathering sharded weights is collective); rank 0 gets all the networks."""
         ...
 
     def save(self, directory: Path, *, rank: int) -> None: ...
@@ -34,9 +45,12 @@ class Strategy(Protocol):
     def load(self, directory: Path) -> None: ...
 
 
-def make_strategy(spec: JobSpec, *, device: torch.device, world: int) -> Strategy:
-    name: Literal["ddp"] = spec.train.strategy
-    assert name == "ddp", name
+def make_strategy(spec: JobSpec, *, device: torch.device, world: int, rank: int) -> Strategy:
+    name: Literal["ddp", "deepspeed"] = spec.train.strategy
+    if name == "deepspeed":
+        from gentrain.strategies.deepspeed import DeepSpeedStrategy
+
+        return DeepSpeedStrategy(spec, device=device, world=world, rank=rank)
     from gentrain.strategies.ddp import DDPStrategy
 
-    return DDPStrategy(spec, device=device, world=world)
+    return DDPStrategy(spec, device=device, world=world, rank=rank)

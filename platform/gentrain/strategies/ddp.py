@@ -1,6 +1,6 @@
 """Data parallel: torch DistributedDataParallel, one optimizer per network, autocast on GPU."""
 
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -14,17 +14,19 @@ _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class DDPStrategy:
-    def __init__(self, spec: JobSpec, *, device: torch.device, world: int):
+    accumulation_steps = 1
+
+    def __init__(self, spec: JobSpec, *, device: torch.device, world: int, rank: int):
         self.spec, self.device, self.world = spec, device, world
         self.amp_dtype = _AMP_DTYPES.get(spec.train.precision)
         self.raw: dict[str, nn.Module] = {}
+        self.wrapped: dict[str, nn.Module] = {}  # what forward passes run
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedules: dict[str, torch.optim.lr_scheduler.LambdaLR] = {}
         # fp16 needs loss scaling against underflow; one scaler per network keeps their steps apart.
         self.scalers: dict[str, torch.amp.GradScaler] = {}
 
-    def prepare(self, models: dict[str, nn.Module]) -> dict[str, nn.Module]:
-        wrapped = {}
+    def prepare(self, models: dict[str, nn.Module]) -> None:
         for name, model in models.items():
             model.to(self.device)
             self.raw[name] = model
@@ -36,16 +38,24 @@ class DDPStrategy:
             self.scalers[name] = torch.amp.GradScaler(
                 self.device.type, enabled=self.amp_dtype is torch.float16
             )
-            wrapped[name] = DistributedDataParallel(model) if self.world > 1 else model
-        return wrapped
+            self.wrapped[name] = DistributedDataParallel(model) if self.world > 1 else model
 
-    def unwrapped(self, name: str) -> nn.Module:
-        return self.raw[name]
+    @contextmanager
+    def readable(self, name: str):
+        yield {name: self.raw[name]}
 
-    def autocast(self) -> AbstractContextManager:
+    def full_models(self) -> dict[str, nn.Module]:
+        return dict(self.raw)  # every replica holds the whole weights
+
+    @contextmanager
+    def phase(self, name: str):
+        # Every network runs wrapped: a DDP module expects its backward, and each update zeroes
+        # its network's gradients first, so another phase's leftovers never count.
         if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+            yield self.wrapped
+            return
+        with torch.autocast(self.device.type, dtype=self.amp_dtype):
+            yield self.wrapped
 
     def update(self, name: str, loss: torch.Tensor) -> None:
         optimizer, scaler = self.optimizers[name], self.scalers[name]

@@ -181,14 +181,7 @@ class Diffusion(nn.Module):
         self.ema = EMA(self.unet, decay=config.ema_decay) if config.ema_decay > 0 else None
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
-        """Per image: the noise-prediction MSE at a uniformly drawn timestep, (B,).
-
-        In training mode it first moves the EMA towards the current weights. The trainer gives a
-        family no hook after the optimizer step, so the EMA lags the weights by one update; doing
-        it here keeps it in the module, checkpointed and exported with it, with no trainer change.
-        """
-        if self.training and self.ema is not None:
-            self.ema.update(self.unet)
+        """Per image: the noise-prediction MSE at a uniformly drawn timestep, (B,)."""
         t = torch.randint(0, self.schedule.timesteps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         predicted = self.unet(self.schedule.q_sample(x0, t, noise), t)

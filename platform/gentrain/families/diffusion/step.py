@@ -24,6 +24,12 @@ class DiffusionStep:
         assert phase == "diffusion", phase
         return models["diffusion"](batch).mean(), {}  # the loss is the MSE: no other terms
 
+    def after_update(self, models: Mapping[str, nn.Module], *, phase: str) -> None:
+        """The EMA follows each optimizer step of the UNet."""
+        diffusion = models["diffusion"]
+        if diffusion.ema is not None:
+            diffusion.ema.update(diffusion.unet)
+
     def sample(self, models: Mapping[str, nn.Module], n: int) -> torch.Tensor:
         return models["diffusion"].sample(n)
 

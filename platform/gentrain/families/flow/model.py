@@ -71,7 +71,7 @@ class InvertibleConv1x1(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.linalg.qr(torch.randn(channels, channels))[0])
+        self.weight = nn.Parameter(torch.linalg.qr(torch.randn(channels, channels))[0].contiguous())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pixels = x.shape[2] * x.shape[3]

@@ -1,0 +1,161 @@
+"""DeepSpeed: one engine per network (ZeRO stage 0-3, optional CPU/NVMe offload), configured from
+the spec's typed `train.deepspeed` fields, with `config` merged on top for experts."""
+
+import copy
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gentrain.optim import build_optimizer, build_schedule
+from gentrain.spec import JobSpec
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_FUSED = {"adam": "Adam", "adamw": "AdamW"}  # DeepSpeed's own (fused / CPU) optimizers
+
+
+def deepspeed_config(spec: JobSpec, *, world: int) -> dict[str, Any]:
+    """The DeepSpeed config of a job: batch sizes from data.batch_size, ZeRO and offload from
+    train.deepspeed, precision from train.precision, then train.deepspeed.config on top."""
+    train, ds = spec.train, spec.train.deepspeed
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    for part in ("optimizer", "param"):
+        device = getattr(ds, f"offload_{part}")
+        if device != "none":
+            zero[f"offload_{part}"] = {"device": device, "pin_memory": train.use_gpu}
+            if device == "nvme":
+                zero[f"offload_{part}"]["nvme_path"] = ds.nvme_path
+    config: dict[str, Any] = {
+        "train_batch_size": spec.data.batch_size,
+        "train_micro_batch_size_per_gpu": spec.data.batch_size
+        // (world * ds.gradient_accumulation_steps),
+        "gradient_accumulation_steps": ds.gradient_accumulation_steps,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,  # torch's optimizers, where ours are not used
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 2**31 - 1,  # the trainer reports progress
+        "wall_clock_breakdown": False,
+    }
+    clipping = ds.gradient_clipping or spec.optim.grad_clip
+    if clipping:
+        config["gradient_clipping"] = clipping
+    if train.precision == "bf16":
+        config["bf16"] = {"enabled": True}
+    elif train.precision == "fp16":
+        config["fp16"] = {"enabled": True, "initial_scale_power": 16}
+    if train.use_gpu and spec.optim.name in _FUSED:
+        optim = spec.optim
+        params = {"lr": optim.lr, "betas": list(optim.betas), "weight_decay": optim.weight_decay}
+        config["optimizer"] = {"type": _FUSED[optim.name], "params": params}
+    return _merge(config, ds.config)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class DeepSpeedStrategy:
+    def __init__(self, spec: JobSpec, *, device: torch.device, world: int, rank: int):
+        import deepspeed  # only workers of a deepspeed job pay for its import
+
+        self.deepspeed = deepspeed
+        self.spec, self.device, self.world, self.rank = spec, device, world, rank
+        self.config = deepspeed_config(spec, world=world)
+        self.amp_dtype = _AMP_DTYPES.get(spec.train.precision)
+        self.accumulation_steps = spec.train.deepspeed.gradient_accumulation_steps
+        self.engines: dict[str, Any] = {}
+        # Evaluation and export run on plain copies (rank 0): ZeRO-3 partitions the engines'
+        # weights across ranks, and every engine's module carries DeepSpeed's hooks.
+        self.copies: dict[str, nn.Module] = {}
+
+    def prepare(self, models: dict[str, nn.Module]) -> None:
+        for name, model in models.items():
+            model.to(self.device)
+            if self.rank == 0:
+                self.copies[name] = copy.deepcopy(model)
+            optimizer, schedule = None, None
+            if "optimizer" in self.config:  # DeepSpeed builds its own; the schedule follows it
+                schedule = self._schedule
+            else:
+                optimizer = build_optimizer(model.parameters(), self.spec.optim)
+                schedule = self._schedule(optimizer)
+            engine, *_ = self.deepspeed.initialize(
+                model=model,
+                model_parameters=[p for p in model.parameters() if p.requires_grad],
+                optimizer=optimizer,
+                lr_scheduler=schedule,
+                config=copy.deepcopy(self.config),
+                dist_init_required=False,  # Ray Train's process group is the one to use
+            )
+            self.engines[name] = engine
+
+    def _schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        return build_schedule(optimizer, self.spec.optim, max_steps=self.spec.train.max_steps)
+
+    @contextmanager
+    def phase(self, name: str):
+        """Phase `name` runs its own network's engine and the others' plain modules, frozen: their
+        engines must see no forward or backward of a phase in which they do not step (a GAN's D
+        while G trains)."""
+        others = {other: e.module for other, e in self.engines.items() if other != name}
+        frozen = [p for module in others.values() for p in module.parameters() if p.requires_grad]
+        for param in frozen:
+            param.requires_grad_(False)
+        try:
+            with self._autocast():
+                yield {name: self.engines[name], **others}
+        finally:
+            for param in frozen:
+                param.requires_grad_(True)
+
+    def _autocast(self) -> AbstractContextManager:
+        if self.amp_dtype is None:
+            return nullcontext()
+        # DeepSpeed holds the weights in the half type; autocast casts the fp32 inputs to match.
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def update(self, name: str, loss: torch.Tensor) -> None:
+        """One micro-batch: DeepSpeed scales by the accumulation steps and steps the optimizer
+        and schedule (after clipping) at each accumulation boundary."""
+        engine = self.engines[name]
+        engine.backward(loss)
+        engine.step()
+
+    @contextmanager
+    def readable(self, name: str):
+        """Network `name` with its whole weights readable, on every rank (collective)."""
+        module = self.engines[name].module
+        zero3 = self.config["zero_optimization"]["stage"] == 3
+        with self.deepspeed.zero.GatheredParameters(list(module.parameters()), enabled=zero3):
+            yield {name: module}
+
+    def full_models(self) -> dict[str, nn.Module]:
+        """Rank 0 gets plain copies holding the engines' weights: DeepSpeed's hooks and process
+        groups stay behind (they cannot be pickled with the exported model)."""
+        zero3 = self.config["zero_optimization"]["stage"] == 3
+        models = {}
+        for name, engine in self.engines.items():
+            params = list(engine.module.parameters())
+            with self.deepspeed.zero.GatheredParameters(params, enabled=zero3):  # collective
+                if self.rank == 0:
+                    self.copies[name].load_state_dict(engine.module.state_dict())
+                    models[name] = self.copies[name]
+        return models
+
+    def save(self, directory: Path, *, rank: int) -> None:
+        for name, engine in self.engines.items():  # every rank writes its own shards
+            engine.save_checkpoint(str(directory / "deepspeed" / name), tag="state")
+
+    def load(self, directory: Path) -> None:
+        for name, engine in self.engines.items():
+            path, _ = engine.load_checkpoint(str(directory / "deepspeed" / name), tag="state")
+            if path is None:
+                raise RuntimeError(f"no DeepSpeed checkpoint of {name} under {directory}")
