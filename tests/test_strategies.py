@@ -6,7 +6,7 @@ import mlflow
 import pytest
 import ray
 
-from conftest import JOBS, gentrain
+from conftest import JOBS
 from gentrain import launch
 from gentrain import spec as spec_module
 from gentrain.strategies.deepspeed import deepspeed_config
@@ -28,7 +28,7 @@ def test_config_takes_batch_zero_and_clipping_from_the_spec():
     assert config["gradient_accumulation_steps"] == 1
     assert config["zero_optimization"] == {"stage": 1}
     assert config["gradient_clipping"] == 0.5
-    assert "bf16" not in config and "fp16" not in config and "optimizer" not in config
+    assert "torch_autocast" not in config and "optimizer" not in config
 
 
 def test_accumulation_splits_each_workers_batch():
@@ -56,7 +56,8 @@ def test_offload_and_precision_and_gpu_optimizer():
         "pin_memory": True,
         "nvme_path": "/local/nvme",
     }
-    assert config["bf16"] == {"enabled": True} and config["gradient_clipping"] == 2.0
+    assert config["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    assert config["gradient_clipping"] == 2.0
     assert config["optimizer"]["type"] == "AdamW"  # DeepSpeed's fused one on the GPU
 
 
@@ -124,22 +125,6 @@ def test_family_trains_under_strategy(family, strategy, local_ray, tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.tags["gentrain.strategy"] == job.train.strategy
     assert client.search_logged_models([run.info.experiment_id]), "no model logged"
-
-
-@pytest.mark.slow
-def test_cli_runs_a_zero3_job_and_every_rank_writes_its_shards(tmp_path):
-    settings = [
-        "train.strategy=deepspeed",
-        "train.deepspeed.zero_stage=3",
-        "model.flavor=debug",
-        "data.batch_size=16",
-        "train.max_steps=4",
-        "train.eval_every=4",
-        "train.checkpoint_every=4",
-        "eval.metrics=[]",
-    ]
-    args = [a for s in settings for a in ("--set", s)]
-    result = gentrain("run", str(JOBS / "gpt_python_docs.yaml"), *args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    shards = {p.name for p in tmp_path.rglob("zero_pp_rank_*_optim_states.pt")}
-    assert shards == {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)}
+    if strategy.startswith("zero"):  # every rank saved its own optimizer shard, engine by engine
+        shards = {p.name for p in (tmp_path / "checkpoints").rglob("*optim_states.pt")}
+        assert shards == {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)}

@@ -2,6 +2,8 @@
 the spec's typed `train.deepspeed` fields, with `config` merged on top for experts."""
 
 import copy
+import os
+import re
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from gentrain.optim import build_optimizer, build_schedule
 from gentrain.spec import JobSpec
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_AUTOCAST_NAMES = {"bf16": "bfloat16", "fp16": "float16"}
 _FUSED = {"adam": "Adam", "adamw": "AdamW"}  # DeepSpeed's own (fused / CPU) optimizers
 
 
@@ -41,15 +44,23 @@ def deepspeed_config(spec: JobSpec, *, world: int) -> dict[str, Any]:
     clipping = ds.gradient_clipping or spec.optim.grad_clip
     if clipping:
         config["gradient_clipping"] = clipping
-    if train.precision == "bf16":
-        config["bf16"] = {"enabled": True}
-    elif train.precision == "fp16":
-        config["fp16"] = {"enabled": True, "initial_scale_power": 16}
+    if train.precision in _AUTOCAST_NAMES:
+        # fp32 weights with autocast, as DDP: a family's own fp32 state (spectral norm's power
+        # vectors, an EMA) keeps working, and DDP and DeepSpeed runs compare like for like.
+        config["torch_autocast"] = {"enabled": True, "dtype": _AUTOCAST_NAMES[train.precision]}
     if train.use_gpu and spec.optim.name in _FUSED:
         optim = spec.optim
         params = {"lr": optim.lr, "betas": list(optim.betas), "weight_decay": optim.weight_decay}
         config["optimizer"] = {"type": _FUSED[optim.name], "params": params}
     return _merge(config, ds.config)
+
+
+def _plain_cuda_arch_list() -> None:
+    """DeepSpeed 0.19's op builder cannot parse arch-specific entries such as '9.0a' in
+    TORCH_CUDA_ARCH_LIST (set in NVIDIA's images), which breaks building its fused optimizers."""
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if archs:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = re.sub(r"(\d+\.\d+)[a-z]+", r"\1", archs)
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -65,6 +76,8 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 class DeepSpeedStrategy:
     def __init__(self, spec: JobSpec, *, device: torch.device, world: int, rank: int):
         import deepspeed  # only workers of a deepspeed job pay for its import
+
+        _plain_cuda_arch_list()
 
         self.deepspeed = deepspeed
         self.spec, self.device, self.world, self.rank = spec, device, world, rank
@@ -119,7 +132,7 @@ class DeepSpeedStrategy:
     def _autocast(self) -> AbstractContextManager:
         if self.amp_dtype is None:
             return nullcontext()
-        # DeepSpeed holds the weights in the half type; autocast casts the fp32 inputs to match.
+        # Also around the other networks' plain modules, which DeepSpeed's own autocast misses.
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def update(self, name: str, loss: torch.Tensor) -> None:
