@@ -132,9 +132,9 @@ class _Loop:
                 metrics = {**metrics, **self._evaluate(step)}
             if step % train.checkpoint_every == 0 or last:
                 self._checkpoint(step, metrics)
-        models = self.strategy.full_models()
-        if self.rank == 0:
-            self._export(models)
+        with self.strategy.full_models() as models:
+            if self.rank == 0:
+                self._export(models)
 
     def _mean_over_workers(self, sums: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
         names = sorted(sums)
@@ -153,9 +153,10 @@ class _Loop:
     def _evaluate(self, step: int) -> dict[str, float]:
         """The family's held-out metrics, FID / IS of fresh samples for image families, and a
         preview (sample grid or texts), on rank 0."""
-        models = self.strategy.full_models()
-        if self.rank != 0:
-            return {}
+        with self.strategy.full_models() as models:
+            return self._evaluate_on_rank0(models, step) if self.rank == 0 else {}
+
+    def _evaluate_on_rank0(self, models: dict[str, torch.nn.Module], step: int) -> dict:
         wanted = self.spec.eval_metrics
         for model in models.values():
             model.eval()

@@ -35,9 +35,10 @@ class Strategy(Protocol):
         collective where weights are sharded): for the family's after_update."""
         ...
 
-    def full_models(self) -> dict[str, nn.Module]:
-        """Plain modules with the whole weights, for sampling, evaluation and export. Every rank
-        calls it (gathering sharded weights is collective); rank 0 gets all the networks."""
+    def full_models(self) -> AbstractContextManager[dict[str, nn.Module]]:
+        """Plain modules with the whole weights, for sampling, evaluation and export, while the
+        context lasts. Every rank enters it (gathering sharded weights is collective); rank 0
+        gets all the networks."""
         ...
 
     def save(self, directory: Path, *, rank: int) -> None: ...

@@ -44,8 +44,9 @@ class DDPStrategy:
     def readable(self, name: str):
         yield {name: self.raw[name]}
 
-    def full_models(self) -> dict[str, nn.Module]:
-        return dict(self.raw)  # every replica holds the whole weights
+    @contextmanager
+    def full_models(self):
+        yield dict(self.raw)  # every replica holds the whole weights
 
     @contextmanager
     def phase(self, name: str):

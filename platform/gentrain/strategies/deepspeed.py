@@ -93,10 +93,9 @@ class DeepSpeedStrategy:
         for name, model in models.items():
             model.to(self.device)
             if self.rank == 0:
-                self.copies[name] = copy.deepcopy(model)
-            optimizer, schedule = None, None
+                self.copies[name] = copy.deepcopy(model).cpu()
             if "optimizer" in self.config:  # DeepSpeed builds its own; the schedule follows it
-                schedule = self._schedule
+                optimizer, schedule = None, self._schedule
             else:
                 optimizer = build_optimizer(model.parameters(), self.spec.optim)
                 schedule = self._schedule(optimizer)
@@ -150,18 +149,23 @@ class DeepSpeedStrategy:
         with self.deepspeed.zero.GatheredParameters(list(module.parameters()), enabled=zero3):
             yield {name: module}
 
-    def full_models(self) -> dict[str, nn.Module]:
+    @contextmanager
+    def full_models(self):
         """Rank 0 gets plain copies holding the engines' weights: DeepSpeed's hooks and process
-        groups stay behind (they cannot be pickled with the exported model)."""
+        groups stay behind (they cannot be pickled with the exported model). The copies wait on
+        the CPU between evaluations, off the accelerator's memory."""
         zero3 = self.config["zero_optimization"]["stage"] == 3
-        models = {}
         for name, engine in self.engines.items():
             params = list(engine.module.parameters())
             with self.deepspeed.zero.GatheredParameters(params, enabled=zero3):  # collective
                 if self.rank == 0:
                     self.copies[name].load_state_dict(engine.module.state_dict())
-                    models[name] = self.copies[name]
-        return models
+        models = {name: plain.to(self.device) for name, plain in self.copies.items()}
+        try:
+            yield models
+        finally:
+            for model in models.values():
+                model.cpu()
 
     def save(self, directory: Path, *, rank: int) -> None:
         for name, engine in self.engines.items():  # every rank writes its own shards
