@@ -39,6 +39,18 @@ def test_batches_are_a_pure_function_of_the_step():
     assert not torch.equal(a.at(1), other_seed.at(1))
 
 
+def test_the_global_batch_is_the_same_for_any_number_of_workers():
+    examples = torch.arange(96)[:, None]
+    whole = ShardedBatches(examples, batch_size=12, rank=0, world=1, seed=5)
+    for world in (2, 3, 4):
+        parts = [
+            ShardedBatches(examples, batch_size=12 // world, rank=r, world=world, seed=5)
+            for r in range(world)
+        ]
+        for step in (1, 5, 9):  # 8 steps an epoch: 9 is in the second
+            assert torch.equal(torch.cat([p.at(step) for p in parts]), whole.at(step))
+
+
 def test_augmentations_keep_shape_and_range_and_change_images():
     images = load_digits("train")[0][:64]
     torch.manual_seed(0)

@@ -17,6 +17,7 @@ import torch
 from gentrain.data import Dataset, ShardedBatches, augment, load_dataset
 from gentrain.errors import GentrainError
 from gentrain.families import FamilyStep, get_family
+from gentrain.noise import DrawPlan
 from gentrain.spec import JobSpec
 from gentrain.strategies import Strategy, make_strategy
 from gentrain.tracking import RunLogger
@@ -46,7 +47,7 @@ def train_fn(config: dict[str, Any]) -> None:
     models = step_fn.build(
         family.config(flavor=spec.model.flavor, overrides=spec.model.overrides), data.info
     )
-    if spec.model.init_from and rank == 0:  # DDP hands rank 0's weights to the other ranks
+    if spec.model.init_from:  # on every rank: pipeline stages train their own copies
         from gentrain.pretrained import load_initial_weights
 
         load_initial_weights(
@@ -56,7 +57,7 @@ def train_fn(config: dict[str, Any]) -> None:
             tracking_uri=config["tracking_uri"],
         )
     strategy = make_strategy(spec, device=device, world=world, rank=rank)
-    strategy.prepare(models)
+    strategy.prepare(models, step_fn)
     _seed_everything(spec.train.seed * 1000 + rank)  # each rank draws its own noise
 
     start_step = _restore(strategy, rank=rank)
@@ -89,12 +90,12 @@ class _Loop:
 
     def run(self, *, device: torch.device, start_step: int) -> None:
         spec, train = self.spec, self.spec.train
-        micro = self.strategy.accumulation_steps
+        strategy = self.strategy
         batches = ShardedBatches(
             self.data.train,
-            batch_size=spec.data.batch_size // self.world,
-            rank=self.rank,
-            world=self.world,
+            batch_size=spec.data.batch_size // strategy.data_world,
+            rank=strategy.data_rank,
+            world=strategy.data_world,
             seed=train.seed,
         )
         sums: dict[str, torch.Tensor] = {}
@@ -106,19 +107,25 @@ class _Loop:
             batch = batches.at(step).to(device)
             if spec.data.augment:
                 batch = augment(batch, spec.data.augment)
-            total = torch.zeros((), device=device)
+            total = None
             for phase in self.step_fn.phases:
-                for part in batch.chunk(micro):  # equal parts: the spec checks the division
-                    with self.strategy.phase(phase) as models:
-                        loss, terms = self.step_fn.loss(models, part, phase=phase)
-                    self.strategy.update(phase, loss)
-                    total += loss.detach().float() / micro
+
+                def noise_at(offset: int, step: int = step, phase: str = phase) -> DrawPlan:
+                    first_row = batches.first_row + offset
+                    global_rows = spec.data.batch_size
+                    return DrawPlan(train.seed, step, phase, first_row, global_rows)
+
+                result = strategy.train_phase(phase, batch, noise_at)
+                if result is not None:
+                    loss, terms = result
+                    total = loss if total is None else total + loss
                     for name, value in terms.items():
-                        sums[name] = sums.get(name, 0) + value.float() / micro
+                        sums[name] = sums.get(name, 0) + value
                 if after_update := getattr(self.step_fn, "after_update", None):
-                    with self.strategy.readable(phase) as models:
+                    with strategy.readable(phase) as models:
                         after_update(models, phase=phase)
-            sums["loss"] = sums.get("loss", 0) + total
+            if total is not None:
+                sums["loss"] = sums.get("loss", 0) + total
             window_steps += 1
             window_seconds += time.perf_counter() - step_start
 
@@ -137,12 +144,18 @@ class _Loop:
                 self._export(models)
 
     def _mean_over_workers(self, sums: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
-        names = sorted(sums)
-        stacked = torch.stack([sums[name] for name in names]) / steps
+        """Each value averaged over the steps and over the ranks that computed it (under a
+        pipeline, the last stage of each replica)."""
+        mine = {name: float(value) / steps for name, value in sums.items()}
+        gathered = [mine]
         if self.world > 1:
-            torch.distributed.all_reduce(stacked)
-            stacked /= self.world
-        return dict(zip(names, stacked.tolist(), strict=True))
+            gathered = [None] * self.world
+            torch.distributed.all_gather_object(gathered, mine)
+        names = sorted({name for values in gathered for name in values})
+        return {
+            name: sum(v[name] for v in gathered if name in v) / sum(name in v for v in gathered)
+            for name in names
+        }
 
     def _log(self, metrics: dict[str, float], *, step: int) -> None:
         if self.rank != 0:

@@ -152,8 +152,10 @@ def _parquet_dataset(path: str, data: DataSection) -> Dataset:
 class ShardedBatches:
     """The batch each worker trains on at each step, as a pure function of (seed, step, rank).
 
-    Every epoch is a seeded permutation split evenly across workers (each sees its own part), so a
-    resumed run sees exactly the batches an uninterrupted one would have seen.
+    Every epoch is a seeded permutation cut into global batches; worker `rank` trains on rows
+    [rank * batch_size, (rank + 1) * batch_size) of each (its own part of every epoch). So a
+    resumed run sees exactly the batches an uninterrupted one would have seen, and the global batch
+    of a step is the same for any number of workers.
     """
 
     def __init__(
@@ -176,8 +178,13 @@ class ShardedBatches:
             len(self.examples),
             generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch),
         )
-        shard = order[self.rank :: self.world]
-        return self.examples[shard[index * self.batch_size : (index + 1) * self.batch_size]]
+        first = index * self.batch_size * self.world + self.first_row
+        return self.examples[order[first : first + self.batch_size]]
+
+    @property
+    def first_row(self) -> int:
+        """Where this worker's rows start in the global batch."""
+        return self.rank * self.batch_size
 
 
 def augment(images: torch.Tensor, names: Sequence[str]) -> torch.Tensor:

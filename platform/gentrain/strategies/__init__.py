@@ -1,33 +1,37 @@
 """Parallelism strategies behind one protocol; the trainer never knows which one runs."""
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
 
+from gentrain import noise
+from gentrain.families import FamilyStep
+from gentrain.noise import DrawPlan
 from gentrain.spec import JobSpec
 
-STRATEGIES = ("ddp", "deepspeed")
+STRATEGIES = ("ddp", "deepspeed", "pipeline")
+
+# A phase's loss (mean over this rank's examples) and the family's named terms.
+PhaseResult = tuple[torch.Tensor, dict[str, torch.Tensor]]
+# The draw plan of the examples from `offset` on in this rank's part of the global batch.
+NoiseAt = Callable[[int], DrawPlan]
 
 
 class Strategy(Protocol):
-    accumulation_steps: int  # micro-batches per optimizer step
+    data_rank: int  # which part of each global batch this rank trains on
+    data_world: int  # into how many parts the global batch is cut
 
-    def prepare(self, models: dict[str, nn.Module]) -> None:
-        """Place, wrap and give optimizers to the networks."""
+    def prepare(self, models: dict[str, nn.Module], step_fn: FamilyStep) -> None:
+        """Place, wrap (or cut into stages) and give optimizers to the networks."""
         ...
 
-    def phase(self, name: str) -> AbstractContextManager[Mapping[str, nn.Module]]:
-        """The context of phase `name`'s forward passes (mixed precision and the like); it gives
-        the networks to run them with."""
-        ...
-
-    def update(self, name: str, loss: torch.Tensor) -> None:
-        """Backward one micro-batch's `loss` into network `name`; at the last micro-batch of a
-        step, clip, step its optimizer and schedule."""
+    def train_phase(self, phase: str, batch: torch.Tensor, noise_at: NoiseAt) -> PhaseResult | None:
+        """Forward and backward this rank's `batch` through `phase`'s loss and step its network.
+        None on a rank that never sees the loss (a pipeline stage before the last)."""
         ...
 
     def readable(self, name: str) -> AbstractContextManager[Mapping[str, nn.Module]]:
@@ -46,12 +50,43 @@ class Strategy(Protocol):
     def load(self, directory: Path) -> None: ...
 
 
+class MicroBatched:
+    """train_phase for data-parallel strategies: the family's loss on each micro-batch in the
+    strategy's `phase` context, then the strategy's `update` (which steps at the last one)."""
+
+    accumulation_steps = 1
+    step_fn: FamilyStep
+
+    def phase(self, name: str) -> AbstractContextManager[Mapping[str, nn.Module]]: ...
+
+    def update(self, name: str, loss: torch.Tensor) -> None: ...
+
+    def train_phase(self, phase: str, batch: torch.Tensor, noise_at: NoiseAt) -> PhaseResult:
+        micro = self.accumulation_steps
+        total = torch.zeros((), device=batch.device)
+        sums: dict[str, torch.Tensor] = {}
+        offset = 0
+        for part in batch.chunk(micro):  # equal parts: the spec checks the division
+            with noise.planned(noise_at(offset)), self.phase(phase) as models:
+                loss, terms = self.step_fn.loss(models, part, phase=phase)
+            self.update(phase, loss)
+            offset += len(part)
+            total += loss.detach().float() / micro
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0) + value.float() / micro
+        return total, sums
+
+
 def make_strategy(spec: JobSpec, *, device: torch.device, world: int, rank: int) -> Strategy:
-    name: Literal["ddp", "deepspeed"] = spec.train.strategy
+    name = spec.train.strategy
     if name == "deepspeed":
         from gentrain.strategies.deepspeed import DeepSpeedStrategy
 
         return DeepSpeedStrategy(spec, device=device, world=world, rank=rank)
+    if name == "pipeline":
+        from gentrain.strategies.pipeline import PipelineStrategy
+
+        return PipelineStrategy(spec, device=device, world=world, rank=rank)
     from gentrain.strategies.ddp import DDPStrategy
 
     return DDPStrategy(spec, device=device, world=world, rank=rank)

@@ -7,17 +7,18 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from gentrain.families import FamilyStep
 from gentrain.optim import build_optimizer, build_schedule
 from gentrain.spec import JobSpec
+from gentrain.strategies import MicroBatched
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class DDPStrategy:
-    accumulation_steps = 1
-
+class DDPStrategy(MicroBatched):
     def __init__(self, spec: JobSpec, *, device: torch.device, world: int, rank: int):
         self.spec, self.device, self.world = spec, device, world
+        self.data_rank, self.data_world = rank, world
         self.amp_dtype = _AMP_DTYPES.get(spec.train.precision)
         self.raw: dict[str, nn.Module] = {}
         self.wrapped: dict[str, nn.Module] = {}  # what forward passes run
@@ -26,7 +27,8 @@ class DDPStrategy:
         # fp16 needs loss scaling against underflow; one scaler per network keeps their steps apart.
         self.scalers: dict[str, torch.amp.GradScaler] = {}
 
-    def prepare(self, models: dict[str, nn.Module]) -> None:
+    def prepare(self, models: dict[str, nn.Module], step_fn: FamilyStep) -> None:
+        self.step_fn = step_fn
         for name, model in models.items():
             model.to(self.device)
             self.raw[name] = model

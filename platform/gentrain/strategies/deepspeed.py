@@ -11,8 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from gentrain.families import FamilyStep
 from gentrain.optim import build_optimizer, build_schedule
 from gentrain.spec import JobSpec
+from gentrain.strategies import MicroBatched
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _AUTOCAST_NAMES = {"bf16": "bfloat16", "fp16": "float16"}
@@ -73,7 +75,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-class DeepSpeedStrategy:
+class DeepSpeedStrategy(MicroBatched):
     def __init__(self, spec: JobSpec, *, device: torch.device, world: int, rank: int):
         import deepspeed  # only workers of a deepspeed job pay for its import
 
@@ -81,6 +83,7 @@ class DeepSpeedStrategy:
 
         self.deepspeed = deepspeed
         self.spec, self.device, self.world, self.rank = spec, device, world, rank
+        self.data_rank, self.data_world = rank, world
         self.config = deepspeed_config(spec, world=world)
         self.amp_dtype = _AMP_DTYPES.get(spec.train.precision)
         self.accumulation_steps = spec.train.deepspeed.gradient_accumulation_steps
@@ -89,7 +92,8 @@ class DeepSpeedStrategy:
         # weights across ranks, and every engine's module carries DeepSpeed's hooks.
         self.copies: dict[str, nn.Module] = {}
 
-    def prepare(self, models: dict[str, nn.Module]) -> None:
+    def prepare(self, models: dict[str, nn.Module], step_fn: FamilyStep) -> None:
+        self.step_fn = step_fn
         for name, model in models.items():
             model.to(self.device)
             if self.rank == 0:

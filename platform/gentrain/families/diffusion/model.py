@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from gentrain import noise
 from gentrain.families.diffusion.schedule import Denoiser, NoiseSchedule
 
 
@@ -182,10 +183,10 @@ class Diffusion(nn.Module):
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
         """Per image: the noise-prediction MSE at a uniformly drawn timestep, (B,)."""
-        t = torch.randint(0, self.schedule.timesteps, (x0.shape[0],), device=x0.device)
-        noise = torch.randn_like(x0)
-        predicted = self.unet(self.schedule.q_sample(x0, t, noise), t)
-        return (predicted.float() - noise).pow(2).flatten(1).mean(1)
+        t = noise.randint(self.schedule.timesteps, (x0.shape[0],), device=x0.device)
+        eps = noise.randn(x0.shape, device=x0.device)
+        predicted = self.unet(self.schedule.q_sample(x0, t, eps), t)
+        return (predicted.float() - eps).pow(2).flatten(1).mean(1)
 
     def denoiser(self) -> Denoiser:
         """The UNet run with the EMA weights (the trained ones when the EMA is off)."""

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gentrain import noise
+
 
 @dataclass(frozen=True)
 class FlowConfig:
@@ -188,7 +190,7 @@ class Generator(nn.Module):
 
 def dequantise(x: torch.Tensor, bin_width: float) -> torch.Tensor:
     """Uniform noise across each pixel's bin (x at its centre)."""
-    return x + bin_width * (torch.rand_like(x) - 0.5)
+    return x + bin_width * (noise.rand(x.shape, device=x.device) - 0.5)
 
 
 def bits_per_dim(z: torch.Tensor, log_det: torch.Tensor, bin_width: float) -> torch.Tensor:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gentrain import noise
 from gentrain.families import DataInfo
 from gentrain.families.gan.model import Discriminator, GANConfig, Generator
 
@@ -25,7 +26,7 @@ class GANStep:
         self, models: Mapping[str, nn.Module], batch: torch.Tensor, *, phase: str
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         generator, discriminator = models["generator"], models["discriminator"]
-        z = torch.randn(batch.shape[0], self.latent_dim, device=batch.device)
+        z = noise.randn((batch.shape[0], self.latent_dim), device=batch.device)
         if phase == "discriminator":
             # Fakes made without a graph: this phase updates only D, and a DDP-wrapped G must not
             # expect a backward pass. Real and fake go through D in one batch (one DDP forward).

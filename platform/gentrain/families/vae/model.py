@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gentrain import noise
+
 
 @dataclass(frozen=True)
 class VAEConfig:
@@ -99,7 +101,9 @@ class VAE(nn.Module):
         """Per image: -log p(x | z) for one z ~ q(z | x), in nats; and q's mu, logvar.
         Everything the loss needs comes out of forward, so DDP sees every parameter used."""
         mu, logvar = self.encoder(x)  # (B, latent_dim) each
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterisation
+        z = (
+            mu + noise.randn(mu.shape, device=mu.device) * (0.5 * logvar).exp()
+        )  # reparameterisation
         mean = self.decoder(z)  # (B, C, H, W)
         log_px = discretised_logistic_log_prob(x, mean, self.log_scale, self.bin_width)
         return -log_px.flatten(1).sum(1), mu, logvar  # (B,), (B, latent_dim) x 2
