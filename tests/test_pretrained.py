@@ -29,9 +29,9 @@ def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    _, models = _models(seed=1)
+    step, models = _models(seed=1)
     strategy = DDPStrategy(SPEC, device=torch.device("cpu"), world=1, rank=0)
-    strategy.prepare(models)
+    strategy.prepare(models, step)
     strategy.save(tmp_path, rank=0)
     return tmp_path, models
 
