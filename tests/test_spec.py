@@ -33,6 +33,7 @@ def _write(tmp_path, text: str):
 
 MINIMAL = "name: t\nmodel: {family: gan, flavor: debug}\n"
 DEEPSPEED = MINIMAL + "train: {strategy: deepspeed}\n"
+PIPELINE = MINIMAL + "train: {strategy: pipeline}\n"
 
 
 def test_defaults_fill_a_minimal_spec_and_overrides_apply(tmp_path):
@@ -137,6 +138,30 @@ def test_a_spec_without_a_data_source_takes_its_familys(tmp_path, family, source
             "(6)",
         ),
         (MINIMAL, ["train.deepspeed.zero_stage=3"], "deepspeed is set but strategy is ddp"),
+        (
+            PIPELINE,
+            ["train.pipeline.stages=4"],
+            "train: pipeline.stages 4 must divide train.workers 2",
+        ),
+        (
+            PIPELINE,
+            ["train.workers=3"],
+            "train: pipeline.stages 2 must divide train.workers 3",
+        ),
+        (PIPELINE, ["train.pipeline.stages=1"], "train.pipeline.stages: Input should be greater"),
+        (
+            PIPELINE,
+            ["train.pipeline.schedule=1f1b", "train.pipeline.microbatches=1"],
+            "schedule 1f1b needs microbatches >= stages (1 < 2)",
+        ),
+        (PIPELINE, ["train.pipeline.schedule=zb"], "train.pipeline.schedule"),
+        (
+            PIPELINE,
+            ["train.workers=4", "train.pipeline.microbatches=3"],
+            "data.batch_size: 64 must be a multiple of replicas (workers / stages) x "
+            "pipeline.microbatches (6)",
+        ),
+        (MINIMAL, ["train.pipeline.stages=4"], "pipeline is set but strategy is ddp"),
         (MINIMAL, ["name=has space"], "name"),
         ("model: {family: gan}\n", [], "name: Field required"),
         ("- a\n- b\n", [], "a job spec is a YAML mapping"),

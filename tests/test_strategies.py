@@ -2,6 +2,12 @@
 on a real local Ray with 2 gloo workers (debug flavors, a few steps): the loss falls, the run ends
 with its model in MLflow."""
 
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import mlflow
 import pytest
 import ray
@@ -9,6 +15,8 @@ import ray
 from conftest import JOBS
 from gentrain import launch
 from gentrain import spec as spec_module
+from gentrain.data import load_dataset
+from gentrain.families import all_families
 from gentrain.strategies.deepspeed import deepspeed_config
 
 GAN = JOBS / "dcgan_digits.yaml"
@@ -83,8 +91,12 @@ STRATEGY_SETTINGS = {
     "zero1": DEEPSPEED + ["train.deepspeed.zero_stage=1"],
     "zero2": DEEPSPEED + ["train.deepspeed.zero_stage=2"],
     "zero3": DEEPSPEED + ["train.deepspeed.zero_stage=3"],
+    "pipeline": ["train.strategy=pipeline", "train.pipeline.stages=2"],
 }
-STEPS = 8
+STEPS = 10
+# Families without batch-dependent layers: every strategy follows one worker's loss trajectory.
+EQUIVALENT = ("gpt", "flow")
+RESUMED = "gpt"  # its cells stop after the checkpoint at step 5 and resume to STEPS
 
 
 @pytest.fixture(scope="module")
@@ -93,14 +105,11 @@ def local_ray():
     ray.shutdown()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("strategy", STRATEGY_SETTINGS)
-@pytest.mark.parametrize("family", FAMILY_JOBS)
-def test_family_trains_under_strategy(family, strategy, local_ray, tmp_path):
-    job = spec_module.load(
+def _job(family: str, strategy: list[str], tmp_path: Path, *more: str):
+    return spec_module.load(
         JOBS / FAMILY_JOBS[family],
         [
-            *STRATEGY_SETTINGS[strategy],
+            *strategy,
             f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
             f"storage.path={tmp_path / 'checkpoints'}",
             "model.flavor=debug",
@@ -113,18 +122,93 @@ def test_family_trains_under_strategy(family, strategy, local_ray, tmp_path):
             "optim.lr=3e-3",
             "optim.schedule=constant",
             "optim.warmup_steps=0",
+            *more,
         ],
     )
-    result = launch.run(job)
+
+
+def _losses(result) -> list[float]:
     client = mlflow.MlflowClient(result.tracking_uri)
     history = sorted(client.get_metric_history(result.run_id, "loss"), key=lambda m: m.step)
-    losses = [m.value for m in history]
     assert [m.step for m in history] == list(range(1, STEPS + 1))
+    return [m.value for m in history]
+
+
+@pytest.fixture(scope="module")
+def one_worker(local_ray, tmp_path_factory):
+    """The loss trajectory of one worker with the same global batch and seed, per family."""
+    cache = {}
+
+    def losses(family: str) -> list[float]:
+        if family not in cache:
+            tmp = tmp_path_factory.mktemp(f"one-{family}")
+            cache[family] = _losses(launch.run(_job(family, ["train.workers=1"], tmp)))
+        return cache[family]
+
+    return losses
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", STRATEGY_SETTINGS)
+@pytest.mark.parametrize("family", FAMILY_JOBS)
+def test_family_trains_under_strategy(family, strategy, one_worker, tmp_path):
+    settings = STRATEGY_SETTINGS[strategy]
+    if family == RESUMED:  # stopped after its checkpoint, then resumed by run id
+        half = STEPS // 2
+        stopped = launch.run(
+            _job(
+                family,
+                settings,
+                tmp_path,
+                f"train.max_steps={half}",
+                f"train.checkpoint_every={half}",
+            )
+        )
+        result = launch.run(_job(family, settings, tmp_path), resume_run_id=stopped.run_id)
+        assert result.run_id == stopped.run_id
+    else:
+        result = launch.run(_job(family, settings, tmp_path))
+    losses = _losses(result)
     assert sum(losses[-3:]) < sum(losses[:3]), losses  # it learns
+    if family in EQUIVALENT:
+        assert losses == pytest.approx(one_worker(family), rel=1e-4)
+    client = mlflow.MlflowClient(result.tracking_uri)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["gentrain.strategy"] == job.train.strategy
+    assert (
+        run.data.tags["gentrain.strategy"]
+        == spec_module.load(JOBS / FAMILY_JOBS[family], settings).train.strategy
+    )
     assert client.search_logged_models([run.info.experiment_id]), "no model logged"
     if strategy.startswith("zero"):  # every rank saved its own optimizer shard, engine by engine
         shards = {p.name for p in (tmp_path / "checkpoints").rglob("*optim_states.pt")}
         assert shards == {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)}
+    if strategy == "pipeline":  # each stage saved its own part
+        parts = {p.name for p in (tmp_path / "checkpoints").rglob("pipeline_stage*.pt")}
+        assert parts == {"pipeline_stage0.pt", "pipeline_stage1.pt"}
+    if strategy == "ddp":  # the whole run, end to end
+        _check_outputs(family, run, client, tmp_path)
+
+
+def _check_outputs(family: str, run, client, tmp_path: Path) -> None:
+    """Evaluation metrics, samples and a model that samples in a fresh process."""
+    job = spec_module.load(JOBS / FAMILY_JOBS[family])
+    for metric in job.eval_metrics:
+        assert math.isfinite(run.data.metrics[metric]), metric
+    suffix = "png" if all_families()[family].modality == "image" else "txt"
+    samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
+    assert samples == {f"samples/step_{STEPS}.{suffix}"}
+    code = (
+        "import mlflow; "
+        f"print(tuple(mlflow.pytorch.load_model('runs:/{run.info.run_id}/model').sample(2).shape))"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    shape = tuple(int(n) for n in shown.stdout.strip().splitlines()[-1].strip("()").split(",") if n)
+    assert shape == (2, *load_dataset(job.data).info.shape)

@@ -100,8 +100,24 @@ class DeepSpeedSection(Section):
         return self
 
 
+class PipelineSection(Section):
+    """How train.strategy: pipeline cuts the model and feeds it (workers = stages x replicas)."""
+
+    stages: int = Field(2, ge=2)
+    microbatches: int = Field(4, ge=1, description="per replica's batch")
+    schedule: Literal["gpipe", "1f1b"] = "gpipe"
+
+    @model_validator(mode="after")
+    def _schedule_rules(self) -> "PipelineSection":
+        if self.schedule == "1f1b" and self.microbatches < self.stages:
+            raise ValueError(
+                f"schedule 1f1b needs microbatches >= stages ({self.microbatches} < {self.stages})"
+            )
+        return self
+
+
 class TrainSection(Section):
-    strategy: Literal["ddp", "deepspeed"] = "ddp"
+    strategy: Literal["ddp", "deepspeed", "pipeline"] = "ddp"
     workers: int = Field(2, ge=1, le=1024)
     use_gpu: bool = False
     cpus_per_worker: int | None = Field(None, ge=1)
@@ -113,21 +129,40 @@ class TrainSection(Section):
     checkpoint_every: int = Field(250, ge=1)
     max_failures: int = Field(2, ge=0, description="worker-group restarts before the job fails")
     deepspeed: DeepSpeedSection = DeepSpeedSection()
+    pipeline: PipelineSection = PipelineSection()
 
     @model_validator(mode="after")
-    def _precision_needs_gpu(self) -> "TrainSection":
+    def _strategy_rules(self) -> "TrainSection":
         if self.precision != "fp32" and not self.use_gpu:
             raise ValueError(
                 f"precision {self.precision} needs train.use_gpu: true (CPU trains fp32)"
             )
         if self.strategy != "deepspeed" and self.deepspeed != DeepSpeedSection():
             raise ValueError(f"deepspeed is set but strategy is {self.strategy}")
+        if self.strategy != "pipeline" and self.pipeline != PipelineSection():
+            raise ValueError(f"pipeline is set but strategy is {self.strategy}")
+        if self.strategy == "pipeline":
+            stages = self.pipeline.stages
+            if stages > self.workers or self.workers % stages:
+                raise ValueError(
+                    f"pipeline.stages {stages} must divide train.workers {self.workers} "
+                    "(workers = stages x data-parallel replicas)"
+                )
+            if self.precision == "fp16":
+                raise ValueError("pipeline trains in fp32 or bf16, not fp16 (no loss scaling)")
         return self
 
     @property
+    def data_parallel(self) -> int:
+        """Into how many parts each global batch is cut (pipeline replicas or workers)."""
+        return self.workers // self.pipeline.stages if self.strategy == "pipeline" else self.workers
+
+    @property
     def accumulation_steps(self) -> int:
-        """Micro-batches per optimizer step (DeepSpeed's gradient accumulation)."""
-        return self.deepspeed.gradient_accumulation_steps if self.strategy == "deepspeed" else 1
+        """Micro-batches per optimizer step of each data-parallel part."""
+        if self.strategy == "deepspeed":
+            return self.deepspeed.gradient_accumulation_steps
+        return self.pipeline.microbatches if self.strategy == "pipeline" else 1
 
 
 class OptimSection(Section):
@@ -196,11 +231,13 @@ class JobSpec(Section):
         from gentrain.families import get_family
         from gentrain.metrics import FEATURE_EXTRACTORS
 
-        parts = self.train.workers * self.train.accumulation_steps
+        parts = self.train.data_parallel * self.train.accumulation_steps
         if self.data.batch_size % parts:
-            by = "train.workers" + (
-                " x gradient_accumulation_steps" if self.train.accumulation_steps > 1 else ""
-            )
+            by = {
+                "ddp": "train.workers",
+                "deepspeed": "train.workers x gradient_accumulation_steps",
+                "pipeline": "replicas (workers / stages) x pipeline.microbatches",
+            }[self.train.strategy]
             raise SpecError(
                 f"data.batch_size: {self.data.batch_size} must be a multiple of {by} ({parts})"
             )

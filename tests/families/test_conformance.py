@@ -5,8 +5,10 @@ import copy
 import pytest
 import torch
 
+from gentrain import noise
 from gentrain.data import load_dataset
-from gentrain.families import all_families
+from gentrain.families import all_families, run_blocks
+from gentrain.noise import DrawPlan
 from gentrain.optim import build_optimizer
 from gentrain.spec import OptimSection
 
@@ -136,3 +138,26 @@ def test_preview_and_evaluate_give_what_the_trainer_logs(name):
         assert preview and all(isinstance(text, str) for text in preview)
     assert set(scores) <= set(family.eval_metrics)
     assert all(isinstance(v, float) and v == v for v in scores.values())
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_the_pipeline_form_computes_the_phase_loss(name):
+    """Run block by block, as a pipeline would, each phase gives loss() under the same noise;
+    every phase's blocks have the same sizes, so a pipeline cuts every phase alike."""
+    family, step, models, batch = _build(name)
+    for model in models.values():
+        model.eval()  # dropout off; the same normalisation either way
+    sizes = set()
+    for phase in step.phases:
+        plan = dict(seed=0, step=1, phase=phase, first_row=0, global_rows=len(batch))
+        with noise.planned(DrawPlan(**plan)):
+            expected, expected_terms = step.loss(models, batch, phase=phase)
+        form = step.pipeline(models, phase=phase)
+        with noise.planned(DrawPlan(**plan)):
+            args, target = form.inputs(batch)
+        loss, terms = form.loss(run_blocks(form.blocks, args), target)
+        torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+        assert terms.keys() == expected_terms.keys()
+        assert len(form.blocks) >= 2, "a pipeline needs at least two blocks to cut between"
+        sizes.add(tuple(sum(p.numel() for p in b.parameters()) for b in form.blocks))
+    assert len(sizes) == 1, sizes

@@ -5,7 +5,7 @@ the platform (trainer.py) owns the loop, optimizers, checkpoints, metrics and re
 """
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -25,6 +25,26 @@ class DataInfo:
     mask_id: int | None = None  # text only: the token masked language models mask inputs with
 
 
+@dataclass(frozen=True)
+class PipelineForm:
+    """A phase written for pipeline parallelism. `inputs(batch)` gives the first block's arguments
+    and the loss's target (it draws the phase's noise up front); each block takes the previous
+    one's outputs (a tuple is spread over the arguments); `loss(output, target)` turns the last
+    block's output into the phase's loss and terms. Together they compute what `loss()` does."""
+
+    blocks: Sequence[nn.Module]  # in order; a pipeline cuts between blocks
+    inputs: Callable[[torch.Tensor], tuple[tuple[torch.Tensor, ...], torch.Tensor]]
+    loss: Callable[[Any, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def run_blocks(blocks: Sequence[nn.Module], args: tuple[torch.Tensor, ...]) -> Any:
+    """The blocks one after the other, as a pipeline runs them."""
+    for block in blocks:
+        out = block(*args)
+        args = out if isinstance(out, tuple) else (out,)
+    return args if len(args) > 1 else args[0]
+
+
 class FamilyStep(Protocol):
     """What the trainer calls. `phases` names the networks updated each step, in order: the trainer
     gives each its own optimizer and, for each phase, backpropagates `loss(..., phase=)` into it."""
@@ -42,6 +62,11 @@ class FamilyStep(Protocol):
     def after_update(self, models: Mapping[str, nn.Module], *, phase: str) -> None:
         """Optional: runs after each optimizer step of `phase`'s network, on every rank, with
         plain modules whose whole weights are readable (e.g. to move an EMA of them)."""
+        ...
+
+    def pipeline(self, models: Mapping[str, nn.Module], *, phase: str) -> PipelineForm:
+        """Phase `phase` as blocks a pipeline can cut between (see PipelineForm). Every phase
+        gives blocks of the same parameter sizes, so that every phase is cut in the same places."""
         ...
 
     def sample(self, models: Mapping[str, nn.Module], n: int) -> torch.Tensor:

@@ -7,14 +7,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gentrain.families import DataInfo
+from gentrain.families import DataInfo, PipelineForm
 from gentrain.families.bert.masking import mask_tokens
 from gentrain.families.bert.model import BERT, BERTConfig
+from gentrain.families.transformer import NormHead
 
 # Held-out masking comes from a private generator with this seed, so every evaluation predicts
 # the same positions from the same corrupted inputs: scores are comparable across steps.
 EVAL_MASK_SEED = 0
 MASK_SHOWN = "▯"
+IGNORED = -100  # cross-entropy's ignore_index: positions the MLM loss skips
 
 
 class BERTStep:
@@ -37,6 +39,22 @@ class BERTStep:
         inputs, selected = self.mask(batch)
         logits = models["bert"](inputs)  # (B, T, vocab)
         return F.cross_entropy(logits[selected].float(), batch[selected]), {}
+
+    def pipeline(self, models: Mapping[str, nn.Module], *, phase: str) -> PipelineForm:
+        """Embeddings, each block, then the norm and MLM head; the target holds the original
+        token at the selected positions and IGNORED elsewhere."""
+        bert = models["bert"]
+
+        def inputs(windows: torch.Tensor) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+            corrupted, selected = self.mask(windows)
+            return (corrupted,), torch.where(selected, windows, IGNORED)
+
+        def loss(logits: torch.Tensor, targets: torch.Tensor):
+            flat = logits.float().flatten(0, 1)
+            return F.cross_entropy(flat, targets.flatten(), ignore_index=IGNORED), {}
+
+        blocks = [bert.embed, *bert.blocks, NormHead(bert.norm, bert.head)]
+        return PipelineForm(blocks=blocks, inputs=inputs, loss=loss)
 
     def sample(self, models: Mapping[str, nn.Module], n: int) -> torch.Tensor:
         return models["bert"].sample(n)

@@ -183,10 +183,14 @@ class Diffusion(nn.Module):
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
         """Per image: the noise-prediction MSE at a uniformly drawn timestep, (B,)."""
-        t = noise.randint(self.schedule.timesteps, (x0.shape[0],), device=x0.device)
-        eps = noise.randn(x0.shape, device=x0.device)
+        t, eps = self.draw(x0)
         predicted = self.unet(self.schedule.q_sample(x0, t, eps), t)
         return (predicted.float() - eps).pow(2).flatten(1).mean(1)
+
+    def draw(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training step's noise: a timestep (B,) and the noise (B, C, H, W) of each image."""
+        t = noise.randint(self.schedule.timesteps, (x0.shape[0],), device=x0.device)
+        return t, noise.randn(x0.shape, device=x0.device)
 
     def denoiser(self) -> Denoiser:
         """The UNet run with the EMA weights (the trained ones when the EMA is off)."""

@@ -6,8 +6,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from gentrain.families import DataInfo
+from gentrain.families import DataInfo, PipelineForm
 from gentrain.families.diffusion.model import Diffusion, DiffusionConfig, Generator
+from gentrain.families.diffusion.pipeline import diffusion_pipeline
 
 
 class DiffusionStep:
@@ -23,6 +24,9 @@ class DiffusionStep:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert phase == "diffusion", phase
         return models["diffusion"](batch).mean(), {}  # the loss is the MSE: no other terms
+
+    def pipeline(self, models: Mapping[str, nn.Module], *, phase: str) -> PipelineForm:
+        return diffusion_pipeline(models["diffusion"])
 
     def after_update(self, models: Mapping[str, nn.Module], *, phase: str) -> None:
         """The EMA follows each optimizer step of the UNet."""

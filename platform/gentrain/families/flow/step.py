@@ -5,8 +5,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from gentrain.families import DataInfo
+from gentrain.families import DataInfo, PipelineForm
 from gentrain.families.flow.model import Flow, FlowConfig, Generator, bits_per_dim, dequantise
+from gentrain.families.flow.pipeline import flow_pipeline
 
 
 class FlowStep:
@@ -23,9 +24,19 @@ class FlowStep:
         self, models: Mapping[str, nn.Module], batch: torch.Tensor, *, phase: str
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert phase == "flow", phase
-        z, log_det = models["flow"](dequantise(batch, self.bin_width))
+        return self.loss_of_parts(*models["flow"](self.dequantise(batch)))
+
+    def dequantise(self, images: torch.Tensor) -> torch.Tensor:
+        return dequantise(images, self.bin_width)
+
+    def loss_of_parts(
+        self, z: torch.Tensor, log_det: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss = bits_per_dim(z.float(), log_det.float(), self.bin_width).mean()
         return loss, {"bits_per_dim": loss.detach()}
+
+    def pipeline(self, models: Mapping[str, nn.Module], *, phase: str) -> PipelineForm:
+        return flow_pipeline(models["flow"], prepare=self.dequantise, loss=self.loss_of_parts)
 
     def sample(self, models: Mapping[str, nn.Module], n: int) -> torch.Tensor:
         return models["flow"].sample(n)

@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gentrain import noise
-from gentrain.families import DataInfo
+from gentrain.families import DataInfo, PipelineForm
 from gentrain.families.gan.model import Discriminator, GANConfig, Generator
+from gentrain.families.gan.pipeline import gan_pipeline
 
 
 class GANStep:
@@ -26,7 +27,7 @@ class GANStep:
         self, models: Mapping[str, nn.Module], batch: torch.Tensor, *, phase: str
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         generator, discriminator = models["generator"], models["discriminator"]
-        z = noise.randn((batch.shape[0], self.latent_dim), device=batch.device)
+        z = self.draw_latents(batch)
         if phase == "discriminator":
             # Fakes made without a graph: this phase updates only D, and a DDP-wrapped G must not
             # expect a backward pass. Real and fake go through D in one batch (one DDP forward).
@@ -39,6 +40,17 @@ class GANStep:
         assert phase == "generator", phase
         loss = F.softplus(-discriminator(generator(z))).mean()  # non-saturating: -log D(G(z))
         return loss, {"loss_g": loss.detach()}
+
+    def draw_latents(self, batch: torch.Tensor) -> torch.Tensor:
+        return noise.randn((batch.shape[0], self.latent_dim), device=batch.device)
+
+    def pipeline(self, models: Mapping[str, nn.Module], *, phase: str) -> PipelineForm:
+        return gan_pipeline(
+            models["generator"],
+            models["discriminator"],
+            phase=phase,
+            draw_latents=self.draw_latents,
+        )
 
     def sample(self, models: Mapping[str, nn.Module], n: int) -> torch.Tensor:
         return models["generator"].sample(n)

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gentrain.families import DataInfo
+from gentrain.families import DataInfo, PipelineForm
 from gentrain.families.gpt.model import GPT, GPTConfig
+from gentrain.families.transformer import NormHead
 
 
 class GPTStep:
@@ -27,6 +28,19 @@ class GPTStep:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert phase == "gpt", phase
         return next_token_loss(models["gpt"], batch), {}
+
+    def pipeline(self, models: Mapping[str, nn.Module], *, phase: str) -> PipelineForm:
+        """Embeddings, each block, then the norm and head (tied to the embeddings)."""
+        gpt = models["gpt"]
+
+        def inputs(windows: torch.Tensor) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+            return (windows[:, :-1],), windows[:, 1:]
+
+        def loss(logits: torch.Tensor, targets: torch.Tensor):
+            return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()), {}
+
+        blocks = [gpt.embed, *gpt.blocks, NormHead(gpt.norm, gpt.head)]
+        return PipelineForm(blocks=blocks, inputs=inputs, loss=loss)
 
     def sample(self, models: Mapping[str, nn.Module], n: int) -> torch.Tensor:
         return models["gpt"].sample(n)

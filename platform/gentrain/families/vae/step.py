@@ -5,8 +5,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from gentrain.families import DataInfo
+from gentrain.families import DataInfo, PipelineForm
 from gentrain.families.vae.model import VAE, VAEConfig, kl_to_standard_normal
+from gentrain.families.vae.pipeline import vae_pipeline
 
 
 class VAEStep:
@@ -22,12 +23,20 @@ class VAEStep:
         self, models: Mapping[str, nn.Module], batch: torch.Tensor, *, phase: str
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert phase == "vae", phase
-        recon, mu, logvar = models["vae"](batch)  # (B,), (B, latent_dim) x 2
+        return self.loss_of_parts(*models["vae"](batch))
+
+    def loss_of_parts(
+        self, recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss and terms of VAE.forward's outputs: (B,), (B, latent_dim) x 2."""
         kl = kl_to_standard_normal(mu.float(), logvar.float())  # (B,)
         recon = recon.float()
         loss = (recon + self.beta * kl).mean()
         terms = {"elbo": -(recon + kl).mean(), "recon": recon.mean(), "kl": kl.mean()}
         return loss, {name: value.detach() for name, value in terms.items()}
+
+    def pipeline(self, models: Mapping[str, nn.Module], *, phase: str) -> PipelineForm:
+        return vae_pipeline(models["vae"], self.loss_of_parts)
 
     def sample(self, models: Mapping[str, nn.Module], n: int) -> torch.Tensor:
         return models["vae"].sample(n)
