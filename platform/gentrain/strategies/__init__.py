@@ -1,7 +1,7 @@
 """Parallelism strategies behind one protocol; the trainer never knows which one runs."""
 
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -75,6 +75,17 @@ class MicroBatched:
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0) + value.float() / micro
         return total, sums
+
+
+@contextmanager
+def on_device(copies: dict[str, nn.Module], device: torch.device) -> Iterator[dict[str, nn.Module]]:
+    """Plain copies of the networks, kept on the CPU between uses, on `device` while in use."""
+    models = {name: plain.to(device) for name, plain in copies.items()}
+    try:
+        yield models
+    finally:
+        for model in models.values():
+            model.cpu()
 
 
 def make_strategy(spec: JobSpec, *, device: torch.device, world: int, rank: int) -> Strategy:

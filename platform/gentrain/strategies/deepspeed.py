@@ -14,7 +14,7 @@ from torch import nn
 from gentrain.families import FamilyStep
 from gentrain.optim import build_optimizer, build_schedule
 from gentrain.spec import JobSpec
-from gentrain.strategies import MicroBatched
+from gentrain.strategies import MicroBatched, on_device
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _AUTOCAST_NAMES = {"bf16": "bfloat16", "fp16": "float16"}
@@ -164,12 +164,8 @@ class DeepSpeedStrategy(MicroBatched):
             with self.deepspeed.zero.GatheredParameters(params, enabled=zero3):  # collective
                 if self.rank == 0:
                     self.copies[name].load_state_dict(engine.module.state_dict())
-        models = {name: plain.to(self.device) for name, plain in self.copies.items()}
-        try:
+        with on_device(self.copies, self.device) as models:
             yield models
-        finally:
-            for model in models.values():
-                model.cpu()
 
     def save(self, directory: Path, *, rank: int) -> None:
         for name, engine in self.engines.items():  # every rank writes its own shards

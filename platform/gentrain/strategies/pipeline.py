@@ -22,7 +22,7 @@ from gentrain.errors import GentrainError
 from gentrain.families import FamilyStep, run_blocks
 from gentrain.optim import build_optimizer, build_schedule
 from gentrain.spec import JobSpec
-from gentrain.strategies import NoiseAt, PhaseResult
+from gentrain.strategies import NoiseAt, PhaseResult, on_device
 
 _SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 
@@ -281,12 +281,8 @@ class PipelineStrategy:
             for part in reversed(gathered[: self.stages]):  # the first stage wins a tie
                 state.update(part.get(name, {}))
             copy_.load_state_dict(state)
-        models = {name: plain.to(self.device) for name, plain in self.copies.items()}
-        try:
+        with on_device(self.copies, self.device) as models:
             yield models
-        finally:
-            for model in models.values():
-                model.cpu()
 
     def save(self, directory: Path, *, rank: int) -> None:
         if self.replica != 0:  # replicas are identical
