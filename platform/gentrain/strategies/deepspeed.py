@@ -43,9 +43,8 @@ def deepspeed_config(spec: JobSpec, *, world: int) -> dict[str, Any]:
         "steps_per_print": 2**31 - 1,  # the trainer reports progress
         "wall_clock_breakdown": False,
     }
-    clipping = ds.gradient_clipping or spec.optim.grad_clip
-    if clipping:
-        config["gradient_clipping"] = clipping
+    # Always set: DeepSpeed clips to norm 1.0 when the key is absent; 0 turns clipping off.
+    config["gradient_clipping"] = ds.gradient_clipping or spec.optim.grad_clip or 0.0
     if train.precision in _AUTOCAST_NAMES:
         # fp32 weights with autocast, as DDP: a family's own fp32 state (spectral norm's power
         # vectors, an EMA) keeps working, and DDP and DeepSpeed runs compare like for like.
@@ -63,6 +62,21 @@ def _plain_cuda_arch_list() -> None:
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
     if archs:
         os.environ["TORCH_CUDA_ARCH_LIST"] = re.sub(r"(\d+\.\d+)[a-z]+", r"\1", archs)
+
+
+def _share_fp32_master(optimizer: Any) -> None:
+    """ZeRO-3 keeps a master partition beside each rank's partition of the weights. When the
+    weights are fp32 already (fp32 training, torch autocast) DeepSpeed 0.19 means to use them as
+    the master ("we don't need another copy of the weights", stage3.py), but it compares a
+    torch.device with a device name, which is never equal, and clones them. Share them, as it
+    intends: a copy of the weights less per rank (bench/zero_memory.py)."""
+    if optimizer.offload_optimizer:
+        return
+    for own, master in zip(
+        optimizer.fp16_partitioned_groups_flat, optimizer.fp32_partitioned_groups_flat, strict=True
+    ):
+        if own is not None and own.dtype == master.dtype and own.device == master.device:
+            master.data = own.data  # the same values: the master was cloned from them
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -111,6 +125,8 @@ class DeepSpeedStrategy(MicroBatched):
                 config=copy.deepcopy(self.config),
                 dist_init_required=False,  # Ray Train's process group is the one to use
             )
+            if self.config["zero_optimization"]["stage"] == 3:
+                _share_fp32_master(engine.optimizer)
             self.engines[name] = engine
 
     def _schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:

@@ -1,0 +1,91 @@
+"""Throughput scaling on this machine, through `gentrain run`'s own path (embedded Ray, Ray Train
+workers, one thread each): DDP with 1 and 2 workers on the same GPT (target ratio >= 1.8 on 2
+cores), and a 2-stage pipeline versus 1 worker with the same global batch.
+
+    python bench/scaling.py [--steps N] [--layers L] [--json PATH]
+
+DDP keeps each worker's batch (2 workers train twice the global batch per step); the pipeline
+trains the same global batch as the one worker, cut into micro-batches that flow through both
+stages. Samples/s is gentrain's own `samples_per_sec` metric (training time only: evaluation and
+checkpoints excluded), the median over the logging windows after the first (warm-up).
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LOG_EVERY = 10
+
+
+def samples_per_sec(workdir: Path, *, steps: int, settings: list[str]) -> float:
+    import mlflow
+
+    from gentrain import launch, spec
+
+    job = spec.load(
+        REPO / "jobs" / "gpt_python_docs.yaml",
+        [
+            "train.cpus_per_worker=1",
+            f"train.max_steps={steps}",
+            f"train.log_every={LOG_EVERY}",
+            f"train.eval_every={steps}",
+            f"train.checkpoint_every={steps}",
+            "optim.warmup_steps=0",
+            f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
+            f"storage.path={workdir / 'checkpoints'}",
+            *settings,
+        ],
+    )
+    result = launch.run(job)
+    client = mlflow.MlflowClient(result.tracking_uri)
+    history = sorted(
+        client.get_metric_history(result.run_id, "samples_per_sec"), key=lambda m: m.step
+    )
+    return statistics.median(m.value for m in history[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--layers", type=int, default=8, help="GPT blocks (small: 4)")
+    parser.add_argument("--batch", type=int, default=16, help="sequences per worker (DDP)")
+    parser.add_argument("--microbatches", type=int, default=8)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    model = [f"model.overrides={{layers: {args.layers}}}"]
+    runs = {
+        "ddp, 1 worker": ["train.workers=1", f"data.batch_size={args.batch}"],
+        "ddp, 2 workers": ["train.workers=2", f"data.batch_size={2 * args.batch}"],
+        "pipeline, 2 stages": [
+            "train.workers=2",
+            "train.strategy=pipeline",
+            "train.pipeline.stages=2",
+            f"train.pipeline.microbatches={args.microbatches}",
+            f"data.batch_size={args.batch}",
+        ],
+    }
+    rates = {}
+    for name, settings in runs.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            rates[name] = samples_per_sec(Path(tmp), steps=args.steps, settings=model + settings)
+
+    print(f"GPT small with {args.layers} blocks, seq 128, 1 thread per worker, {args.steps} steps")
+    print(f"{'run':<22}{'samples/s':>10}")
+    for name, rate in rates.items():
+        print(f"{name:<22}{rate:>10.1f}")
+    ddp = rates["ddp, 2 workers"] / rates["ddp, 1 worker"]
+    pipeline = rates["pipeline, 2 stages"] / rates["ddp, 1 worker"]
+    print(f"DDP 2 workers / 1 worker: {ddp:.2f}  (target >= 1.8)")
+    print(f"pipeline 2 stages / 1 worker: {pipeline:.2f}  ({args.microbatches} micro-batches)")
+    if args.json:
+        figures = {"samples_per_sec": rates, "ddp_ratio": ddp, "pipeline_ratio": pipeline}
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
