@@ -3,7 +3,6 @@ on a real local Ray with 2 gloo workers (debug flavors, a few steps): the loss f
 with its model in MLflow."""
 
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -140,6 +139,12 @@ def _losses(result) -> list[float]:
 
 
 @pytest.fixture(scope="module")
+def exported() -> dict[str, tuple[str, str]]:
+    """family -> (tracking URI, run id) of its ddp cell, whose model a fresh process loads."""
+    return {}
+
+
+@pytest.fixture(scope="module")
 def one_worker(local_ray, tmp_path_factory):
     """The loss trajectory of one worker with the same global batch and seed, per family."""
     cache = {}
@@ -156,7 +161,7 @@ def one_worker(local_ray, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", STRATEGY_SETTINGS)
 @pytest.mark.parametrize("family", FAMILY_JOBS)
-def test_family_trains_under_strategy(family, strategy, one_worker, tmp_path):
+def test_family_trains_under_strategy(family, strategy, one_worker, exported, tmp_path):
     settings = STRATEGY_SETTINGS[strategy]
     if family == RESUMED:  # stopped after its checkpoint, then resumed by run id
         half = STEPS // 2
@@ -192,28 +197,42 @@ def test_family_trains_under_strategy(family, strategy, one_worker, tmp_path):
         parts = {p.name for p in (tmp_path / "checkpoints").rglob("pipeline_stage*.pt")}
         assert parts == {"pipeline_stage0.pt", "pipeline_stage1.pt"}
     if strategy == "ddp":  # the whole run, end to end
-        _check_outputs(family, run, client, tmp_path)
+        _check_outputs(family, run, client)
+        exported[family] = (result.tracking_uri, result.run_id)
 
 
-def _check_outputs(family: str, run, client, tmp_path: Path) -> None:
-    """Evaluation metrics, samples and a model that samples in a fresh process."""
+def _check_outputs(family: str, run, client) -> None:
+    """Evaluation metrics and samples."""
     job = spec_module.load(JOBS / FAMILY_JOBS[family])
     for metric in job.eval_metrics:
         assert math.isfinite(run.data.metrics[metric]), metric
     suffix = "png" if all_families()[family].modality == "image" else "txt"
     samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
     assert f"samples/step_{STEPS}.{suffix}" in samples  # (and step 5's, when stopped there)
-    code = (
-        "import mlflow; "
-        f"print(tuple(mlflow.pytorch.load_model('runs:/{run.info.run_id}/model').sample(2).shape))"
-    )
+
+
+@pytest.mark.slow
+def test_every_model_samples_in_a_fresh_process(exported):
+    """The ddp cells' final models, loaded and sampled in one fresh process (one for all: each
+    start pays for importing torch and MLflow)."""
+    if not exported:
+        pytest.skip("runs after the ddp cells of the matrix, whose models it loads")
+    code = """
+import sys, mlflow
+for uri, run_id in (line.split() for line in sys.stdin.read().splitlines()):
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    print("shape", tuple(model.sample(2).shape))
+"""
     shown = subprocess.run(
         [sys.executable, "-c", code],
+        input="\n".join(f"{uri} {run_id}" for uri, run_id in exported.values()),
         capture_output=True,
         text=True,
-        timeout=300,
-        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        timeout=600,
     )
     assert shown.returncode == 0, shown.stderr[-2000:]
-    shape = tuple(int(n) for n in shown.stdout.strip().splitlines()[-1].strip("()").split(",") if n)
-    assert shape == (2, *load_dataset(job.data).info.shape)
+    shapes = [line[6:] for line in shown.stdout.splitlines() if line.startswith("shape ")]
+    for family, shape in zip(exported, shapes, strict=True):
+        data = load_dataset(spec_module.load(JOBS / FAMILY_JOBS[family]).data)
+        assert shape == str((2, *data.info.shape)), family

@@ -3,6 +3,7 @@ progress to the caller and closes the run with its outcome."""
 
 import re
 import threading
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,17 +30,23 @@ class RunResult:
 
 @ray.remote(num_cpus=0)
 class ProgressBoard:
-    """Rank 0 pushes (step, metrics); the driver drains them to draw its progress display."""
+    """Rank 0 of a run pushes (step, metrics) under the run's id; the driver drains them to draw
+    its progress display. One board serves all the runs of a driver (a sweep's trials, a test
+    session): each actor costs a process start."""
 
     def __init__(self):
-        self.events: list[tuple[int, dict[str, float]]] = []
+        self.events: dict[str, list[tuple[int, dict[str, float]]]] = defaultdict(list)
 
-    def push(self, step: int, metrics: dict[str, float]) -> None:
-        self.events.append((step, metrics))
+    def push(self, run_id: str, step: int, metrics: dict[str, float]) -> None:
+        self.events[run_id].append((step, metrics))
 
-    def drain(self) -> list[tuple[int, dict[str, float]]]:
-        events, self.events = self.events, []
-        return events
+    def drain(self, run_id: str) -> list[tuple[int, dict[str, float]]]:
+        return self.events.pop(run_id, [])
+
+
+def _progress_board() -> tuple[str, ray.actor.ActorHandle]:
+    name = f"gentrain-progress-{ray.get_runtime_context().get_job_id()}"
+    return name, ProgressBoard.options(name=name, get_if_exists=True).remote()
 
 
 def run(
@@ -76,8 +83,7 @@ def run(
 def _fit(spec: JobSpec, *, run_id: str, uri: str, on_progress: ProgressCallback | None) -> dict:
     train = spec.train
     threads = train.cpus_per_worker or max(1, cluster.available_cpus() // train.workers)
-    board_name = f"gentrain-progress-{run_id}"
-    board = ProgressBoard.options(name=board_name).remote()
+    board_name, board = _progress_board()
     trainer = TorchTrainer(
         train_fn,
         train_loop_config={
@@ -99,13 +105,12 @@ def _fit(spec: JobSpec, *, run_id: str, uri: str, on_progress: ProgressCallback 
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
-    relay = _Relay(board, on_progress)
+    relay = _Relay(board, run_id, on_progress)
     relay.start()
     try:
         result = trainer.fit()
     finally:
         relay.stop()
-        ray.kill(board)
     return {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
 
 
@@ -117,9 +122,12 @@ def storage_path(spec: JobSpec) -> str:
 class _Relay(threading.Thread):
     """Polls the progress board and hands each event to the caller's callback."""
 
-    def __init__(self, board, callback: ProgressCallback | None, interval: float = 0.5):
+    def __init__(
+        self, board, run_id: str, callback: ProgressCallback | None, interval: float = 0.5
+    ):
         super().__init__(daemon=True)
-        self.board, self.callback, self.interval = board, callback, interval
+        self.board, self.run_id = board, run_id
+        self.callback, self.interval = callback, interval
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -129,7 +137,7 @@ class _Relay(threading.Thread):
 
     def _drain(self) -> None:
         try:
-            events = ray.get(self.board.drain.remote(), timeout=10)
+            events = ray.get(self.board.drain.remote(self.run_id), timeout=10)
         except Exception:  # progress is best effort: training goes on without a display
             return
         for step, metrics in events:

@@ -161,7 +161,7 @@ class _Loop:
         if self.rank != 0:
             return
         self.logger.log_metrics(metrics, step=step)
-        self.board.push.remote(step, metrics)
+        self.board.push.remote(self.run_id, step, metrics)
 
     def _evaluate(self, step: int) -> dict[str, float]:
         """The family's held-out metrics, FID / IS of fresh samples for image families, and a
@@ -190,7 +190,7 @@ class _Loop:
             self.logger.log_texts(preview, step=step)
         scores = {name: value for name, value in scores.items() if name in wanted}
         self.logger.log_metrics(scores, step=step)
-        self.board.push.remote(step, scores)
+        self.board.push.remote(self.run_id, step, scores)
         return scores
 
     def _image_quality(self):
