@@ -34,6 +34,7 @@ def _write(tmp_path, text: str):
 MINIMAL = "name: t\nmodel: {family: gan, flavor: debug}\n"
 DEEPSPEED = MINIMAL + "train: {strategy: deepspeed}\n"
 PIPELINE = MINIMAL + "train: {strategy: pipeline}\n"
+SWEEP = MINIMAL + "sweep: {metric: fid, space: {optim.lr: {loguniform: [1.0e-4, 1.0e-2]}}}\n"
 
 
 def test_defaults_fill_a_minimal_spec_and_overrides_apply(tmp_path):
@@ -162,6 +163,54 @@ def test_a_spec_without_a_data_source_takes_its_familys(tmp_path, family, source
             "pipeline.microbatches (6)",
         ),
         (MINIMAL, ["train.pipeline.stages=4"], "pipeline is set but strategy is ddp"),
+        (SWEEP, ["sweep.metric=perplexity"], "sweep.metric: 'perplexity' is not reported"),
+        (SWEEP, ["sweep.search=hyperband"], "sweep.search"),
+        (SWEEP, ["sweep.scheduler=median"], "sweep.scheduler"),
+        (SWEEP, ["sweep.space={}"], "sweep.space: name at least one dotted spec key"),
+        (
+            SWEEP,
+            ["sweep.space={optim.lrr: {uniform: [0.1, 0.2]}}"],
+            "sweep.space.optim.lrr: 0.1 makes an invalid job: optim.lrr: unknown key",
+        ),
+        (
+            SWEEP,
+            ["sweep.space={model.overrides.width: {choice: [8, 16]}}"],
+            "model.overrides.width: unknown gan setting",
+        ),
+        (
+            SWEEP,
+            ["sweep.space={optim.lr: {uniform: [0.2, 0.1]}}"],
+            "sweep.space: optim.lr: uniform needs low < high (got [0.2, 0.1])",
+        ),
+        (
+            SWEEP,
+            ["sweep.space={optim.lr: {loguniform: [0, 0.1]}}"],
+            "loguniform needs 0 < low",
+        ),
+        (
+            SWEEP,
+            ["sweep.space={train.workers: {int: [1, 2.5]}}"],
+            "int takes [low, high] (integers)",
+        ),
+        (SWEEP, ["sweep.space={optim.lr: {grid: []}}"], "grid takes a non-empty list"),
+        (SWEEP, ["sweep.space={optim.lr: {beta: [1, 2]}}"], "optim.lr: must be one of {uniform"),
+        (
+            SWEEP,
+            ["sweep.space={optim.lr: {uniform: [-1, 0.1]}}"],
+            "sweep.space.optim.lr: -1 makes an invalid job: optim.lr: Input should be greater",
+        ),
+        (
+            SWEEP,
+            ["sweep.search=grid"],
+            "space.optim.lr: search grid takes {grid: [...]} only (got loguniform)",
+        ),
+        (
+            SWEEP,
+            ["sweep.search=bayesian", "sweep.space={optim.lr: {grid: [0.1, 0.2]}}"],
+            "search bayesian cannot take a grid; use choice",
+        ),
+        (SWEEP, ["sweep.asha={grace_period: 2}"], "sweep: asha is set but scheduler is none"),
+        (SWEEP, ["sweep.trials=0"], "sweep.trials: Input should be greater than or equal to 1"),
         (MINIMAL, ["name=has space"], "name"),
         ("model: {family: gan}\n", [], "name: Field required"),
         ("- a\n- b\n", [], "a job spec is a YAML mapping"),
@@ -178,6 +227,25 @@ def test_bad_specs_are_one_line_errors_naming_the_field(tmp_path, text, override
     assert expected in message
     assert "\n" not in message
     assert message.startswith(str(tmp_path / "job.yaml")) or message.startswith("--set")
+
+
+def test_a_sweep_spec_validates_every_value_its_space_can_give(tmp_path):
+    job = spec_module.load(
+        _write(tmp_path, SWEEP),
+        [
+            "sweep.search=grid",
+            "sweep.scheduler=asha",
+            "sweep.asha={grace_period: 2}",
+            "sweep.space={optim.lr: {grid: [0.1, 0.01]}, model.overrides.latent_dim: {grid: [8]}}",
+        ],
+    )
+    assert job.sweep.search == "grid" and job.sweep.asha.grace_period == 2
+    assert spec_module.JobSpec.model_validate(job.to_dict()) == job  # what trials receive
+    with pytest.raises(SpecError, match="latent_dim: 'wide' makes an invalid job"):
+        spec_module.load(
+            _write(tmp_path, SWEEP),
+            ["sweep.space={model.overrides.latent_dim: {choice: [8, wide]}}"],
+        )
 
 
 def test_missing_directory_and_binary_spec_files(tmp_path):
@@ -219,3 +287,4 @@ def test_cli_ls_lists_families_flavors_and_strategies(tmp_path):
         assert word in result.stdout
     for word in ("builtin:python_docs", "images:DIR", "parquet:PATH", "text:FILE", "s3://"):
         assert word in result.stdout
+    assert "grid, random, bayesian" in result.stdout and "none, asha, pbt" in result.stdout

@@ -49,10 +49,14 @@ def _load(spec_path: str, sets: list[str]):
 
 @app.command("ls")
 def list_components() -> None:
-    """Families with their flavors, strategies, data sources and evaluation features."""
+    """Families with their flavors, strategies, data sources, evaluation features, and sweep
+    search algorithms and schedulers."""
+    from typing import get_args
+
     from gentrain.data.text import BUILTIN_CORPORA
     from gentrain.families import all_families
     from gentrain.metrics import FEATURE_EXTRACTORS
+    from gentrain.spec import SweepSection
     from gentrain.strategies import STRATEGIES
 
     table = Table(title="model families", title_justify="left")
@@ -67,15 +71,23 @@ def list_components() -> None:
     builtin = ", ".join(f"builtin:{name}" for name in ("digits", *BUILTIN_CORPORA))
     out.print(f"data sources:    {builtin}, images:DIR, parquet:PATH, text:FILE (local or s3://)")
     out.print(f"eval features:   {', '.join(FEATURE_EXTRACTORS)}")
+    sweep = SweepSection.model_fields
+    out.print(f"searches:        {', '.join(get_args(sweep['search'].annotation))}")
+    out.print(f"schedulers:      {', '.join(get_args(sweep['scheduler'].annotation))}")
 
 
 @app.command()
 def validate(spec: str, sets: SetOption = []) -> None:  # noqa: B006  (typer reads the default)
     """Validate a job spec; starts nothing."""
     job = _load(spec, sets)
+    sweep = job.sweep
+    searched = ""
+    if sweep is not None:
+        trials = "a grid" if sweep.search == "grid" else f"{sweep.trials} trials"
+        searched = f"; a {sweep.search} sweep of {trials} over {', '.join(sweep.space)}"
     out.print(
         f"ok: {spec} is a valid {job.model.family} job ({job.train.strategy}, "
-        f"{job.train.workers} workers, {job.train.max_steps} steps)",
+        f"{job.train.workers} workers, {job.train.max_steps} steps){searched}",
         markup=False,
     )
 

@@ -199,6 +199,105 @@ class StorageSection(Section):
     path: str = ".gentrain/checkpoints"
 
 
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")
+
+
+def check_distribution(dist: Any) -> None:
+    """One sweep dimension: {uniform|loguniform|int: [a, b]} with a < b, or {choice|grid: [...]}."""
+    if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
+        raise ValueError(f"must be one of {', '.join(f'{{{d}: ...}}' for d in DISTRIBUTIONS)}")
+    ((kind, values),) = dist.items()
+    if kind in ("choice", "grid"):
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{kind} takes a non-empty list of values")
+        return
+    number = int if kind == "int" else (int, float)
+    if (
+        not isinstance(values, list)
+        or len(values) != 2
+        or not all(isinstance(v, number) and not isinstance(v, bool) for v in values)
+    ):
+        raise ValueError(f"{kind} takes [low, high] ({'integers' if kind == 'int' else 'numbers'})")
+    low, high = values
+    if not low < high:
+        raise ValueError(f"{kind} needs low < high (got [{low}, {high}])")
+    if kind == "loguniform" and low <= 0:
+        raise ValueError(f"loguniform needs 0 < low (got {low})")
+
+
+class AshaSection(Section):
+    """Successive halving on the sweep metric, counted in evaluations (train.eval_every)."""
+
+    grace_period: int = Field(1, ge=1, description="evaluations before a trial may be stopped")
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class PbtSection(Section):
+    """Population based training: every `perturbation_interval` evaluations, the worst trials
+    load a better trial's checkpoint and go on with mutated hyperparameters."""
+
+    perturbation_interval: int = Field(1, ge=1, description="evaluations between exploits")
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5)
+    mutations: dict[str, dict[str, Any]] | None = None  # default: the space's dimensions
+
+    @field_validator("mutations")
+    @classmethod
+    def _valid_mutations(cls, mutations: dict | None) -> dict | None:
+        for key, dist in (mutations or {}).items():
+            try:
+                check_distribution(dist)
+            except ValueError as err:
+                raise ValueError(f"{key}: {err}") from None
+        return mutations
+
+
+class SweepSection(Section):
+    """`gentrain sweep`: Ray Tune over `space` (dotted spec keys to distributions)."""
+
+    search: Literal["grid", "random", "bayesian"] = "random"
+    sampler: Literal["tpe", "gp"] = "tpe"  # bayesian: Optuna's TPE or Gaussian process
+    metric: str = "loss"
+    mode: Literal["min", "max"] = "min"
+    trials: int = Field(8, ge=1, description="ignored by grid: the grid's size is the count")
+    concurrency: int = Field(1, ge=1)
+    seed: int = Field(0, ge=0)
+    time_budget: float | None = Field(None, gt=0, description="seconds")
+    scheduler: Literal["none", "asha", "pbt"] = "none"
+    asha: AshaSection = AshaSection()
+    pbt: PbtSection = PbtSection()
+    space: dict[str, dict[str, Any]]
+
+    @field_validator("space")
+    @classmethod
+    def _valid_space(cls, space: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        if not space:
+            raise ValueError(
+                "name at least one dotted spec key, e.g. optim.lr: {loguniform: [1e-5, 1e-2]}"
+            )
+        for key, dist in space.items():
+            try:
+                check_distribution(dist)
+            except ValueError as err:
+                raise ValueError(f"{key}: {err}") from None
+        return space
+
+    @model_validator(mode="after")
+    def _search_rules(self) -> "SweepSection":
+        for key, dist in self.space.items():
+            kind = next(iter(dist))
+            if self.search == "grid" and kind != "grid":
+                raise ValueError(
+                    f"space.{key}: search grid takes {{grid: [...]}} only (got {kind})"
+                )
+            if self.search == "bayesian" and kind == "grid":
+                raise ValueError(f"space.{key}: search bayesian cannot take a grid; use choice")
+        if self.scheduler != "asha" and self.asha != AshaSection():
+            raise ValueError(f"asha is set but scheduler is {self.scheduler}")
+        if self.scheduler != "pbt" and self.pbt != PbtSection():
+            raise ValueError(f"pbt is set but scheduler is {self.scheduler}")
+        return self
+
+
 class JobSpec(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     model: ModelSection
@@ -208,6 +307,7 @@ class JobSpec(Section):
     eval: EvalSection = EvalSection()
     tracking: TrackingSection = TrackingSection()
     storage: StorageSection = StorageSection()
+    sweep: SweepSection | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -251,6 +351,8 @@ class JobSpec(Section):
                 )
         if self.eval.features is not None and self.eval.features not in FEATURE_EXTRACTORS:
             raise SpecError(f"eval.features: must be one of {', '.join(FEATURE_EXTRACTORS)}")
+        if self.sweep is not None:
+            _check_sweep_fits(self)
         return self
 
     @property
@@ -279,6 +381,45 @@ class JobSpec(Section):
 
     def sha256(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def _check_sweep_fits(job: "JobSpec") -> None:
+    """The metric is one the job reports, and every value the space can give makes a valid job
+    (each bound, choice and grid value, one key at a time)."""
+    sweep = job.sweep
+    reported = ("loss", *job.eval_metrics)
+    if sweep.metric not in reported:
+        raise SpecError(
+            f"sweep.metric: '{sweep.metric}' is not reported by this job; allowed: "
+            f"{', '.join(reported)}"
+        )
+    base = job.to_dict()
+    del base["sweep"]
+    dimensions = {**sweep.space, **(sweep.pbt.mutations or {})}
+    for key, dist in dimensions.items():
+        ((kind, values),) = dist.items()
+        for value in values:
+            raw = json.loads(json.dumps(base))
+            try:
+                _set_dotted(raw, key, value)
+                JobSpec.model_validate(raw)
+            except (SpecError, ValidationError) as err:
+                why = _describe(err) if isinstance(err, ValidationError) else str(err)
+                raise SpecError(
+                    f"sweep.space.{key}: {value!r} makes an invalid job: {why}"
+                ) from None
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """raw[a][b][c] = value for key "a.b.c"; the sections on the way must be mappings."""
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SpecError(f"'{part}' is not a section")
+        node = child
+    node[leaf] = value
 
 
 def _check_data_fits(data: DataSection, family: str, modality: str) -> None:
@@ -352,14 +493,10 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         value = yaml.safe_load(text) if text else ""
     except yaml.YAMLError:
         value = text
-    node = raw
-    *parents, leaf = key.split(".")
-    for part in parents:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise SpecError(f"--set {key}: '{part}' is not a section")
-        node = child
-    node[leaf] = value
+    try:
+        _set_dotted(raw, key, value)
+    except SpecError as err:
+        raise SpecError(f"--set {key}: {err}") from None
 
 
 def _describe(err: ValidationError) -> str:
