@@ -44,9 +44,17 @@ class ProgressBoard:
         return self.events.pop(run_id, [])
 
 
+_boards: dict[tuple[str, str], ray.actor.ActorHandle] = {}  # held: a dropped handle kills it
+
+
 def _progress_board() -> tuple[str, ray.actor.ActorHandle]:
-    name = f"gentrain-progress-{ray.get_runtime_context().get_job_id()}"
-    return name, ProgressBoard.options(name=name, get_if_exists=True).remote()
+    """This driver's board on the Ray it is connected to (a new Ray gets a new one)."""
+    context = ray.get_runtime_context()
+    key = (context.get_node_id(), context.get_job_id())
+    name = f"gentrain-progress-{key[1]}"
+    if key not in _boards:
+        _boards[key] = ProgressBoard.options(name=name, get_if_exists=True).remote()
+    return name, _boards[key]
 
 
 def run(

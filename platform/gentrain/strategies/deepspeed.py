@@ -64,6 +64,16 @@ def _plain_cuda_arch_list() -> None:
         os.environ["TORCH_CUDA_ARCH_LIST"] = re.sub(r"(\d+\.\d+)[a-z]+", r"\1", archs)
 
 
+def _no_shared_memory_all_reduce() -> None:
+    """DeepSpeed's CPU backend compiles a shared-memory all-reduce when it first sets up its
+    communication (about a minute on 2 cores, again for every new environment) that only its
+    inference and tensor-parallel layers call: training reduces through torch.distributed. Mark
+    it unavailable, so that it is not built."""
+    from deepspeed import ops
+
+    ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def _share_fp32_master(optimizer: Any) -> None:
     """ZeRO-3 keeps a master partition beside each rank's partition of the weights. When the
     weights are fp32 already (fp32 training, torch autocast) DeepSpeed 0.19 means to use them as
@@ -94,6 +104,8 @@ class DeepSpeedStrategy(MicroBatched):
         import deepspeed  # only workers of a deepspeed job pay for its import
 
         _plain_cuda_arch_list()
+        if device.type == "cpu":
+            _no_shared_memory_all_reduce()
 
         self.deepspeed = deepspeed
         self.spec, self.device, self.world, self.rank = spec, device, world, rank
