@@ -12,9 +12,11 @@ checkpoints excluded), the median over the logging windows after the first (warm
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,6 +50,27 @@ def samples_per_sec(workdir: Path, *, steps: int, settings: list[str]) -> float:
     return statistics.median(m.value for m in history[1:])
 
 
+def _matmuls_per_sec(seconds: float) -> float:
+    import torch
+
+    torch.set_num_threads(1)
+    a, b = torch.randn(512, 512), torch.randn(512, 512)
+    start, done = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        a @ b
+        done += 1
+    return done / seconds
+
+
+def hardware_ceiling(seconds: float = 8.0) -> float:
+    """What 2 cores give at best: 2 independent single-thread processes over 1 (shared caches
+    and memory bandwidth keep it under 2)."""
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        alone = pool.apply(_matmuls_per_sec, (seconds,))
+        together = sum(pool.map(_matmuls_per_sec, [seconds, seconds]))
+    return together / alone
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=80)
@@ -69,6 +92,7 @@ def main() -> None:
             f"data.batch_size={args.batch}",
         ],
     }
+    ceiling = hardware_ceiling()
     rates = {}
     for name, settings in runs.items():
         with tempfile.TemporaryDirectory() as tmp:
@@ -81,9 +105,15 @@ def main() -> None:
     ddp = rates["ddp, 2 workers"] / rates["ddp, 1 worker"]
     pipeline = rates["pipeline, 2 stages"] / rates["ddp, 1 worker"]
     print(f"DDP 2 workers / 1 worker: {ddp:.2f}  (target >= 1.8)")
+    print(f"  this machine's ceiling, 2 independent 1-thread matmul loops / 1: {ceiling:.2f}")
     print(f"pipeline 2 stages / 1 worker: {pipeline:.2f}  ({args.microbatches} micro-batches)")
     if args.json:
-        figures = {"samples_per_sec": rates, "ddp_ratio": ddp, "pipeline_ratio": pipeline}
+        figures = {
+            "samples_per_sec": rates,
+            "ddp_ratio": ddp,
+            "pipeline_ratio": pipeline,
+            "hardware_ceiling": ceiling,
+        }
         args.json.write_text(json.dumps(figures, indent=2))
 
 
