@@ -2,7 +2,7 @@
 workers, one thread each): DDP with 1 and 2 workers on the same GPT (target ratio >= 1.8 on 2
 cores), and a 2-stage pipeline versus 1 worker with the same global batch.
 
-    python bench/scaling.py [--steps N] [--layers L] [--json PATH]
+    python bench/scaling.py [--steps N] [--layers L] [--quick] [--json PATH]
 
 DDP keeps each worker's batch (2 workers train twice the global batch per step); the pipeline
 trains the same global batch as the one worker, cut into micro-batches that flow through both
@@ -66,6 +66,7 @@ def hardware_ceiling(seconds: float = 8.0) -> float:
     """What 2 cores give at best: 2 independent single-thread processes over 1 (shared caches
     and memory bandwidth keep it under 2)."""
     with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(_matmuls_per_sec, [1.0, 1.0])  # both import torch before anything is timed
         alone = pool.apply(_matmuls_per_sec, (seconds,))
         together = sum(pool.map(_matmuls_per_sec, [seconds, seconds]))
     return together / alone
@@ -77,8 +78,11 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8, help="GPT blocks (small: 4)")
     parser.add_argument("--batch", type=int, default=16, help="sequences per worker (DDP)")
     parser.add_argument("--microbatches", type=int, default=8)
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--quick", action="store_true", help="30 steps of 4 blocks")
+    parser.add_argument("--json", type=Path, help="also write the figures here (flat JSON)")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.layers = 30, 4
 
     model = [f"model.overrides={{layers: {args.layers}}}"]
     runs = {
@@ -109,10 +113,10 @@ def main() -> None:
     print(f"pipeline 2 stages / 1 worker: {pipeline:.2f}  ({args.microbatches} micro-batches)")
     if args.json:
         figures = {
-            "samples_per_sec": rates,
-            "ddp_ratio": ddp,
+            "ratio": ddp,
             "pipeline_ratio": pipeline,
             "hardware_ceiling": ceiling,
+            **{f"samples_per_sec.{name}": rate for name, rate in rates.items()},
         }
         args.json.write_text(json.dumps(figures, indent=2))
 

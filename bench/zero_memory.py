@@ -2,7 +2,7 @@
 DeepSpeed ZeRO 1/2/3 on 2 gloo workers, measured from the tensors each rank holds when its
 optimizer steps, next to the ZeRO paper's formulas adapted to the precision trained.
 
-    python bench/zero_memory.py [--workers N] [--flavor small] [--json PATH]
+    python bench/zero_memory.py [--workers N] [--flavor small] [--quick] [--json PATH]
 
 Each rank runs gentrain's own strategy (prepare + train_phase) in a process of its own, two steps,
 and is measured inside its second optimizer step (Adam's moments exist, gradients are still held).
@@ -30,6 +30,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from gentrain.spec import flatten
+
 REPO = Path(__file__).resolve().parents[1]
 DEEPSPEED = ["train.strategy=deepspeed"]
 BF16 = ["train.deepspeed.config={bf16: {enabled: true}}"]
@@ -51,9 +53,8 @@ def formula(stage: int | None, *, width: int, world: int) -> float:
         return width + width + k / world
     if stage == 2:
         return width + (width + k) / world
-    if width == 4:
-        k = 8  # the fp32 weights are the master: m and v
-    return (width + width + k) / world
+    own_master = width == 4  # fp32 weights are their own master: m and v only
+    return (width + width + (8 if own_master else k)) / world
 
 
 class Holdings:
@@ -135,7 +136,10 @@ def worker(rank: int, world: int, port: int, overrides: list[str], flavor: str, 
     hook = register_optimizer_step_pre_hook(at_step)
     batches = ShardedBatches(data.train, batch_size=batch // world, rank=rank, world=world, seed=0)
     for step in (1, 2):
-        plan = lambda offset, step=step: DrawPlan(0, step, "gpt", rank * 4 + offset, batch)  # noqa: E731
+
+        def plan(offset: int, step: int = step) -> DrawPlan:
+            return DrawPlan(0, step, "gpt", batches.first_row + offset, batch)
+
         strategy.train_phase("gpt", batches.at(step), plan)
     hook.remove()
     results.put((rank, params, measured[-1]))
@@ -165,9 +169,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--flavor", default="small")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--quick", action="store_true", help="the debug flavor")
+    parser.add_argument("--json", type=Path, help="also write the figures here (flat JSON)")
     args = parser.parse_args()
     world = args.workers
+    if args.quick:
+        args.flavor = "debug"
 
     rows = {}
     for name, (overrides, stage, width) in RUNS.items():
@@ -192,7 +199,7 @@ def main() -> None:
     ratio = rows["zero3"]["total"] / ddp
     print(f"ZeRO-3 / DDP per-rank model state at N = {world}: {ratio:.3f} (target <= 0.55)")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"ratio": ratio, **flatten(rows)}, indent=2))
 
 
 if __name__ == "__main__":

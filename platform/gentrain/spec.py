@@ -3,6 +3,7 @@
 Imports no ray or mlflow: validation stays fast and starts nothing.
 """
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -225,6 +226,15 @@ def check_distribution(dist: Any) -> None:
         raise ValueError(f"loguniform needs 0 < low (got {low})")
 
 
+def _check_space(space: dict[str, Any]) -> dict[str, Any]:
+    for key, dist in space.items():
+        try:
+            check_distribution(dist)
+        except ValueError as err:
+            raise ValueError(f"{key}: {err}") from None
+    return space
+
+
 class AshaSection(Section):
     """Successive halving on the sweep metric, counted in evaluations (train.eval_every)."""
 
@@ -243,12 +253,7 @@ class PbtSection(Section):
     @field_validator("mutations")
     @classmethod
     def _valid_mutations(cls, mutations: dict | None) -> dict | None:
-        for key, dist in (mutations or {}).items():
-            try:
-                check_distribution(dist)
-            except ValueError as err:
-                raise ValueError(f"{key}: {err}") from None
-        return mutations
+        return _check_space(mutations) if mutations else mutations
 
 
 class SweepSection(Section):
@@ -274,12 +279,7 @@ class SweepSection(Section):
             raise ValueError(
                 "name at least one dotted spec key, e.g. optim.lr: {loguniform: [1e-5, 1e-2]}"
             )
-        for key, dist in space.items():
-            try:
-                check_distribution(dist)
-            except ValueError as err:
-                raise ValueError(f"{key}: {err}") from None
-        return space
+        return _check_space(space)
 
     @model_validator(mode="after")
     def _search_rules(self) -> "SweepSection":
@@ -399,7 +399,7 @@ def _check_sweep_fits(job: "JobSpec") -> None:
     for key, dist in dimensions.items():
         ((kind, values),) = dist.items()
         for value in values:
-            raw = json.loads(json.dumps(base))
+            raw = copy.deepcopy(base)
             try:
                 _set_dotted(raw, key, value)
                 JobSpec.model_validate(raw)
