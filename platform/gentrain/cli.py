@@ -2,6 +2,7 @@
 
 Bad input exits 2 with one line on stderr; a failed run exits 1."""
 
+import math
 import os
 import sys
 import time
@@ -83,7 +84,10 @@ def validate(spec: str, sets: SetOption = []) -> None:  # noqa: B006  (typer rea
     sweep = job.sweep
     searched = ""
     if sweep is not None:
-        trials = "a grid" if sweep.search == "grid" else f"{sweep.trials} trials"
+        count = sweep.trials
+        if sweep.search == "grid":
+            count = math.prod(len(dist["grid"]) for dist in sweep.space.values())
+        trials = f"{count} trials"
         searched = f"; a {sweep.search} sweep of {trials} over {', '.join(sweep.space)}"
     out.print(
         f"ok: {spec} is a valid {job.model.family} job ({job.train.strategy}, "
@@ -120,6 +124,100 @@ def run(
     except GentrainError as error:
         _fail(str(error), 1)
     _print_summary(result)
+
+
+@app.command()
+def sweep(
+    spec: str,
+    sets: SetOption = [],  # noqa: B006
+    address: AddressOption = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Finish this spec's sweep after its driver died.")
+    ] = False,
+) -> None:
+    """Hyperparameter sweep over the spec's `sweep.space` with Ray Tune: one MLflow parent run,
+    one child run per trial."""
+    job = _load(spec, sets)
+    if job.sweep is None:
+        _fail(f"{spec}: sweep: this spec has no sweep section; `gentrain run` trains it", 2)
+    from gentrain import sweep as sweep_module
+
+    def started(parent_id: str) -> None:
+        out.print(f"MLflow parent run {parent_id}: starting the sweep...", markup=False)
+
+    def trial_ended(trial) -> None:
+        values = ", ".join(f"{k}={_short(v)}" for k, v in trial.values.items())
+        metric = "-" if trial.metric is None else f"{trial.metric:.4g}"
+        why = f"  ({trial.reason})" if trial.reason else ""
+        out.print(
+            f"trial {trial.trial_id} {trial.status.lower()}: {job.sweep.metric} {metric}  "
+            f"{values}{why}",
+            markup=False,
+            highlight=False,
+        )
+
+    try:
+        result = sweep_module.run(
+            job, address=address, resume=resume, on_start=started, on_trial=trial_ended
+        )
+    except SpecError as error:
+        _fail(str(error), 2)
+    except GentrainError as error:
+        _fail(str(error), 1)
+    out.print()
+    out.print(
+        f"[bold green]done[/]: sweep {result.parent_run_id} in experiment '{result.experiment}'"
+    )
+    out.print(
+        f"best: {result.metric} {result.best_value:.4g} (run {result.best_run_id})", markup=False
+    )
+    out.print(
+        f"compare: gentrain runs compare {result.experiment} --parent {result.parent_run_id}",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+runs_app = typer.Typer(no_args_is_help=True, help="Look at tracked runs.")
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.command("compare")
+def compare_runs(
+    experiment: str,
+    parent: Annotated[
+        str | None, typer.Option("--parent", help="Only this sweep's trials (its parent run id).")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option("--tracking-uri", help="Default: MLFLOW_TRACKING_URI, else ./mlflow.db."),
+    ] = None,
+) -> None:
+    """A table of an experiment's runs (or one sweep's trials): the params that differ and the
+    final metrics, best first."""
+    from gentrain import tracking
+
+    uri = tracking.resolve_tracking_uri(tracking_uri=tracking_uri)
+    try:
+        comparison = tracking.compare(uri=uri, experiment=experiment, parent_id=parent)
+    except SpecError as error:
+        _fail(str(error), 2)
+    if not comparison.rows:
+        _fail(f"EXPERIMENT: no runs in '{experiment}'" + (f" under {parent}" if parent else ""), 2)
+    table = Table(title=f"{experiment}: best {comparison.metric} first ({comparison.mode})")
+    columns = ["run", "status", *comparison.params, *comparison.metrics]
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in comparison.rows:
+        cells = [row["run_id"][:8], row["status"]]
+        cells += [str(row.get(name, "")) for name in comparison.params]
+        cells += [_short(row[name]) if name in row else "" for name in comparison.metrics]
+        table.add_row(*cells)
+    out.print(table)
 
 
 @app.command()

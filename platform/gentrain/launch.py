@@ -4,12 +4,12 @@ progress to the caller and closes the run with its outcome."""
 import re
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
 from gentrain import cluster, tracking
@@ -76,22 +76,31 @@ def run(
         on_start(run_id)
     try:
         cluster.connect(address)
-        metrics = _fit(spec, run_id=run_id, uri=uri, on_progress=on_progress)
+        metrics = fit(spec, run_id=run_id, uri=uri, on_progress=on_progress)
     except KeyboardInterrupt:
         tracking.end_run(run_id, uri=uri, status="KILLED", reason="interrupted by the user")
         raise
     except Exception as err:
-        reason = _reason(err)
+        reason = failure_reason(err)
         tracking.end_run(run_id, uri=uri, status="FAILED", reason=reason)
         raise GentrainError(f"run {run_id} failed: {reason}") from err
     tracking.end_run(run_id, uri=uri, status="FINISHED")
     return RunResult(run_id=run_id, experiment=spec.experiment, tracking_uri=uri, metrics=metrics)
 
 
-def _fit(spec: JobSpec, *, run_id: str, uri: str, on_progress: ProgressCallback | None) -> dict:
+def fit(
+    spec: JobSpec,
+    *,
+    run_id: str,
+    uri: str,
+    on_progress: ProgressCallback | None = None,
+    callbacks: Sequence[UserCallback] = (),
+) -> dict[str, float]:
+    """Train the job of MLflow run `run_id` on Ray Train workers (the run's latest checkpoint
+    under storage.path, if any, is where it starts); returns the last reported metrics."""
     train = spec.train
     threads = train.cpus_per_worker or max(1, cluster.available_cpus() // train.workers)
-    board_name, board = _progress_board()
+    board_name, board = _progress_board() if on_progress else (None, None)
     trainer = TorchTrainer(
         train_fn,
         train_loop_config={
@@ -111,14 +120,17 @@ def _fit(spec: JobSpec, *, run_id: str, uri: str, on_progress: ProgressCallback 
             storage_path=storage_path(spec),
             failure_config=FailureConfig(max_failures=train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=list(callbacks),
         ),
     )
-    relay = _Relay(board, run_id, on_progress)
-    relay.start()
+    relay = _Relay(board, run_id, on_progress) if board else None
+    if relay:
+        relay.start()
     try:
         result = trainer.fit()
     finally:
-        relay.stop()
+        if relay:
+            relay.stop()
     return {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
 
 
@@ -157,7 +169,7 @@ class _Relay(threading.Thread):
         self.join(timeout=15)
 
 
-def _reason(err: BaseException) -> str:
+def failure_reason(err: BaseException) -> str:
     """One line: the innermost worker error when Ray wraps one (our own errors without their
     class name: they are written to be read as they are)."""
     text = str(err).strip().splitlines()

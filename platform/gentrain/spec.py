@@ -399,15 +399,35 @@ def _check_sweep_fits(job: "JobSpec") -> None:
     for key, dist in dimensions.items():
         ((kind, values),) = dist.items()
         for value in values:
-            raw = copy.deepcopy(base)
             try:
-                _set_dotted(raw, key, value)
-                JobSpec.model_validate(raw)
-            except (SpecError, ValidationError) as err:
-                why = _describe(err) if isinstance(err, ValidationError) else str(err)
+                trial_spec(base, {key: value})
+            except SpecError as err:
                 raise SpecError(
-                    f"sweep.space.{key}: {value!r} makes an invalid job: {why}"
+                    f"sweep.space.{key}: {value!r} makes an invalid job: {err}"
                 ) from None
+    if sweep.scheduler == "pbt":
+        if job.train.workers > 1:
+            raise SpecError(
+                "sweep.scheduler: pbt runs single-worker trials (train.workers: 1); use asha or "
+                "none for distributed trials"
+            )
+        if job.train.eval_every % job.train.checkpoint_every:
+            raise SpecError(
+                "sweep.scheduler: pbt exploits the checkpoint taken at each evaluation; make "
+                f"train.checkpoint_every ({job.train.checkpoint_every}) divide train.eval_every "
+                f"({job.train.eval_every})"
+            )
+
+
+def trial_spec(base: dict[str, Any], values: dict[str, Any]) -> "JobSpec":
+    """The job of one sweep trial: the sweep-less spec `base` with the dotted `values` set."""
+    raw = copy.deepcopy(base)
+    try:
+        for key, value in values.items():
+            _set_dotted(raw, key, value)
+        return JobSpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(_describe(err)) from None
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:

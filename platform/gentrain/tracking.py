@@ -3,10 +3,12 @@
 The driver opens and closes runs; inside Ray only rank 0 logs, through a RunLogger.
 """
 
+import json
 import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,15 @@ from gentrain.spec import JobSpec, flatten
 LOCAL_STORE = "mlflow.db"
 
 
-def resolve_tracking_uri(spec: JobSpec | None = None) -> str:
-    """The spec's `tracking.uri`, else MLFLOW_TRACKING_URI, else a SQLite store in the working
-    directory. Local forms are made absolute: Ray workers run in other directories."""
-    uri = (spec and spec.tracking.uri) or os.environ.get("MLFLOW_TRACKING_URI") or LOCAL_STORE
+def resolve_tracking_uri(spec: JobSpec | None = None, *, tracking_uri: str | None = None) -> str:
+    """`tracking_uri`, else the spec's `tracking.uri`, else MLFLOW_TRACKING_URI, else a SQLite
+    store in the working directory. Local forms are made absolute: Ray workers run elsewhere."""
+    uri = (
+        tracking_uri
+        or (spec and spec.tracking.uri)
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or LOCAL_STORE
+    )
     if uri.startswith("sqlite:///"):
         return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
     if "://" not in uri and not uri.startswith("databricks"):
@@ -38,7 +45,14 @@ def _client(uri: str):
     return mlflow.MlflowClient(tracking_uri=uri)
 
 
-def start_run(spec: JobSpec, *, uri: str, resume_run_id: str | None = None) -> str:
+def start_run(
+    spec: JobSpec,
+    *,
+    uri: str,
+    resume_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    name: str | None = None,
+) -> str:
     """Create the job's run (or reopen `resume_run_id`) with params, tags and spec.yaml."""
     client = _client(uri)
     if resume_run_id is not None:
@@ -53,7 +67,7 @@ def start_run(spec: JobSpec, *, uri: str, resume_run_id: str | None = None) -> s
     experiment_id = (
         experiment.experiment_id if experiment else client.create_experiment(spec.experiment)
     )
-    run = client.create_run(experiment_id, tags=_tags(spec), run_name=None)
+    run = client.create_run(experiment_id, tags={**_tags(spec), **(tags or {})}, run_name=name)
     run_id = run.info.run_id
     from mlflow.entities import Param
 
@@ -65,6 +79,154 @@ def start_run(spec: JobSpec, *, uri: str, resume_run_id: str | None = None) -> s
         spec_file.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
         client.log_artifact(run_id, str(spec_file))
     return run_id
+
+
+# --- sweeps: a parent run, one child run per trial ------------------------------------------
+
+PARENT = "mlflow.parentRunId"
+TRIAL_ID = "gentrain.trial_id"
+SWEEP = "gentrain.sweep"  # on a sweep's parent run: the spec's sha256
+SAMPLED = "gentrain.sampled."  # + dotted key: a trial's value of one searched key
+
+
+def start_sweep_run(spec: JobSpec, *, uri: str) -> str:
+    return start_run(spec, uri=uri, tags={SWEEP: spec.sha256()}, name=f"sweep-{spec.name}")
+
+
+def unfinished_sweep_run(spec: JobSpec, *, uri: str) -> str | None:
+    """The latest parent run of this very spec that did not finish (killed or interrupted)."""
+    client = _client(uri)
+    experiment = client.get_experiment_by_name(spec.experiment)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{SWEEP}` = '{spec.sha256()}' and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def trial_run(spec: JobSpec, *, uri: str, parent_id: str, trial_id: str, values: dict) -> str:
+    """The child run of trial `trial_id`: created on its first start, reopened when the trial
+    is restored (a resumed sweep, a PBT exploit), so a trial never gets two runs."""
+    sampled = {f"{SAMPLED}{key}": _param_value(value) for key, value in values.items()}
+    existing = _children(parent_id, uri=uri, trial_id=trial_id)
+    if existing:
+        run_id = existing[0].info.run_id
+        client = _client(uri)
+        client.update_run(run_id, status="RUNNING")
+        for key, value in sampled.items():  # PBT may have mutated them
+            client.set_tag(run_id, key, value)
+        return run_id
+    tags = {PARENT: parent_id, TRIAL_ID: trial_id, **sampled}
+    return start_run(spec, uri=uri, tags=tags, name=trial_id)
+
+
+def _children(parent_id: str, *, uri: str, trial_id: str | None = None) -> list:
+    client = _client(uri)
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    query = f"tags.`{PARENT}` = '{parent_id}'"
+    if trial_id is not None:
+        query += f" and tags.`{TRIAL_ID}` = '{trial_id}'"
+    return client.search_runs([experiment_id], filter_string=query, max_results=5000)
+
+
+def run_status(run_id: str, *, uri: str) -> str:
+    return _client(uri).get_run(run_id).info.status
+
+
+def trial_run_id(parent_id: str, trial_id: str, *, uri: str) -> str | None:
+    runs = _children(parent_id, uri=uri, trial_id=trial_id)
+    return runs[0].info.run_id if runs else None
+
+
+def end_open_trials(parent_id: str, *, uri: str, reason: str) -> None:
+    """Every child run still RUNNING ends KILLED with `reason` (the sweep stopped around it)."""
+    for run in _children(parent_id, uri=uri):
+        if run.info.status == "RUNNING":
+            end_run(run.info.run_id, uri=uri, status="KILLED", reason=reason)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Runs side by side: the params that vary between them and their final metrics, best
+    first by `metric`."""
+
+    metric: str
+    mode: str
+    params: list[str]
+    metrics: list[str]
+    rows: list[dict[str, Any]]  # run_id, name, status, then params and metrics by name
+
+    def csv(self) -> str:
+        import csv
+        import io
+
+        columns = ["run_id", "name", "status", *self.params, *self.metrics]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        return buffer.getvalue()
+
+
+def compare(*, uri: str, experiment: str | None = None, parent_id: str | None = None) -> Comparison:
+    """The runs of `experiment` (a sweep's parents and plain runs), or the trials of the sweep
+    `parent_id`. Sorted by the sweep's metric when there is one, else by loss."""
+    client = _client(uri)
+    if parent_id is not None:
+        try:
+            parent = client.get_run(parent_id)
+        except Exception:
+            raise SpecError(f"--parent: no MLflow run '{parent_id}' in {uri}") from None
+        runs = _children(parent_id, uri=uri)
+        metric = parent.data.params.get("sweep.metric", "loss")
+        mode = parent.data.params.get("sweep.mode", "min")
+    else:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise SpecError(f"EXPERIMENT: no experiment '{experiment}' in {uri}")
+        runs = client.search_runs([found.experiment_id], max_results=5000)
+        runs = [run for run in runs if PARENT not in run.data.tags]  # trials: --parent
+        metric, mode = "loss", "min"
+    params = _varied_params(runs)
+    metrics = sorted({name for run in runs for name in run.data.metrics})
+    if metric in metrics:
+        metrics = [metric, *(name for name in metrics if name != metric)]
+    rows = [
+        {
+            "run_id": run.info.run_id,
+            "name": run.info.run_name,
+            "status": run.info.status,
+            **{name: run.data.params.get(name, "") for name in params},
+            **{name: run.data.metrics[name] for name in metrics if name in run.data.metrics},
+        }
+        for run in runs
+    ]
+    sign = 1 if mode == "min" else -1
+    rows.sort(key=lambda row: (metric not in row, sign * row.get(metric, 0.0)))
+    return Comparison(metric=metric, mode=mode, params=params, metrics=metrics, rows=rows)
+
+
+def _varied_params(runs: list) -> list[str]:
+    keys = sorted({key for run in runs for key in run.data.params})
+    return [key for key in keys if len({run.data.params.get(key) for run in runs}) > 1]
+
+
+def log_sweep_outcome(parent_id: str, comparison: Comparison, *, uri: str) -> None:
+    """best_<metric>, the best trial's run id and values, and trials.csv on the parent."""
+    client = _client(uri)
+    client.log_text(parent_id, comparison.csv(), "trials.csv")
+    best = next((row for row in comparison.rows if comparison.metric in row), None)
+    if best is None:
+        return
+    client.log_metric(parent_id, f"best_{comparison.metric}", best[comparison.metric])
+    client.set_tag(parent_id, "gentrain.best_run_id", best["run_id"])
+    best_tags = client.get_run(best["run_id"]).data.tags
+    config = {k.removeprefix(SAMPLED): v for k, v in best_tags.items() if k.startswith(SAMPLED)}
+    client.set_tag(parent_id, "gentrain.best_config", json.dumps(config, sort_keys=True))
 
 
 def end_run(run_id: str, *, uri: str, status: str, reason: str | None = None) -> None:
@@ -111,6 +273,9 @@ class RunLogger:
         now = int(time.time() * 1000)
         batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
 
     def log_image_grid(self, images, *, step: int) -> None:
         """images: (N, C, H, W) in [-1, 1] -> samples/step_<step>.png"""

@@ -6,13 +6,14 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import ray
 import ray.train
 import ray.train.torch
 import torch
+from ray.train import Checkpoint
 
 from gentrain.data import Dataset, ShardedBatches, augment, load_dataset
 from gentrain.errors import GentrainError
@@ -26,14 +27,44 @@ from gentrain.tracking import RunLogger
 EVAL_SEED = 1234
 
 
+class Session(Protocol):
+    """Where a training process runs: its place among the workers, the checkpoint it resumes
+    from, and where its reports go (Ray Train for jobs, Ray Tune for single-worker trials)."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    def resume_from(self) -> Checkpoint | None: ...
+
+    def report(self, metrics: dict[str, float], checkpoint: Path | None = None) -> None: ...
+
+
+class RayTrainSession:
+    def __init__(self):
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def resume_from(self) -> Checkpoint | None:
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict[str, float], checkpoint: Path | None = None) -> None:
+        saved = ray.train.Checkpoint.from_directory(checkpoint) if checkpoint else None
+        ray.train.report(metrics, checkpoint=saved)
+
+
 def train_fn(config: dict[str, Any]) -> None:
-    """Entry point of each worker. `config` holds only plain data: the spec as a dict, the MLflow
-    run, the progress board's actor name and the threads this worker may use."""
+    """Entry point of each Ray Train worker."""
+    train(config, RayTrainSession())
+
+
+def train(config: dict[str, Any], session: Session) -> None:
+    """Train one job in this process. `config` holds only plain data: the spec as a dict, the
+    MLflow run, the progress board's actor name (or None) and the threads this process may use."""
     spec = JobSpec.model_validate(config["spec"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
+    rank, world, device = session.rank, session.world, session.device
     torch.set_num_threads(config["threads"])
-    device = ray.train.torch.get_device()
 
     family = get_family(spec.model.family)
     step_fn = family.make_step()
@@ -60,11 +91,15 @@ def train_fn(config: dict[str, Any]) -> None:
     strategy.prepare(models, step_fn)
     _seed_everything(spec.train.seed * 1000 + rank)  # each rank draws its own noise
 
-    start_step = _restore(strategy, rank=rank)
-    loop = _Loop(
-        spec, config, rank=rank, world=world, step_fn=step_fn, strategy=strategy, data=data
+    start_step = _restore(
+        strategy,
+        session.resume_from(),
+        rank=rank,
+        run_id=config["run_id"],
+        uri=config["tracking_uri"],
     )
-    loop.run(device=device, start_step=start_step)
+    loop = _Loop(spec, config, session=session, step_fn=step_fn, strategy=strategy, data=data)
+    loop.run(start_step=start_step)
 
 
 class _Loop:
@@ -73,22 +108,24 @@ class _Loop:
         spec: JobSpec,
         config: dict[str, Any],
         *,
-        rank: int,
-        world: int,
+        session: Session,
         step_fn: FamilyStep,
         strategy: Strategy,
         data: Dataset,
     ):
-        self.spec, self.rank, self.world = spec, rank, world
+        self.spec, self.session = spec, session
+        self.rank, self.world = session.rank, session.world
         self.step_fn, self.strategy, self.data = step_fn, strategy, data
         self.run_id = config["run_id"]
         self.logger = (
-            RunLogger(uri=config["tracking_uri"], run_id=self.run_id) if rank == 0 else None
+            RunLogger(uri=config["tracking_uri"], run_id=self.run_id) if self.rank == 0 else None
         )
-        self.board = ray.get_actor(config["progress"]) if rank == 0 else None
+        board = config.get("progress")
+        self.board = ray.get_actor(board) if board and self.rank == 0 else None
         self.quality = None  # built at the first evaluation (rank 0)
 
-    def run(self, *, device: torch.device, start_step: int) -> None:
+    def run(self, *, start_step: int) -> None:
+        device = self.session.device
         spec, train = self.spec, self.spec.train
         strategy = self.strategy
         batches = ShardedBatches(
@@ -135,13 +172,24 @@ class _Loop:
                 metrics["samples_per_sec"] = spec.data.batch_size * window_steps / window_seconds
                 sums, window_seconds, window_steps = {}, 0.0, 0
                 self._log(metrics, step=step)
-            if step % train.eval_every == 0 or last:
+            evaluated = step % train.eval_every == 0 or last
+            if evaluated:
                 metrics = {**metrics, **self._evaluate(step)}
+            # Every evaluation is reported (a sweep's schedulers decide on them), with the
+            # checkpoint when one is due.
+            progress = {**metrics, "step": step, "evaluations": self._evaluations(step)}
             if step % train.checkpoint_every == 0 or last:
-                self._checkpoint(step, metrics)
+                self._checkpoint(step, progress)
+            elif evaluated:
+                self.session.report(progress)
         with self.strategy.full_models() as models:
             if self.rank == 0:
                 self._export(models)
+
+    def _evaluations(self, step: int) -> int:
+        """How many evaluations the job has made by `step`."""
+        train = self.spec.train
+        return step // train.eval_every + (step == train.max_steps and step % train.eval_every > 0)
 
     def _mean_over_workers(self, sums: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
         """Each value averaged over the steps and over the ranks that computed it (under a
@@ -161,7 +209,8 @@ class _Loop:
         if self.rank != 0:
             return
         self.logger.log_metrics(metrics, step=step)
-        self.board.push.remote(self.run_id, step, metrics)
+        if self.board:
+            self.board.push.remote(self.run_id, step, metrics)
 
     def _evaluate(self, step: int) -> dict[str, float]:
         """The family's held-out metrics, FID / IS of fresh samples for image families, and a
@@ -190,7 +239,8 @@ class _Loop:
             self.logger.log_texts(preview, step=step)
         scores = {name: value for name, value in scores.items() if name in wanted}
         self.logger.log_metrics(scores, step=step)
-        self.board.push.remote(self.run_id, step, scores)
+        if self.board:
+            self.board.push.remote(self.run_id, step, scores)
         return scores
 
     def _image_quality(self):
@@ -213,8 +263,7 @@ class _Loop:
             if self.rank == 0:
                 state = {"step": step, "mlflow_run_id": self.run_id}
                 (directory / "state.json").write_text(json.dumps(state))
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report({**metrics, "step": step}, checkpoint=checkpoint)
+            self.session.report(metrics, checkpoint=directory)
 
     def _export(self, models: dict[str, torch.nn.Module]) -> None:
         module, example = self.step_fn.export(models)
@@ -228,17 +277,23 @@ def _sample_in_chunks(step_fn: FamilyStep, models, n: int, chunk: int = 256) -> 
     return torch.cat(parts).float().cpu()
 
 
-def _restore(strategy: Strategy, *, rank: int) -> int:
-    """Load the latest checkpoint Ray Train hands this worker (after a restart or a resumed run);
-    returns the step it was taken at, or 0 to start afresh."""
-    checkpoint = ray.train.get_checkpoint()
+def _restore(
+    strategy: Strategy, checkpoint: Checkpoint | None, *, rank: int, run_id: str, uri: str
+) -> int:
+    """Load the checkpoint Ray hands this process (after a restart, a resumed run, or a PBT
+    exploit); returns the step it was taken at, or 0 to start afresh."""
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as tmp:
         directory = Path(tmp)
         strategy.load(directory)
         _set_rng_state(torch.load(directory / f"rng_rank{rank}.pt", weights_only=False))
-        return json.loads((directory / "state.json").read_text())["step"]
+        state = json.loads((directory / "state.json").read_text())
+    if rank == 0 and state["mlflow_run_id"] != run_id:  # a PBT exploit: another trial's weights
+        RunLogger(uri=uri, run_id=run_id).set_tag(
+            "gentrain.checkpoint_from", f"{state['mlflow_run_id']} step {state['step']}"
+        )
+    return state["step"]
 
 
 def _seed_everything(seed: int) -> None:

@@ -1,0 +1,358 @@
+"""Runs a sweep: Ray Tune over the spec's `sweep.space`, one gentrain run per trial (in the
+trial's own process when train.workers == 1, a nested Ray Train TorchTrainer otherwise), a parent
+MLflow run holding the sweep and its outcome, one child run per trial."""
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+from ray.tune.search import BasicVariantGenerator, Searcher
+
+from gentrain import cluster, launch, tracking
+from gentrain.errors import GentrainError, SpecError
+from gentrain.spec import JobSpec, SweepSection, trial_spec
+
+TUNE_SETTINGS = {
+    # Results without the metric (a checkpoint before the first evaluation) are expected:
+    # schedulers and searchers skip them.
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    # The driver prints one line per trial; Tune's own tables and sync advice stay out.
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+# Schedulers count a trial's progress in evaluations (train.eval_every), reported by every trial.
+TIME_ATTR = "evaluations"
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    trial_id: str
+    run_id: str | None
+    status: str  # the child run's: FINISHED, KILLED (stopped early) or FAILED
+    values: dict[str, Any]  # the sampled values of the searched keys
+    metric: float | None  # the sweep metric's last value
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    parent_run_id: str
+    experiment: str
+    tracking_uri: str
+    metric: str
+    best_run_id: str | None
+    best_value: float | None
+    trials: list[TrialOutcome]
+
+
+def run(
+    spec: JobSpec,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    on_start: Callable[[str], None] | None = None,
+    on_trial: Callable[[TrialOutcome], None] | None = None,
+) -> SweepResult:
+    sweep = spec.sweep
+    if sweep is None:
+        raise SpecError("sweep: this spec has no sweep section; `gentrain run` trains it")
+    if spec.image_features and cluster.is_embedded(address):
+        from gentrain.metrics import ensure_available
+
+        ensure_available(spec.image_features)
+    uri = tracking.resolve_tracking_uri(spec)
+    tracking.check_reachable(uri)
+    storage = launch.storage_path(spec)
+    if resume:
+        parent_id = tracking.unfinished_sweep_run(spec, uri=uri)
+        if parent_id is None or not tune.Tuner.can_restore(f"{storage}/{parent_id}"):
+            raise SpecError(
+                f"--resume: no unfinished sweep of this spec in experiment '{spec.experiment}' "
+                f"with its Tune state under {storage} (the spec must be unchanged)"
+            )
+        tracking.start_run(spec, uri=uri, resume_run_id=parent_id)
+    else:
+        parent_id = tracking.start_sweep_run(spec, uri=uri)
+    if on_start:
+        on_start(parent_id)
+    outcomes: dict[str, TrialOutcome] = {}
+    _listeners[parent_id] = (outcomes, on_trial)
+    try:
+        cluster.connect(address)
+        tuner = _tuner(
+            spec,
+            parent_id=parent_id,
+            uri=uri,
+            storage=storage,
+            resume=resume,
+            report=_TrialReport(spec, parent_id, uri),
+        )
+        tuner.fit()
+    except KeyboardInterrupt:
+        _close(parent_id, uri, "KILLED", "interrupted; `gentrain sweep SPEC --resume` goes on")
+        raise
+    except Exception as err:
+        _close(parent_id, uri, "FAILED", launch.failure_reason(err))
+        raise GentrainError(f"sweep {parent_id} failed: {launch.failure_reason(err)}") from err
+    finally:
+        _listeners.pop(parent_id, None)
+    comparison = tracking.compare(uri=uri, parent_id=parent_id)
+    tracking.log_sweep_outcome(parent_id, comparison, uri=uri)
+    best = next((row for row in comparison.rows if sweep.metric in row), None)
+    if best is None:
+        reason = "no trial reported " + sweep.metric
+        _close(parent_id, uri, "FAILED", reason)
+        raise GentrainError(f"sweep {parent_id} failed: {reason}")
+    _close(parent_id, uri, "FINISHED", None)
+    return SweepResult(
+        parent_run_id=parent_id,
+        experiment=spec.experiment,
+        tracking_uri=uri,
+        metric=sweep.metric,
+        best_run_id=best["run_id"],
+        best_value=best[sweep.metric],
+        trials=list(outcomes.values()),
+    )
+
+
+def _close(parent_id: str, uri: str, status: str, reason: str | None) -> None:
+    tracking.end_open_trials(parent_id, uri=uri, reason=reason or "the sweep ended")
+    tracking.end_run(parent_id, uri=uri, status=status, reason=reason)
+
+
+def _tuner(
+    spec: JobSpec, *, parent_id: str, uri: str, storage: str, resume: bool, report: tune.Callback
+) -> tune.Tuner:
+    sweep, train = spec.sweep, spec.train
+    base = spec.to_dict()
+    del base["sweep"]
+    single = train.workers == 1
+    threads = train.cpus_per_worker or max(1, cluster.available_cpus() // sweep.concurrency)
+    setup = {
+        "base": base,
+        "keys": list(sweep.space),
+        "parent": parent_id,
+        "uri": uri,
+        "threads": threads,
+    }
+    # A single-worker trial trains in the trial's process, which holds its resources; a
+    # distributed trial's process only drives the Ray Train workers, which hold their own.
+    resources = (
+        {"CPU": train.cpus_per_worker or 1, "GPU": int(train.use_gpu)} if single else {"CPU": 0}
+    )
+    trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup), resources)
+    os.environ.update(TUNE_SETTINGS)
+    path = f"{storage}/{parent_id}"
+    if resume:
+        return tune.Tuner.restore(path, trainable=trainable)
+    run_config = tune.RunConfig(
+        name=parent_id,
+        storage_path=storage,
+        callbacks=[report],
+        verbose=0,
+        failure_config=tune.FailureConfig(max_failures=train.max_failures if single else 0),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+    )
+    search, scheduler = make_search(sweep), make_scheduler(sweep)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(sweep),
+        tune_config=tune.TuneConfig(
+            metric=sweep.metric,
+            mode=sweep.mode,
+            search_alg=search,
+            scheduler=scheduler,
+            num_samples=1 if sweep.search == "grid" else sweep.trials,
+            # the variant generator limits itself (make_search); searchers are limited here
+            max_concurrent_trials=sweep.concurrency if sweep.search == "bayesian" else None,
+            time_budget_s=sweep.time_budget,
+        ),
+        run_config=run_config,
+    )
+
+
+def domain(dist: dict[str, Any]):
+    """A space entry as a Ray Tune domain ({int: [a, b]} includes b)."""
+    ((kind, values),) = dist.items()
+    if kind == "uniform":
+        return tune.uniform(*values)
+    if kind == "loguniform":
+        return tune.loguniform(*values)
+    if kind == "int":
+        return tune.randint(values[0], values[1] + 1)
+    if kind == "choice":
+        return tune.choice(values)
+    return tune.grid_search(values)
+
+
+def param_space(sweep: SweepSection) -> dict[str, Any]:
+    return {key: domain(dist) for key, dist in sweep.space.items()}
+
+
+def make_search(sweep: SweepSection) -> Searcher | BasicVariantGenerator:
+    """Grid and random search: Tune's variant generator (seeded); bayesian: Optuna's TPE or
+    Gaussian-process sampler (seeded)."""
+    if sweep.search != "bayesian":
+        return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=sweep.concurrency)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if sweep.sampler == "gp":
+        sampler = optuna.samplers.GPSampler(seed=sweep.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=sweep.seed)
+    return OptunaSearch(sampler=sampler)
+
+
+def make_scheduler(sweep: SweepSection):
+    if sweep.scheduler == "asha":
+        return ASHAScheduler(
+            time_attr=TIME_ATTR,
+            max_t=10**6,  # never the reason to stop: a trial ends at its own max_steps
+            grace_period=sweep.asha.grace_period,
+            reduction_factor=sweep.asha.reduction_factor,
+        )
+    if sweep.scheduler == "pbt":
+        mutations = sweep.pbt.mutations or sweep.space
+        return PopulationBasedTraining(
+            time_attr=TIME_ATTR,
+            perturbation_interval=sweep.pbt.perturbation_interval,
+            quantile_fraction=sweep.pbt.quantile_fraction,
+            hyperparam_mutations={key: _mutation(dist) for key, dist in mutations.items()},
+            require_attrs=False,
+        )
+    return FIFOScheduler()
+
+
+def _mutation(dist: dict[str, Any]):
+    ((kind, values),) = dist.items()
+    return list(values) if kind in ("choice", "grid") else domain(dist)
+
+
+# --- inside a trial ---------------------------------------------------------------------------
+
+
+def _trial(config: dict[str, Any], *, setup: dict[str, Any]) -> None:
+    """One trial: the sampled values on the base spec, validated, trained as a gentrain run."""
+    values = {key: config[key] for key in setup["keys"]}
+    spec = trial_spec(setup["base"], values)
+    uri, trial_id = setup["uri"], tune.get_context().get_trial_id()
+    run_id = tracking.trial_run(
+        spec, uri=uri, parent_id=setup["parent"], trial_id=trial_id, values=values
+    )
+    try:
+        if spec.train.workers == 1:
+            from gentrain import trainer
+
+            _single_process_group(spec)
+            config = {
+                "spec": spec.to_dict(),
+                "run_id": run_id,
+                "tracking_uri": uri,
+                "threads": setup["threads"],
+            }
+            trainer.train(config, _TrialSession(spec))
+        else:
+            from ray.tune.integration.ray_train import TuneReportCallback
+
+            launch.fit(spec, run_id=run_id, uri=uri, callbacks=[TuneReportCallback()])
+    except SystemExit:  # a scheduler stopped the trial: the sweep's callback ends its run
+        raise
+    except BaseException as err:
+        tracking.end_run(run_id, uri=uri, status="FAILED", reason=launch.failure_reason(err))
+        raise
+    tracking.end_run(run_id, uri=uri, status="FINISHED")
+
+
+class _TrialSession:
+    """A single-worker trial reports to Ray Tune, which keeps its checkpoints and hands back the
+    one to resume from (its own after a restore, a better trial's after a PBT exploit)."""
+
+    rank, world = 0, 1
+
+    def __init__(self, spec: JobSpec):
+        cuda = spec.train.use_gpu and torch.cuda.is_available()
+        self.device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+
+    def resume_from(self):
+        return tune.get_checkpoint()
+
+    def report(self, metrics: dict[str, float], checkpoint: Path | None = None) -> None:
+        saved = tune.Checkpoint.from_directory(checkpoint) if checkpoint else None
+        tune.report(metrics, checkpoint=saved)
+
+
+def _single_process_group(spec: JobSpec) -> None:
+    """DeepSpeed and pipelines talk through torch.distributed even alone: a group of one."""
+    import torch.distributed as dist
+
+    if spec.train.strategy == "ddp" or dist.is_initialized():
+        return
+    backend = "nccl" if spec.train.use_gpu and torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+
+
+# --- on the driver ----------------------------------------------------------------------------
+
+
+# parent run id -> (outcomes so far, the caller's on_trial): what the driver's callback tells.
+_listeners: dict[str, tuple[dict[str, TrialOutcome], Callable | None]] = {}
+
+
+class _TrialReport(tune.Callback):
+    """Ends the child run of a trial a scheduler stopped (KILLED) or that crashed (FAILED), and
+    tells the caller how each trial ended. Holds plain data only: Tune saves it with the sweep
+    and a resumed sweep gets it back."""
+
+    def __init__(self, spec: JobSpec, parent_id: str, uri: str):
+        self.spec, self.parent_id, self.uri = spec, parent_id, uri
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = trial.last_result or {}
+        reason = (
+            f"stopped early by {self.spec.sweep.scheduler} after {result.get(TIME_ATTR, 0)} "
+            f"evaluations (step {result.get('step', 0)})"
+        )
+        self._ended(trial, "KILLED", reason)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended(trial, "FAILED", _error_of(trial))
+
+    def _ended(self, trial, status: str, reason: str) -> None:
+        run_id = tracking.trial_run_id(self.parent_id, trial.trial_id, uri=self.uri)
+        if run_id is not None:
+            current = tracking.run_status(run_id, uri=self.uri)
+            if current == "RUNNING":
+                tracking.end_run(run_id, uri=self.uri, status=status, reason=reason)
+            else:
+                status, reason = current, (reason if current == status else None)
+        value = (trial.last_result or {}).get(self.spec.sweep.metric)
+        outcome = TrialOutcome(
+            trial_id=trial.trial_id,
+            run_id=run_id,
+            status=status,
+            values={key: trial.config.get(key) for key in self.spec.sweep.space},
+            metric=value if isinstance(value, int | float) and math.isfinite(value) else None,
+            reason=reason if status != "FINISHED" else None,
+        )
+        outcomes, on_trial = _listeners.get(self.parent_id, ({}, None))
+        outcomes[trial.trial_id] = outcome
+        if on_trial:
+            on_trial(outcome)
+
+
+def _error_of(trial) -> str:
+    """The last line of the trial's error file, else a plain statement."""
+    path = getattr(trial, "error_file", None) or ""
+    try:
+        lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    return launch.failure_reason(RuntimeError(lines[-1])) if lines else "the trial failed"
