@@ -26,6 +26,7 @@ TUNE_SETTINGS = {
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
+DRIVER_MEMORY = 256 * 1024**2  # reserved by a distributed trial's driving process
 # Schedulers count a trial's progress in evaluations (train.eval_every), reported by every trial.
 TIME_ATTR = "evaluations"
 
@@ -142,9 +143,12 @@ def _tuner(
         "threads": threads,
     }
     # A single-worker trial trains in the trial's process, which holds its resources; a
-    # distributed trial's process only drives the Ray Train workers, which hold their own.
+    # distributed trial's process only drives the Ray Train workers, which hold their own CPUs
+    # (Tune needs some resource: a little memory).
     resources = (
-        {"CPU": train.cpus_per_worker or 1, "GPU": int(train.use_gpu)} if single else {"CPU": 0}
+        {"CPU": train.cpus_per_worker or 1, "GPU": int(train.use_gpu)}
+        if single
+        else {"memory": DRIVER_MEMORY}
     )
     trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup), resources)
     os.environ.update(TUNE_SETTINGS)
@@ -157,7 +161,10 @@ def _tuner(
         callbacks=[report],
         verbose=0,
         failure_config=tune.FailureConfig(max_failures=train.max_failures if single else 0),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        # PBT exploits other trials' checkpoints: none may be deleted under it
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=None if sweep.scheduler == "pbt" else 2
+        ),
     )
     search, scheduler = make_search(sweep), make_scheduler(sweep)
     return tune.Tuner(
@@ -172,6 +179,7 @@ def _tuner(
             # the variant generator limits itself (make_search); searchers are limited here
             max_concurrent_trials=sweep.concurrency if sweep.search == "bayesian" else None,
             time_budget_s=sweep.time_budget,
+            reuse_actors=True,  # a trial's process is kept for the next: no new imports
         ),
         run_config=run_config,
     )
