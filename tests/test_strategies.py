@@ -5,14 +5,16 @@ with its model in MLflow."""
 import math
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
 import pytest
 import ray
+import torch
 
 from conftest import JOBS
-from gentrain import launch
+from gentrain import launch, tracking, trainer
 from gentrain import spec as spec_module
 from gentrain.data import load_dataset
 from gentrain.families import all_families
@@ -144,18 +146,47 @@ def exported() -> dict[str, tuple[str, str]]:
     return {}
 
 
+class _OneProcess:
+    """The training loop's session when it runs alone in this process (no Ray Train)."""
+
+    rank, world, device = 0, 1, torch.device("cpu")
+
+    def resume_from(self):
+        return None
+
+    def report(self, metrics, checkpoint=None):
+        pass
+
+
 @pytest.fixture(scope="module")
-def one_worker(local_ray, tmp_path_factory):
-    """The loss trajectory of one worker with the same global batch and seed, per family."""
+def one_worker(tmp_path_factory):
+    """The loss trajectory of one worker with the same global batch and seed, per family: the
+    same training loop, run in this process."""
     cache = {}
 
     def losses(family: str) -> list[float]:
         if family not in cache:
             tmp = tmp_path_factory.mktemp(f"one-{family}")
-            cache[family] = _losses(launch.run(_job(family, ["train.workers=1"], tmp)))
+            spec = _job(family, ["train.workers=1"], tmp)
+            uri = tracking.resolve_tracking_uri(spec)
+            run_id = tracking.start_run(spec, uri=uri)
+            config = {"spec": spec.to_dict(), "run_id": run_id, "tracking_uri": uri, "threads": 2}
+            with _torch_threads_kept():
+                trainer.train(config, _OneProcess())
+            result = launch.RunResult(run_id, spec.experiment, uri, metrics={})
+            cache[family] = _losses(result)
         return cache[family]
 
     return losses
+
+
+@contextmanager
+def _torch_threads_kept():
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.slow
