@@ -20,7 +20,8 @@ from ray import tune
 
 from conftest import GENTRAIN, gentrain
 from gentrain import spec as spec_module
-from gentrain import sweep
+from gentrain import sweep, tracking
+from gentrain.errors import SpecError
 from gentrain.spec import SweepSection
 
 STEPS = 6
@@ -135,10 +136,8 @@ def test_runs_compare_prints_a_sweeps_trials_best_first(grid, tmp_path):
     order = [next(i for i, line in enumerate(lines) if r.info.run_id[:8] in line) for r in children]
     assert order == sorted(order), result.stdout
     assert "optim.lr" in result.stdout and "train.seed" in result.stdout
-    missing = gentrain(
-        "runs", "compare", "no-such-experiment", "--tracking-uri", grid.tracking_uri, cwd=tmp_path
-    )
-    assert missing.returncode == 2 and "no-such-experiment" in missing.stderr
+    with pytest.raises(SpecError, match="no experiment 'no-such-experiment'"):
+        tracking.compare(uri=grid.tracking_uri, experiment="no-such-experiment")
 
 
 def _branin(config: dict) -> float:

@@ -324,9 +324,11 @@ class _TrialReport(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
+        scheduler = self.spec.sweep.scheduler
+        by = f"early by {scheduler}" if scheduler != "none" else "when the time budget ran out"
         reason = (
-            f"stopped early by {self.spec.sweep.scheduler} after {result.get(TIME_ATTR, 0)} "
-            f"evaluations (step {result.get('step', 0)})"
+            f"stopped {by} after {result.get(TIME_ATTR, 0)} evaluations "
+            f"(step {result.get('step', 0)})"
         )
         self._ended(trial, "KILLED", reason)
 

@@ -1,0 +1,276 @@
+"""Sweeps on this machine, through `gentrain sweep`'s own path (embedded Ray, Ray Tune, MLflow):
+trial overhead next to bare Ray Tune, and search efficiency (Bayesian versus random, ASHA versus
+no scheduler).
+
+    python bench/sweep.py [--seeds N] [--trials K] [--quick] [--json PATH]
+
+Trial overhead = (sweep wall time - training time) / trials, for trials of 1 and of 2 workers;
+training time is the time the trials' optimizer steps took (gentrain's samples_per_sec at every
+step). Bare Ray Tune runs the same number of trials of a function that only waits out that
+training time (and, for 2 workers, does so in a bare Ray Train run), so its figure is Tune's own.
+Search efficiency: the best value found after k trials, median over seeds, on the Branin function
+(global minimum 0.397887) and on a tiny GPT's held-out perplexity (jobs/gpt_python_docs.yaml,
+debug flavor, learning rate x width); ASHA versus no scheduler at equal total training steps.
+"""
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BRANIN_MINIMUM = 0.397887
+
+
+def gpt_sweep(workdir: Path, sweep: dict, **train) -> dict:
+    """A sweep of jobs/gpt_python_docs.yaml at the debug flavor, trials of `train`."""
+    from gentrain import spec
+
+    raw = spec._read_yaml(REPO / "jobs" / "gpt_python_docs.yaml")
+    raw["model"]["flavor"] = "debug"
+    raw["data"].update(seq_len=64, batch_size=16)
+    raw["train"].update(workers=1, max_steps=40, log_every=1, eval_every=10, checkpoint_every=40)
+    raw["train"].update(train)
+    raw["optim"].update(warmup_steps=0, schedule="constant")
+    raw["tracking"] = {"uri": f"sqlite:///{workdir / 'mlflow.db'}"}
+    raw["storage"] = {"path": str(workdir / "checkpoints")}
+    raw["sweep"] = {"metric": "perplexity", **sweep}
+    return spec.validate(raw)
+
+
+def _children(result) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(result.tracking_uri)
+    experiment = client.get_experiment_by_name(result.experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
+
+
+def _training_seconds(result, batch: int) -> float:
+    import mlflow
+
+    client = mlflow.MlflowClient(result.tracking_uri)
+    return sum(
+        batch / m.value
+        for run in _children(result)
+        for m in client.get_metric_history(run.info.run_id, "samples_per_sec")
+    )
+
+
+def trial_overhead(workers: int, trials: int) -> tuple[float, float]:
+    """(gentrain seconds per trial beyond training, mean training seconds per trial)"""
+    from gentrain import cluster, sweep
+
+    cluster.connect()
+    with tempfile.TemporaryDirectory() as tmp:
+        grid = [round(1e-3 * (i + 1), 6) for i in range(trials)]
+        job = gpt_sweep(
+            Path(tmp),
+            {"search": "grid", "space": {"optim.lr": {"grid": grid}}},
+            workers=workers,
+            eval_every=40,
+        )
+        start = time.perf_counter()
+        result = sweep.run(job)
+        wall = time.perf_counter() - start
+        training = _training_seconds(result, job.data.batch_size)
+    return (wall - training) / trials, training / trials
+
+
+def bare_tune_overhead(workers: int, trials: int, seconds: float) -> float:
+    """Seconds per trial beyond `seconds` of work, for Ray Tune alone."""
+    from ray import tune
+
+    from gentrain import cluster
+
+    cluster.connect()
+    function = _wait_in_train if workers > 1 else _wait
+    with tempfile.TemporaryDirectory() as tmp:
+        tuner = tune.Tuner(
+            tune.with_resources(function, {"CPU": 1} if workers == 1 else {"memory": 2**28}),
+            param_space={
+                "seconds": seconds,
+                "workers": workers,
+                "i": tune.grid_search(list(range(trials))),
+            },
+            tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=1),
+            run_config=tune.RunConfig(storage_path=tmp, verbose=0),
+        )
+        start = time.perf_counter()
+        tuner.fit()
+        wall = time.perf_counter() - start
+    return (wall - trials * seconds) / trials
+
+
+def _wait(config: dict) -> None:
+    from ray import tune
+
+    time.sleep(config["seconds"])
+    tune.report({"perplexity": 1.0})
+
+
+def _wait_in_train(config: dict) -> None:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    def work(inner: dict) -> None:
+        import ray.train
+
+        time.sleep(inner["seconds"])
+        ray.train.report({"perplexity": 1.0})
+
+    with tempfile.TemporaryDirectory() as tmp:
+        TorchTrainer(
+            work,
+            train_loop_config={"seconds": config["seconds"]},
+            scaling_config=ScalingConfig(num_workers=config["workers"]),
+            run_config=RunConfig(storage_path=tmp, callbacks=[TuneReportCallback()]),
+        ).fit()
+
+
+def branin(x1: float, x2: float) -> float:
+    b, c = 5.1 / (4 * math.pi**2), 5 / math.pi
+    return (x2 - b * x1**2 + c * x1 - 6) ** 2 + 10 * (1 - 1 / (8 * math.pi)) * math.cos(x1) + 10
+
+
+def branin_best(search: str, seed: int, k: int, sampler: str = "tpe") -> list[float]:
+    """The best Branin value after each of k trials of gentrain's search (its searcher alone)."""
+    from ray import tune
+
+    from gentrain import sweep
+    from gentrain.spec import SweepSection
+
+    space = {"x1": {"uniform": [-5, 10]}, "x2": {"uniform": [0, 15]}}
+    section = SweepSection(
+        search=search, sampler=sampler, trials=k, concurrency=k, seed=seed, space=space
+    )
+    searcher = sweep.make_search(section)
+    values = []
+    if search == "bayesian":
+        searcher.set_search_properties("loss", "min", sweep.param_space(section))
+        for trial in range(k):
+            config = searcher.suggest(str(trial))
+            values.append(branin(config["x1"], config["x2"]))
+            searcher.on_trial_complete(str(trial), {"loss": values[-1]})
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            searcher.add_configurations(
+                tune.Experiment(
+                    "r", _wait, config=sweep.param_space(section), num_samples=k, storage_path=tmp
+                )
+            )
+            while (trial := searcher.next_trial()) is not None:
+                values.append(branin(trial.config["x1"], trial.config["x2"]))
+    return [min(values[: i + 1]) for i in range(k)]
+
+
+def gpt_best(search: str, seed: int, k: int) -> float:
+    from gentrain import sweep
+
+    space = {
+        "optim.lr": {"loguniform": [1e-4, 3e-2]},
+        "model.overrides.dim": {"choice": [16, 32, 64]},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        job = gpt_sweep(Path(tmp), {"search": search, "trials": k, "seed": seed, "space": space})
+        return sweep.run(job).best_value
+
+
+def asha_versus_none(seed: int, trials: int) -> dict[str, float]:
+    """Best perplexity of an ASHA sweep, and of a sweep without a scheduler given the same
+    total training steps (as many whole trials as fit)."""
+    from gentrain import sweep
+
+    space = {"optim.lr": {"loguniform": [1e-5, 3e-2]}}
+    with tempfile.TemporaryDirectory() as tmp:
+        asha = gpt_sweep(
+            Path(tmp),
+            {
+                "search": "random",
+                "trials": trials,
+                "seed": seed,
+                "scheduler": "asha",
+                "space": space,
+            },
+        )
+        result = sweep.run(asha)
+        steps = sum(_last_step(run, result) for run in _children(result))
+        budget = max(1, round(steps / asha.train.max_steps))
+        plain = gpt_sweep(
+            Path(tmp), {"search": "random", "trials": budget, "seed": seed, "space": space}
+        )
+        plain_best = sweep.run(plain).best_value
+    return {"asha": result.best_value, "none": plain_best, "steps": steps, "none_trials": budget}
+
+
+def _last_step(run, result) -> int:
+    import mlflow
+
+    history = mlflow.MlflowClient(result.tracking_uri).get_metric_history(run.info.run_id, "loss")
+    return max((m.step for m in history), default=0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--trials", type=int, default=8, help="k: trials per GPT search")
+    parser.add_argument("--quick", action="store_true", help="3 seeds, 4 trials")
+    parser.add_argument("--json", type=Path, help="also write the figures here (flat JSON)")
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.trials = 3, 4
+    figures: dict[str, float] = {}
+
+    print("== trial overhead (seconds per trial beyond training; tiny GPT, 40 steps)")
+    for workers, trials, target in ((1, 4, 3.0), (2, 2, 10.0)):
+        overhead, training = trial_overhead(workers, trials)
+        bare = bare_tune_overhead(workers, trials, training)
+        figures[f"overhead.workers_{workers}"] = overhead
+        figures[f"overhead.bare_tune.workers_{workers}"] = bare
+        print(
+            f"{workers} worker(s): gentrain {overhead:.2f} s  bare Ray Tune {bare:.2f} s  "
+            f"(training {training:.2f} s per trial; target <= {target:.0f} s)"
+        )
+
+    print("== Branin (global minimum 0.397887): best after k trials, median of 5 seeds")
+    ks = (5, 10, 20)
+    for label, search, sampler in (
+        ("random", "random", "tpe"),
+        ("bayesian tpe", "bayesian", "tpe"),
+        ("bayesian gp", "bayesian", "gp"),
+    ):
+        runs = [branin_best(search, seed, max(ks), sampler) for seed in range(5)]
+        medians = [statistics.median(run[k - 1] for run in runs) for k in ks]
+        for k, value in zip(ks, medians, strict=True):
+            figures[f"branin.{label.replace(' ', '_')}.k{k}"] = value
+        print(
+            f"{label:<14}" + "  ".join(f"k={k}: {v:.4f}" for k, v in zip(ks, medians, strict=True))
+        )
+
+    print(f"== tiny GPT perplexity: best after {args.trials} trials, median of {args.seeds} seeds")
+    for search in ("random", "bayesian"):
+        best = statistics.median(gpt_best(search, seed, args.trials) for seed in range(args.seeds))
+        figures[f"gpt.{search}"] = best
+        print(f"{search:<10}{best:.3f}")
+
+    print("== ASHA versus no scheduler at equal total training steps (tiny GPT perplexity)")
+    rounds = [asha_versus_none(seed, 2 * args.trials) for seed in range(max(1, args.seeds // 2))]
+    for name in ("asha", "none"):
+        figures[f"scheduler.{name}"] = statistics.median(r[name] for r in rounds)
+    print(
+        f"ASHA {figures['scheduler.asha']:.3f}  none {figures['scheduler.none']:.3f}  "
+        f"(steps per round {[r['steps'] for r in rounds]}, "
+        f"trials without a scheduler {[r['none_trials'] for r in rounds]})"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
