@@ -221,6 +221,115 @@ def compare_runs(
 
 
 @app.command()
+def submit(
+    spec: str,
+    sets: SetOption = [],  # noqa: B006
+    address: AddressOption = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Stream the job's logs; exit with its outcome.")
+    ] = False,
+) -> None:
+    """Submit a spec to a Ray cluster's Jobs API (`gentrain run`, or `gentrain sweep` for a spec
+    with a sweep section, on the cluster); the working directory ships with it."""
+    from gentrain import cluster
+
+    job = _load(spec, sets)  # nothing is submitted for an invalid spec
+    command = "sweep" if job.sweep is not None else "run"
+    try:
+        job_id = cluster.submit(spec, sets, address=address, command=command)
+    except SpecError as error:
+        _fail(str(error), 2)
+    except GentrainError as error:
+        _fail(str(error), 1)
+    out.print(f"submitted job {job_id} (gentrain {command} {spec})", markup=False)
+    if follow:
+        _follow(address, job_id)
+
+
+def _follow(address: str | None, job_id: str) -> None:
+    from gentrain import cluster
+
+    client = cluster.jobs_client(address)
+    status = cluster.follow_logs(client, job_id, lambda text: out.out(text, end=""))
+    out.print(f"job {job_id}: {status}", markup=False)
+    raise typer.Exit(0 if status == "SUCCEEDED" else 1)
+
+
+jobs_app = typer.Typer(no_args_is_help=True, help="Jobs submitted to a Ray cluster.")
+app.add_typer(jobs_app, name="jobs")
+
+
+def _jobs_client(address: str | None):
+    from gentrain import cluster
+
+    try:
+        return cluster.jobs_client(address)
+    except SpecError as error:
+        _fail(str(error), 2)
+    except GentrainError as error:
+        _fail(str(error), 1)
+
+
+@jobs_app.command("list")
+def jobs_list(address: AddressOption = None) -> None:
+    """The cluster's jobs, newest first."""
+    client = _jobs_client(address)
+    table = Table()
+    for column in ("job", "status", "entrypoint"):
+        table.add_column(column, overflow="fold")
+    for info in sorted(client.list_jobs(), key=lambda j: j.start_time or 0, reverse=True):
+        table.add_row(
+            info.submission_id or info.job_id or "", str(info.status.value), info.entrypoint
+        )
+    out.print(table)
+
+
+@jobs_app.command("status")
+def jobs_status(job_id: str, address: AddressOption = None) -> None:
+    """PENDING, RUNNING, STOPPED, SUCCEEDED or FAILED."""
+    from gentrain import cluster
+
+    client = _jobs_client(address)
+    try:
+        out.print(cluster.job_status(client, job_id), markup=False)
+    except SpecError as error:
+        _fail(str(error), 2)
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    job_id: str,
+    address: AddressOption = None,
+    follow: Annotated[bool, typer.Option("--follow", help="Until the job ends.")] = False,
+) -> None:
+    """The job's driver output."""
+    from gentrain import cluster
+
+    client = _jobs_client(address)
+    try:
+        cluster.job_status(client, job_id)
+    except SpecError as error:
+        _fail(str(error), 2)
+    if follow:
+        _follow(address, job_id)
+    out.out(client.get_job_logs(job_id), end="")
+
+
+@jobs_app.command("stop")
+def jobs_stop(job_id: str, address: AddressOption = None) -> None:
+    """Stop the job: its MLflow run ends KILLED."""
+    from gentrain import cluster
+
+    client = _jobs_client(address)
+    try:
+        cluster.job_status(client, job_id)
+    except SpecError as error:
+        _fail(str(error), 2)
+    client.stop_job(job_id)
+    out.print(f"job {job_id}: stop requested", markup=False)
+
+
+@app.command()
 def ui(
     port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
     host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 exposes it.")] = "127.0.0.1",

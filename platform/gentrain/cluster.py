@@ -1,9 +1,14 @@
-"""Which Ray a job runs on: an embedded local one started by gentrain, or a running cluster."""
+"""Which Ray a job runs on (an embedded local one started by gentrain, or a running cluster), and
+the Jobs API that submits specs to a cluster and manages their jobs."""
 
 import logging
 import os
+import shlex
+from pathlib import Path
 
 import ray
+
+from gentrain.errors import GentrainError, SpecError
 
 EMBEDDED_RAY_TRAIN_SETTINGS = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
@@ -21,10 +26,34 @@ def connect(address: str | None = None) -> None:
     to 127.0.0.1. Worker logs stay in Ray's log files: the driver shows progress instead."""
     if ray.is_initialized():
         return
+    _join_or_start(address)
+    _stop_on_sigterm()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (`gentrain jobs stop`, Ray's Jobs API, a batch scheduler) stops the driver like
+    Ctrl-C, so its run ends KILLED and can be resumed. Set after ray.init: Ray's core installs a
+    handler of its own that ends the process at once."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+def _join_or_start(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     common = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
     if address:
-        ray.init(address=address, **common)
+        try:
+            ray.init(address=address, **common)
+        except Exception as err:  # ConnectionError, an auth error, a version mismatch...
+            raise GentrainError(
+                f"--address {address}: cannot join the cluster: {_first_line(err)}"
+            ) from None
         return
     # The embedded Ray's processes inherit these: nothing preempts a single machine, and a short
     # poll lets short jobs start and end promptly.
@@ -33,5 +62,127 @@ def connect(address: str | None = None) -> None:
     ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, **common)
 
 
+def check_storage(storage) -> None:
+    """A local storage.path is each node's own disk: on a cluster of several nodes, Ray Train's
+    workers could not share checkpoints through it."""
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    if len(nodes) > 1 and "://" not in storage.path and not storage.shared:
+        raise SpecError(
+            f"storage.path: {storage.path} is local to each node and this cluster has "
+            f"{len(nodes)} nodes; use s3://BUCKET/PREFIX, or set storage.shared: true for a "
+            "filesystem every node mounts"
+        )
+
+
 def available_cpus() -> int:
     return int(ray.cluster_resources().get("CPU", 1))
+
+
+# --- the Ray Jobs API: submit a spec to a cluster, follow and manage its jobs -----------------
+
+# Never shipped with a job (gitignore patterns, as Ray reads them; a leading / anchors to the
+# working directory): version control, environments, local MLflow stores, checkpoints, data.
+EXCLUDED = [".git", ".venv", "venv", "__pycache__", "/mlflow.db", "/mlruns", "/.gentrain", "/data"]
+# Where a cluster's workers find S3 (credentials stay with the cluster's own environment).
+CARRIED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def jobs_client(address: str | None):
+    """A Jobs API client for `address` (or RAY_ADDRESS), token included when the cluster asks
+    for one (RAY_AUTH_TOKEN or ~/.ray/auth_token, as Ray reads them)."""
+    from ray.job_submission import JobSubmissionClient
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise SpecError(
+            "--address: give the cluster's Jobs API, e.g. --address http://HOST:8265, "
+            "or set RAY_ADDRESS"
+        )
+    try:
+        return JobSubmissionClient(address)
+    except Exception as err:  # Ray raises ConnectionError, RuntimeError or ValueError here
+        raise GentrainError(f"--address {address}: {_jobs_api_problem(err)}") from None
+
+
+def _jobs_api_problem(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    if "auth" in text.lower() or "401" in text or "403" in text:
+        return (
+            "the cluster refused the token; set RAY_AUTH_TOKEN (or ~/.ray/auth_token) to the "
+            "cluster's token and RAY_AUTH_MODE=token"
+        )
+    return f"cannot reach the Ray Jobs API ({text[:300]})"
+
+
+def shipped_directory(root: Path, storage_path: str) -> tuple[list[str], int]:
+    """The exclude patterns `submit` ships the working directory with (the local checkpoint
+    directory too), and the bytes left to ship; more than Ray's upload limit is a SpecError."""
+    from ray._private.runtime_env import packaging  # Ray's own walk: what it would upload
+
+    excludes = list(EXCLUDED)
+    storage = Path(storage_path).resolve()
+    if "://" not in storage_path and storage.is_relative_to(root) and storage != root:
+        excludes.append(f"/{storage.relative_to(root).as_posix()}")
+    size = 0
+
+    def add(path: Path) -> None:
+        nonlocal size
+        size += path.stat().st_size if path.is_file() else 0
+
+    packaging._dir_travel(root, [packaging._get_excludes(root, excludes)], add, True)
+    if size > packaging.GCS_STORAGE_MAX_SIZE:
+        raise SpecError(
+            f"working directory {root}: {size / 2**20:.0f} MiB to ship is over Ray's upload limit "
+            f"of {packaging.GCS_STORAGE_MAX_SIZE / 2**20:.0f} MiB; move data to s3:// or elsewhere"
+        )
+    return excludes, size
+
+
+def submit(spec_path: str, sets: list[str], *, address: str | None, command: str) -> str:
+    """Submit `gentrain COMMAND SPEC --set ...` to run on the cluster, shipping the working
+    directory; returns the job id."""
+    root = Path.cwd()
+    spec_file = Path(spec_path).resolve()
+    if not spec_file.is_relative_to(root):
+        raise SpecError(f"{spec_path}: the spec must be inside the working directory it ships with")
+    from gentrain import spec as spec_module
+
+    job = spec_module.load(spec_file, sets)
+    excludes, _ = shipped_directory(root, job.storage.path)
+    argv = ["gentrain", command, str(spec_file.relative_to(root))]
+    for item in sets:
+        argv += ["--set", item]
+    env = {name: os.environ[name] for name in CARRIED_ENV if os.environ.get(name)}
+    client = jobs_client(address)
+    try:
+        return client.submit_job(
+            entrypoint=shlex.join(argv),
+            runtime_env={"working_dir": str(root), "excludes": excludes, "env_vars": env},
+            metadata={"gentrain.spec": job.name},
+        )
+    except Exception as err:
+        raise GentrainError(f"submit: {_jobs_api_problem(err)}") from None
+
+
+def job_status(client, job_id: str) -> str:
+    try:
+        return str(client.get_job_status(job_id).value)
+    except Exception as err:
+        raise SpecError(f"JOB_ID: no job '{job_id}' on this cluster ({_first_line(err)})") from None
+
+
+def follow_logs(client, job_id: str, write) -> str:
+    """Stream the job's logs to `write` until it ends; returns its final status."""
+    import asyncio
+
+    async def tail() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            write(lines)
+
+    asyncio.run(tail())
+    return job_status(client, job_id)
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(err).__name__

@@ -71,14 +71,20 @@ def run(
         ensure_available(spec.image_features)  # before anything starts, not at the first eval
     uri = tracking.resolve_tracking_uri(spec)
     tracking.check_reachable(uri)
+    cluster.connect(address)
+    cluster.check_storage(spec.storage)
     run_id = tracking.start_run(spec, uri=uri, resume_run_id=resume_run_id)
     if on_start:
         on_start(run_id)
     try:
-        cluster.connect(address)
         metrics = fit(spec, run_id=run_id, uri=uri, on_progress=on_progress)
     except KeyboardInterrupt:
-        tracking.end_run(run_id, uri=uri, status="KILLED", reason="interrupted by the user")
+        tracking.end_run(
+            run_id,
+            uri=uri,
+            status="KILLED",
+            reason="interrupted (Ctrl-C or a stop request); --resume RUN_ID continues it",
+        )
         raise
     except Exception as err:
         reason = failure_reason(err)

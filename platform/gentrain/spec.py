@@ -197,7 +197,11 @@ class TrackingSection(Section):
 
 
 class StorageSection(Section):
+    """Where Ray keeps checkpoints and results: a local directory, s3://BUCKET/PREFIX, or a
+    filesystem every node of a cluster mounts (say so with `shared: true`)."""
+
     path: str = ".gentrain/checkpoints"
+    shared: bool = Field(False, description="path is on a filesystem every node mounts")
 
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")

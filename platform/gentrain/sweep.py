@@ -69,6 +69,8 @@ def run(
         ensure_available(spec.image_features)
     uri = tracking.resolve_tracking_uri(spec)
     tracking.check_reachable(uri)
+    cluster.connect(address)
+    cluster.check_storage(spec.storage)
     storage = launch.storage_path(spec)
     if resume:
         parent_id = tracking.unfinished_sweep_run(spec, uri=uri)
@@ -85,7 +87,6 @@ def run(
     outcomes: dict[str, TrialOutcome] = {}
     _listeners[parent_id] = (outcomes, on_trial)
     try:
-        cluster.connect(address)
         tuner = _tuner(
             spec,
             parent_id=parent_id,

@@ -1,0 +1,254 @@
+"""A real 2-node Ray cluster on this machine (`ray start`: a head and a worker node, one CPU each,
+token authentication on, the Jobs API on 127.0.0.1), jobs submitted to it with `gentrain submit`,
+checkpoints in a real S3-compatible server (moto), and the `gentrain jobs` commands."""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from conftest import gentrain
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]
+
+RAY = str(Path(sys.executable).parent / "ray")
+BUCKET = "cluster-test"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    address: str  # the Jobs API: http://127.0.0.1:PORT
+    gcs: str  # 127.0.0.1:PORT
+    env: dict[str, str]  # what a client of this cluster sets: its token, the S3 endpoint
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_server, tmp_path_factory):
+    from ray._private.authentication.authentication_token_generator import (
+        generate_new_authentication_token,
+    )
+
+    s3_server.client().create_bucket(Bucket=BUCKET)
+    token = generate_new_authentication_token()
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    # The cluster's own environment: S3 credentials live here, never in a spec or a submission;
+    # a stopped job's driver gets time to close its MLflow run.
+    node_env = {**os.environ, **auth, **s3_server.env, "RAY_JOB_STOP_WAIT_TIME_S": "30"}
+    node_env["PATH"] = f"{Path(RAY).parent}{os.pathsep}{os.environ['PATH']}"  # gentrain installed
+    node_env.pop("RAY_ADDRESS", None)
+    gcs_port, dashboard_port = _free_port(), _free_port()
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--block", "--disable-usage-stats"]
+    head = subprocess.Popen(
+        [
+            RAY,
+            "start",
+            "--head",
+            f"--port={gcs_port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}",
+            f"--temp-dir={tmp_path_factory.mktemp('ray')}",
+            *common,
+        ],
+        env=node_env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    nodes = [head]
+    try:
+        _wait_for(lambda: _listening(dashboard_port), 120, "the head's Jobs API")
+        nodes.append(
+            subprocess.Popen(
+                [RAY, "start", f"--address=127.0.0.1:{gcs_port}", *common],
+                env=node_env,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        client_env = {**auth, "AWS_ENDPOINT_URL": s3_server.env["AWS_ENDPOINT_URL"]}
+        found = Cluster(f"http://127.0.0.1:{dashboard_port}", f"127.0.0.1:{gcs_port}", client_env)
+        _wait_for(lambda: len(_alive_nodes(found)) == 2, 120, "both nodes")
+        yield found
+    finally:
+        for node in reversed(nodes):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGTERM)
+        for node in nodes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.wait(timeout=5)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)  # what `ray start` left behind
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _ray_list(cluster: Cluster, *args: str) -> list[dict]:
+    result = subprocess.run(
+        [RAY, "list", *args, "--address", cluster.address, "--format", "json", "--detail"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **cluster.env},
+        timeout=60,
+    )
+    start = result.stdout.find("[")  # after any warnings Ray prints first
+    return json.loads(result.stdout[start:]) if result.returncode == 0 and start >= 0 else []
+
+
+def _alive_nodes(cluster: Cluster) -> list[dict]:
+    return [n for n in _ray_list(cluster, "nodes") if n.get("state") == "ALIVE"]
+
+
+def _job_spec(workdir: Path, steps: int) -> Path:
+    spec = {
+        "name": "cluster-dcgan",
+        "model": {"family": "gan", "flavor": "debug"},
+        "data": {"source": "builtin:digits", "batch_size": 16},
+        "train": {
+            "workers": 2,
+            "cpus_per_worker": 1,
+            "max_steps": steps,
+            "log_every": 5,
+            "eval_every": steps,
+            "checkpoint_every": 10,
+        },
+        "eval": {"metrics": [], "num_samples": 32},
+        "tracking": {"uri": f"sqlite:///{workdir / 'mlflow.db'}"},
+        "storage": {"path": f"s3://{BUCKET}/{workdir.name}"},
+    }
+    path = workdir / "job.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _client_env(cluster: Cluster) -> dict[str, str]:
+    return {**cluster.env, "RAY_ADDRESS": ""}
+
+
+def _only_run(workdir: Path):
+    client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cluster-dcgan")
+    (run,) = client.search_runs([experiment.experiment_id])
+    return run
+
+
+def test_a_submitted_job_trains_on_both_nodes(cluster, s3_server, tmp_path):
+    _job_spec(tmp_path, steps=20)
+    (tmp_path / "mlflow.db").touch()  # a local store: never shipped with the job
+    result = gentrain(
+        "submit",
+        "job.yaml",
+        "--address",
+        cluster.address,
+        "--follow",
+        cwd=tmp_path,
+        env=_client_env(cluster),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "submitted job" in result.stdout and "SUCCEEDED" in result.stdout
+    run = _only_run(tmp_path)
+    assert run.info.status == "FINISHED"
+    # the module's first job: the cluster's only Ray Train workers
+    workers = _ray_list(cluster, "actors", "--filter", "class_name=RayTrainWorker")
+    assert len(workers) == 2 and len({a["node_id"] for a in workers}) == 2, workers
+    listed = s3_server.client().list_objects_v2(Bucket=BUCKET, Prefix=tmp_path.name)
+    keys = [item["Key"] for item in listed.get("Contents", [])]
+    assert any("checkpoint_" in key and key.endswith("state.json") for key in keys), keys
+
+
+def test_jobs_status_logs_and_stop(cluster, tmp_path):
+    _job_spec(tmp_path, steps=100000)
+    env = _client_env(cluster)
+    submitted = gentrain("submit", "job.yaml", "--address", cluster.address, cwd=tmp_path, env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.split("submitted job ")[1].split()[0]
+
+    def status() -> str:
+        return gentrain(
+            "jobs", "status", job_id, "--address", cluster.address, cwd=tmp_path, env=env
+        ).stdout.strip()
+
+    _wait_for(lambda: _logged(tmp_path), 300, "the job's first logged step")
+    assert status() == "RUNNING"
+    logs = gentrain("jobs", "logs", job_id, "--address", cluster.address, cwd=tmp_path, env=env)
+    assert "MLflow run" in logs.stdout
+    listed = gentrain("jobs", "list", "--address", cluster.address, cwd=tmp_path, env=env)
+    assert job_id in listed.stdout
+    stopped = gentrain("jobs", "stop", job_id, "--address", cluster.address, cwd=tmp_path, env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    _wait_for(lambda: status() == "STOPPED", 120, "the job to stop")
+    _wait_for(lambda: _only_run(tmp_path).info.status == "KILLED", 60, "the run to end KILLED")
+
+
+def _logged(workdir: Path) -> bool:
+    try:
+        run = _only_run(workdir)
+    except Exception:  # no store, experiment or run yet
+        return False
+    return "loss" in run.data.metrics
+
+
+def test_bad_addresses_and_tokens_are_one_line_errors(cluster, tmp_path):
+    _job_spec(tmp_path, steps=10)
+    jobs_before = len(_ray_list(cluster, "jobs"))
+    unreachable = gentrain(
+        "submit",
+        "job.yaml",
+        "--address",
+        f"http://127.0.0.1:{_free_port()}",
+        cwd=tmp_path,
+        env=_client_env(cluster),
+    )
+    assert unreachable.returncode == 1
+    assert (
+        unreachable.stderr.startswith("error: --address") and "Traceback" not in unreachable.stderr
+    )
+    wrong = gentrain(
+        "submit",
+        "job.yaml",
+        "--address",
+        cluster.address,
+        cwd=tmp_path,
+        env={**_client_env(cluster), "RAY_AUTH_TOKEN": "0" * 32},
+    )
+    assert wrong.returncode == 1 and "token" in wrong.stderr, wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
+    invalid = gentrain(
+        "submit",
+        "job.yaml",
+        "--set",
+        "train.workers=0",
+        "--address",
+        cluster.address,
+        cwd=tmp_path,
+        env=_client_env(cluster),
+    )
+    assert invalid.returncode == 2 and "train.workers" in invalid.stderr
+    assert len(_ray_list(cluster, "jobs")) == jobs_before, "nothing was submitted"
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(1)
