@@ -19,10 +19,8 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/gentrain run jobs/dcgan_digits.yaml
 
-# Two test processes: a run spends about half its time in one process (starting Ray actors,
-# importing), so the second core would idle; tests that share a module's run stay together.
 test: setup
-	$(BIN)/pytest -q -n 2 --dist loadgroup
+	$(BIN)/pytest -q
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -19,7 +19,7 @@ import yaml
 
 from conftest import gentrain
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]
+pytestmark = pytest.mark.slow
 
 RAY = str(Path(sys.executable).parent / "ray")
 BUCKET = "cluster-test"

@@ -17,9 +17,6 @@ import pytest
 from conftest import GENTRAIN, JOBS, gentrain
 
 pytestmark = pytest.mark.slow
-# Tests that share a module fixture's run go to one xdist worker: it runs once.
-SHARES_FINISHED = pytest.mark.xdist_group("finished")
-SHARES_UNINTERRUPTED = pytest.mark.xdist_group("uninterrupted")
 
 SPEC = str(JOBS / "dcgan_digits.yaml")
 SMALL_JOB = [
@@ -68,7 +65,6 @@ def finished(tmp_path_factory):
     return workdir, result, _only_run(workdir)
 
 
-@SHARES_FINISHED
 def test_cli_shows_driver_progress_and_ends_with_the_run_id(finished):
     _, result, run = finished
     assert f"done: MLflow run {run.info.run_id}" in result.stdout
@@ -77,7 +73,6 @@ def test_cli_shows_driver_progress_and_ends_with_the_run_id(finished):
     assert "RayTrainWorker" not in result.stdout + result.stderr, "no per-worker log wall"
 
 
-@SHARES_FINISHED
 def test_run_holds_flattened_params_and_tags(finished):
     _, _, run = finished
     assert run.info.status == "FINISHED"
@@ -90,7 +85,6 @@ def test_run_holds_flattened_params_and_tags(finished):
     assert tags["gentrain.workers"] == "2" and len(tags["gentrain.spec_sha256"]) == 64
 
 
-@SHARES_FINISHED
 def test_metrics_are_logged_by_optimizer_step(finished):
     workdir, _, run = finished
     client = _client(workdir)
@@ -104,7 +98,6 @@ def test_metrics_are_logged_by_optimizer_step(finished):
     assert loss[30] == pytest.approx(run.data.metrics["loss_g"] + run.data.metrics["loss_d"])
 
 
-@SHARES_FINISHED
 def test_artifacts_hold_spec_samples_and_model(finished):
     workdir, _, run = finished
     client = _client(workdir)
@@ -117,7 +110,6 @@ def test_artifacts_hold_spec_samples_and_model(finished):
     assert Path(local).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@SHARES_FINISHED
 def test_final_model_samples_images_in_a_fresh_process(finished):
     workdir, _, run = finished
     code = (
@@ -141,14 +133,12 @@ def test_final_model_samples_images_in_a_fresh_process(finished):
     assert shape == "(6, 1, 8, 8)" and -1 <= low < high <= 1
 
 
-@SHARES_FINISHED
 def test_model_is_registered_under_tracking_register_as(finished):
     workdir, _, run = finished
     versions = _client(workdir).search_model_versions("name = 'digits-gan'")
     assert [v.run_id for v in versions] == [run.info.run_id]
 
 
-@SHARES_FINISHED
 def test_every_worker_reports_into_a_checkpoint_under_storage_path(finished):
     workdir, _, run = finished
     run_dir = workdir / ".gentrain" / "checkpoints" / run.info.run_id
@@ -264,7 +254,6 @@ def uninterrupted(tmp_path_factory) -> dict[int, float]:
     return _losses(_client(workdir), _only_run(workdir).info.run_id)
 
 
-@SHARES_UNINTERRUPTED
 def test_resume_after_the_driver_is_killed_continues_the_same_run(tmp_path, uninterrupted):
     driver = _start_driver(tmp_path)
     try:
@@ -285,7 +274,6 @@ def test_resume_after_the_driver_is_killed_continues_the_same_run(tmp_path, unin
     _assert_same_history_as(uninterrupted, tmp_path, run_id)
 
 
-@SHARES_UNINTERRUPTED
 def test_a_killed_worker_is_restarted_from_the_last_checkpoint(tmp_path, uninterrupted):
     driver = _start_driver(tmp_path)
     try:

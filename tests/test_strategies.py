@@ -190,14 +190,7 @@ def _torch_threads_kept():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "strategy",
-    # the ddp cells export the models that one fresh process then loads: one xdist worker
-    [
-        pytest.param(s, marks=pytest.mark.xdist_group("exported")) if s == "ddp" else s
-        for s in STRATEGY_SETTINGS
-    ],
-)
+@pytest.mark.parametrize("strategy", STRATEGY_SETTINGS)
 @pytest.mark.parametrize("family", FAMILY_JOBS)
 def test_family_trains_under_strategy(family, strategy, one_worker, exported, tmp_path):
     settings = STRATEGY_SETTINGS[strategy]
@@ -250,7 +243,6 @@ def _check_outputs(family: str, run, client) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("exported")
 def test_every_model_samples_in_a_fresh_process(exported):
     """The ddp cells' final models, loaded and sampled in one fresh process (one for all: each
     start pays for importing torch and MLflow)."""

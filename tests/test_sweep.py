@@ -80,7 +80,6 @@ def grid(local_ray, tmp_path_factory):
     return sweep.run(spec)
 
 
-@pytest.mark.xdist_group("grid")  # one sweep for all three
 def test_grid_runs_the_cartesian_product_one_child_run_each(grid):
     children = _children(grid)
     combos = sorted((_sampled(r, "optim.lr"), _sampled(r, "train.seed")) for r in children)
@@ -97,7 +96,6 @@ def test_grid_runs_the_cartesian_product_one_child_run_each(grid):
     assert len(client.search_logged_models([experiment_id])) == 4, "each trial exports its model"
 
 
-@pytest.mark.xdist_group("grid")  # one sweep for all three
 def test_the_parent_run_holds_the_sweep_and_its_best_trial(grid):
     client = mlflow.MlflowClient(grid.tracking_uri)
     parent = client.get_run(grid.parent_run_id)
@@ -121,7 +119,6 @@ def test_the_parent_run_holds_the_sweep_and_its_best_trial(grid):
     assert sorted(t.status for t in grid.trials) == ["FINISHED"] * 4
 
 
-@pytest.mark.xdist_group("grid")  # one sweep for all three
 def test_runs_compare_prints_a_sweeps_trials_best_first(grid, tmp_path):
     result = gentrain(
         "runs",

@@ -59,7 +59,8 @@ def _join_or_start(address: str | None) -> None:
     # poll lets short jobs start and end promptly.
     for name, value in EMBEDDED_RAY_TRAIN_SETTINGS.items():
         os.environ.setdefault(name, value)
-    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, **common)
+    # "local": a new Ray of its own, never one that `ray start` left running on this machine
+    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, **common)
 
 
 def check_storage(storage) -> None:
