@@ -270,6 +270,15 @@ def _jobs_client(address: str | None):
         _fail(str(error), 1)
 
 
+def _existing_job_status(client, job_id: str) -> str:
+    from gentrain import cluster
+
+    try:
+        return cluster.job_status(client, job_id)
+    except SpecError as error:
+        _fail(str(error), 2)
+
+
 @jobs_app.command("list")
 def jobs_list(address: AddressOption = None) -> None:
     """The cluster's jobs, newest first."""
@@ -287,13 +296,8 @@ def jobs_list(address: AddressOption = None) -> None:
 @jobs_app.command("status")
 def jobs_status(job_id: str, address: AddressOption = None) -> None:
     """PENDING, RUNNING, STOPPED, SUCCEEDED or FAILED."""
-    from gentrain import cluster
-
     client = _jobs_client(address)
-    try:
-        out.print(cluster.job_status(client, job_id), markup=False)
-    except SpecError as error:
-        _fail(str(error), 2)
+    out.print(_existing_job_status(client, job_id), markup=False)
 
 
 @jobs_app.command("logs")
@@ -303,13 +307,8 @@ def jobs_logs(
     follow: Annotated[bool, typer.Option("--follow", help="Until the job ends.")] = False,
 ) -> None:
     """The job's driver output."""
-    from gentrain import cluster
-
     client = _jobs_client(address)
-    try:
-        cluster.job_status(client, job_id)
-    except SpecError as error:
-        _fail(str(error), 2)
+    _existing_job_status(client, job_id)
     if follow:
         _follow(address, job_id)
     out.out(client.get_job_logs(job_id), end="")
@@ -318,13 +317,8 @@ def jobs_logs(
 @jobs_app.command("stop")
 def jobs_stop(job_id: str, address: AddressOption = None) -> None:
     """Stop the job: its MLflow run ends KILLED."""
-    from gentrain import cluster
-
     client = _jobs_client(address)
-    try:
-        cluster.job_status(client, job_id)
-    except SpecError as error:
-        _fail(str(error), 2)
+    _existing_job_status(client, job_id)
     client.stop_job(job_id)
     out.print(f"job {job_id}: stop requested", markup=False)
 
