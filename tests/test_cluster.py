@@ -17,12 +17,13 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import gentrain
+from conftest import REPO, gentrain
 
 pytestmark = pytest.mark.slow
 
 RAY = str(Path(sys.executable).parent / "ray")
 BUCKET = "cluster-test"
+ARTIFACTS = "mlflow-artifacts"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,13 @@ def cluster(s3_server, tmp_path_factory):
     node_env.pop("RAY_ADDRESS", None)
     gcs_port, dashboard_port = _free_port(), _free_port()
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--block", "--disable-usage-stats"]
+
+    def own_ports() -> list[str]:
+        """Each node's agents on ports of their own: Ray's defaults are shared by every Ray on
+        this machine, and a node whose job agent could not bind takes no jobs."""
+        names = ("dashboard-agent-listen", "dashboard-agent-grpc", "metrics-export")
+        return [f"--{name}-port={_free_port()}" for name in names]
+
     head = subprocess.Popen(
         [
             RAY,
@@ -64,6 +72,7 @@ def cluster(s3_server, tmp_path_factory):
             f"--dashboard-port={dashboard_port}",
             f"--temp-dir={tmp_path_factory.mktemp('ray')}",
             *common,
+            *own_ports(),
         ],
         env=node_env,
         start_new_session=True,
@@ -75,7 +84,7 @@ def cluster(s3_server, tmp_path_factory):
         _wait_for(lambda: _listening(dashboard_port), 120, "the head's Jobs API")
         nodes.append(
             subprocess.Popen(
-                [RAY, "start", f"--address=127.0.0.1:{gcs_port}", *common],
+                [RAY, "start", f"--address=127.0.0.1:{gcs_port}", *common, *own_ports()],
                 env=node_env,
                 start_new_session=True,
                 stdout=subprocess.DEVNULL,
@@ -95,6 +104,30 @@ def cluster(s3_server, tmp_path_factory):
                 node.wait(timeout=5)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(node.pid, signal.SIGKILL)  # what `ray start` left behind
+
+
+@pytest.fixture(scope="module")
+def tracking_server(s3_server, tmp_path_factory):
+    """infra/local_stack.py's MLflow server: PostgreSQL behind it, artifacts in the S3 server."""
+    s3_server.client().create_bucket(Bucket=ARTIFACTS)
+    stack = tmp_path_factory.mktemp("stack")
+    command = [sys.executable, str(REPO / "infra" / "local_stack.py")]
+    env = {**os.environ, **s3_server.env}
+    started = subprocess.run(
+        [*command, "start", str(stack), "--s3-endpoint", s3_server.endpoint, "--bucket", ARTIFACTS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    try:
+        assert started.returncode == 0, started.stderr
+        assert "postgres" in json.loads((stack / "state.json").read_text())
+        lines = (stack / "env").read_text().splitlines()
+        settings = dict(line.removeprefix("export ").split("=", 1) for line in lines)
+        yield settings["MLFLOW_TRACKING_URI"]
+    finally:
+        subprocess.run([*command, "stop", str(stack)], env=env, timeout=120)
 
 
 def _listening(port: int) -> bool:
@@ -118,7 +151,7 @@ def _alive_nodes(cluster: Cluster) -> list[dict]:
     return [n for n in _ray_list(cluster, "nodes") if n.get("state") == "ALIVE"]
 
 
-def _job_spec(workdir: Path, steps: int) -> Path:
+def _job_spec(workdir: Path, steps: int, tracking_uri: str | None = None) -> Path:
     spec = {
         "name": "cluster-dcgan",
         "model": {"family": "gan", "flavor": "debug"},
@@ -132,7 +165,7 @@ def _job_spec(workdir: Path, steps: int) -> Path:
             "checkpoint_every": 10,
         },
         "eval": {"metrics": [], "num_samples": 32},
-        "tracking": {"uri": f"sqlite:///{workdir / 'mlflow.db'}"},
+        "tracking": {"uri": tracking_uri or _local_store(workdir)},
         "storage": {"path": f"s3://{BUCKET}/{workdir.name}"},
     }
     path = workdir / "job.yaml"
@@ -144,15 +177,19 @@ def _client_env(cluster: Cluster) -> dict[str, str]:
     return {**cluster.env, "RAY_ADDRESS": ""}
 
 
-def _only_run(workdir: Path):
-    client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+def _local_store(workdir: Path) -> str:
+    return f"sqlite:///{workdir / 'mlflow.db'}"
+
+
+def _only_run(workdir: Path, tracking_uri: str | None = None):
+    client = mlflow.MlflowClient(tracking_uri or _local_store(workdir))
     experiment = client.get_experiment_by_name("cluster-dcgan")
     (run,) = client.search_runs([experiment.experiment_id])
     return run
 
 
-def test_a_submitted_job_trains_on_both_nodes(cluster, s3_server, tmp_path):
-    _job_spec(tmp_path, steps=20)
+def test_a_submitted_job_trains_on_both_nodes(cluster, s3_server, tracking_server, tmp_path):
+    _job_spec(tmp_path, steps=20, tracking_uri=tracking_server)
     (tmp_path / "mlflow.db").touch()  # a local store: never shipped with the job
     result = gentrain(
         "submit",
@@ -165,17 +202,25 @@ def test_a_submitted_job_trains_on_both_nodes(cluster, s3_server, tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "submitted job" in result.stdout and "SUCCEEDED" in result.stdout
-    run = _only_run(tmp_path)
+    run = _only_run(tmp_path, tracking_server)
     assert run.info.status == "FINISHED"
+    assert not (tmp_path / "mlruns").exists(), "tracked by the server, nothing local"
+    # its artifacts went through the server to S3
+    listed = s3_server.client().list_objects_v2(Bucket=ARTIFACTS)
+    keys = [item["Key"] for item in listed.get("Contents", [])]
+    of_run = [key for key in keys if run.info.run_id in key]
+    assert any(key.endswith("spec.yaml") for key in of_run), of_run
+    assert any(key.endswith("samples/step_20.png") for key in of_run), of_run
+    (model,) = mlflow.MlflowClient(tracking_server).search_logged_models([run.info.experiment_id])
+    assert model.source_run_id == run.info.run_id
+    assert any(model.model_id in key and key.endswith("model.pth") for key in keys), keys
     # the module's first job: the cluster's only Ray Train workers
     workers = _ray_list(cluster, "actors", "--filter", "class_name=RayTrainWorker")
     assert len(workers) == 2 and len({a["node_id"] for a in workers}) == 2, workers
-    listed = s3_server.client().list_objects_v2(Bucket=BUCKET, Prefix=tmp_path.name)
-    keys = [item["Key"] for item in listed.get("Contents", [])]
-    assert any("checkpoint_" in key and key.endswith("state.json") for key in keys), keys
+    assert _checkpoints(s3_server, tmp_path)
 
 
-def test_jobs_status_logs_and_stop(cluster, tmp_path):
+def test_a_stopped_job_ends_killed_and_resumes_from_its_s3_checkpoint(cluster, s3_server, tmp_path):
     _job_spec(tmp_path, steps=100000)
     env = _client_env(cluster)
     submitted = gentrain("submit", "job.yaml", "--address", cluster.address, cwd=tmp_path, env=env)
@@ -187,7 +232,7 @@ def test_jobs_status_logs_and_stop(cluster, tmp_path):
             "jobs", "status", job_id, "--address", cluster.address, cwd=tmp_path, env=env
         ).stdout.strip()
 
-    _wait_for(lambda: _logged(tmp_path), 300, "the job's first logged step")
+    _wait_for(lambda: _checkpoints(s3_server, tmp_path), 300, "the job's first S3 checkpoint")
     assert status() == "RUNNING"
     logs = gentrain("jobs", "logs", job_id, "--address", cluster.address, cwd=tmp_path, env=env)
     assert "MLflow run" in logs.stdout
@@ -198,16 +243,42 @@ def test_jobs_status_logs_and_stop(cluster, tmp_path):
     _wait_for(lambda: status() == "STOPPED", 120, "the job to stop")
     _wait_for(lambda: _only_run(tmp_path).info.status == "KILLED", 60, "the run to end KILLED")
 
+    run_id = _only_run(tmp_path).info.run_id
+    stopped_at = max(_loss_steps(tmp_path, run_id))
+    end = stopped_at + 10
+    resumed = gentrain(
+        "submit",
+        "job.yaml",
+        "--set",
+        f"train.max_steps={end}",
+        "--resume",
+        run_id,
+        "--address",
+        cluster.address,
+        "--follow",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    run = _only_run(tmp_path)
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    resumed_from = int(run.data.tags["gentrain.resumed_from_step"])
+    assert 10 <= resumed_from <= stopped_at and resumed_from % 10 == 0, "an S3 checkpoint's step"
+    assert _loss_steps(tmp_path, run_id) == list(range(5, end + 1, 5)), "each step once"
 
-def _logged(workdir: Path) -> bool:
-    try:
-        run = _only_run(workdir)
-    except Exception:  # no store, experiment or run yet
-        return False
-    return "loss" in run.data.metrics
+
+def _checkpoints(s3_server, workdir: Path) -> list[str]:
+    listed = s3_server.client().list_objects_v2(Bucket=BUCKET, Prefix=workdir.name)
+    keys = [item["Key"] for item in listed.get("Contents", [])]
+    return [key for key in keys if "checkpoint_" in key and key.endswith("state.json")]
 
 
-def test_bad_addresses_and_tokens_are_one_line_errors(cluster, tmp_path):
+def _loss_steps(workdir: Path, run_id: str) -> list[int]:
+    client = mlflow.MlflowClient(_local_store(workdir))
+    return sorted(m.step for m in client.get_metric_history(run_id, "loss"))
+
+
+def test_bad_addresses_tokens_and_buckets_are_one_line_errors(cluster, s3_server, tmp_path):
     _job_spec(tmp_path, steps=10)
     jobs_before = len(_ray_list(cluster, "jobs"))
     unreachable = gentrain(
@@ -243,6 +314,18 @@ def test_bad_addresses_and_tokens_are_one_line_errors(cluster, tmp_path):
         env=_client_env(cluster),
     )
     assert invalid.returncode == 2 and "train.workers" in invalid.stderr
+    no_bucket = gentrain(
+        "submit",
+        "job.yaml",
+        "--set",
+        "storage.path=s3://no-such-bucket/runs",
+        "--address",
+        cluster.address,
+        cwd=tmp_path,
+        env={**_client_env(cluster), **s3_server.env},  # this machine has credentials: checked
+    )
+    assert no_bucket.returncode == 2, no_bucket.stderr
+    assert no_bucket.stderr.startswith("error: storage.path: bucket 'no-such-bucket'")
     assert len(_ray_list(cluster, "jobs")) == jobs_before, "nothing was submitted"
 
 

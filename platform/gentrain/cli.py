@@ -228,6 +228,9 @@ def submit(
     follow: Annotated[
         bool, typer.Option("--follow", help="Stream the job's logs; exit with its outcome.")
     ] = False,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="MLflow run id of a stopped job to continue.")
+    ] = None,
 ) -> None:
     """Submit a spec to a Ray cluster's Jobs API (`gentrain run`, or `gentrain sweep` for a spec
     with a sweep section, on the cluster); the working directory ships with it."""
@@ -235,8 +238,10 @@ def submit(
 
     job = _load(spec, sets)  # nothing is submitted for an invalid spec
     command = "sweep" if job.sweep is not None else "run"
+    if resume and command == "sweep":
+        _fail("--resume: continues a run; resume a sweep with `gentrain sweep SPEC --resume`", 2)
     try:
-        job_id = cluster.submit(spec, sets, address=address, command=command)
+        job_id = cluster.submit(spec, sets, address=address, command=command, resume_run_id=resume)
     except SpecError as error:
         _fail(str(error), 2)
     except GentrainError as error:

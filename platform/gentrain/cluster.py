@@ -4,10 +4,12 @@ the Jobs API that submits specs to a cluster and manages their jobs."""
 import logging
 import os
 import shlex
+import time
 from pathlib import Path
 
 import ray
 
+from gentrain.data.storage import check_bucket
 from gentrain.errors import GentrainError, SpecError
 
 EMBEDDED_RAY_TRAIN_SETTINGS = {
@@ -86,6 +88,7 @@ def available_cpus() -> int:
 EXCLUDED = [".git", ".venv", "venv", "__pycache__", "/mlflow.db", "/mlruns", "/.gentrain", "/data"]
 # Where a cluster's workers find S3 (credentials stay with the cluster's own environment).
 CARRIED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
+AGENT_WAIT_S = 60  # how long a submission waits for a new cluster's job agent
 
 
 def jobs_client(address: str | None):
@@ -139,9 +142,16 @@ def shipped_directory(root: Path, storage_path: str) -> tuple[list[str], int]:
     return excludes, size
 
 
-def submit(spec_path: str, sets: list[str], *, address: str | None, command: str) -> str:
-    """Submit `gentrain COMMAND SPEC --set ...` to run on the cluster, shipping the working
-    directory; returns the job id."""
+def submit(
+    spec_path: str,
+    sets: list[str],
+    *,
+    address: str | None,
+    command: str,
+    resume_run_id: str | None = None,
+) -> str:
+    """Submit `gentrain COMMAND SPEC --set ... [--resume RUN_ID]` to run on the cluster, shipping
+    the working directory; returns the job id."""
     root = Path.cwd()
     spec_file = Path(spec_path).resolve()
     if not spec_file.is_relative_to(root):
@@ -149,20 +159,35 @@ def submit(spec_path: str, sets: list[str], *, address: str | None, command: str
     from gentrain import spec as spec_module
 
     job = spec_module.load(spec_file, sets)
+    if _has_s3_credentials():  # else only the cluster's own environment can tell
+        check_bucket(job.storage.path, "storage.path")
     excludes, _ = shipped_directory(root, job.storage.path)
     argv = ["gentrain", command, str(spec_file.relative_to(root))]
     for item in sets:
         argv += ["--set", item]
+    if resume_run_id:
+        argv += ["--resume", resume_run_id]
     env = {name: os.environ[name] for name in CARRIED_ENV if os.environ.get(name)}
     client = jobs_client(address)
-    try:
-        return client.submit_job(
-            entrypoint=shlex.join(argv),
-            runtime_env={"working_dir": str(root), "excludes": excludes, "env_vars": env},
-            metadata={"gentrain.spec": job.name},
-        )
-    except Exception as err:
-        raise GentrainError(f"submit: {_jobs_api_problem(err)}") from None
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return client.submit_job(
+                entrypoint=shlex.join(argv),
+                runtime_env={"working_dir": str(root), "excludes": excludes, "env_vars": env},
+                metadata={"gentrain.spec": job.name},
+            )
+        except Exception as err:
+            # a cluster that has just started may have no job agent ready yet: Ray says so
+            if "try again later" not in str(err) or time.monotonic() > deadline:
+                raise GentrainError(f"submit: {_jobs_api_problem(err)}") from None
+            time.sleep(2)
+
+
+def _has_s3_credentials() -> bool:
+    """Whether this machine has AWS credentials of its own (read without asking the network)."""
+    named = os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE")
+    return bool(named) or (Path.home() / ".aws" / "credentials").exists()
 
 
 def job_status(client, job_id: str) -> str:

@@ -13,6 +13,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig,
 from ray.train.torch import TorchTrainer
 
 from gentrain import cluster, tracking
+from gentrain.data.storage import check_bucket
 from gentrain.errors import GentrainError
 from gentrain.spec import JobSpec
 from gentrain.trainer import train_fn
@@ -65,14 +66,7 @@ def run(
     on_progress: ProgressCallback | None = None,
     on_start: Callable[[str], None] | None = None,
 ) -> RunResult:
-    if spec.image_features and cluster.is_embedded(address):
-        from gentrain.metrics import ensure_available
-
-        ensure_available(spec.image_features)  # before anything starts, not at the first eval
-    uri = tracking.resolve_tracking_uri(spec)
-    tracking.check_reachable(uri)
-    cluster.connect(address)
-    cluster.check_storage(spec.storage)
+    uri = connect(spec, address)
     run_id = tracking.start_run(spec, uri=uri, resume_run_id=resume_run_id)
     if on_start:
         on_start(run_id)
@@ -92,6 +86,21 @@ def run(
         raise GentrainError(f"run {run_id} failed: {reason}") from err
     tracking.end_run(run_id, uri=uri, status="FINISHED")
     return RunResult(run_id=run_id, experiment=spec.experiment, tracking_uri=uri, metrics=metrics)
+
+
+def connect(spec: JobSpec, address: str | None) -> str:
+    """Check what a job needs before anything starts (the Inception weights, the storage bucket,
+    the tracking store), then join or start Ray; returns the tracking URI."""
+    if spec.image_features and cluster.is_embedded(address):
+        from gentrain.metrics import ensure_available
+
+        ensure_available(spec.image_features)  # before anything starts, not at the first eval
+    check_bucket(spec.storage.path, "storage.path")
+    uri = tracking.resolve_tracking_uri(spec)
+    tracking.check_reachable(uri)
+    cluster.connect(address)
+    cluster.check_storage(spec.storage)
+    return uri
 
 
 def fit(

@@ -63,14 +63,7 @@ def run(
     sweep = spec.sweep
     if sweep is None:
         raise SpecError("sweep: this spec has no sweep section; `gentrain run` trains it")
-    if spec.image_features and cluster.is_embedded(address):
-        from gentrain.metrics import ensure_available
-
-        ensure_available(spec.image_features)
-    uri = tracking.resolve_tracking_uri(spec)
-    tracking.check_reachable(uri)
-    cluster.connect(address)
-    cluster.check_storage(spec.storage)
+    uri = launch.connect(spec, address)
     storage = launch.storage_path(spec)
     if resume:
         parent_id = tracking.unfinished_sweep_run(spec, uri=uri)

@@ -289,10 +289,14 @@ def _restore(
         strategy.load(directory)
         _set_rng_state(torch.load(directory / f"rng_rank{rank}.pt", weights_only=False))
         state = json.loads((directory / "state.json").read_text())
-    if rank == 0 and state["mlflow_run_id"] != run_id:  # a PBT exploit: another trial's weights
-        RunLogger(uri=uri, run_id=run_id).set_tag(
-            "gentrain.checkpoint_from", f"{state['mlflow_run_id']} step {state['step']}"
-        )
+    if rank == 0:
+        logger = RunLogger(uri=uri, run_id=run_id)
+        if state["mlflow_run_id"] == run_id:  # a restart or a resumed run: its own checkpoint
+            logger.set_tag("gentrain.resumed_from_step", str(state["step"]))
+        else:  # a PBT exploit: another trial's weights
+            logger.set_tag(
+                "gentrain.checkpoint_from", f"{state['mlflow_run_id']} step {state['step']}"
+            )
     return state["step"]
 
 

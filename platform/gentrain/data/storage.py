@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs
 
-from gentrain.errors import GentrainError
+from gentrain.errors import GentrainError, SpecError
 
 
 def filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
@@ -63,6 +63,28 @@ def list_files(uri: str, suffixes: tuple[str, ...]) -> list[str]:
         for info in infos
         if info.type == pyarrow.fs.FileType.File and info.path.lower().endswith(suffixes)
     )
+
+
+def check_bucket(uri: str, field: str) -> None:
+    """Fail before anything starts when the bucket of s3:// `uri` is missing or refuses these
+    credentials (a job would otherwise train until its first checkpoint and die there)."""
+    if not uri.startswith("s3://"):
+        return
+    fs, path = filesystem(uri)
+    bucket = path.split("/", 1)[0]
+    where = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
+    try:
+        found = fs.get_file_info(bucket).type != pyarrow.fs.FileType.NotFound
+    except (OSError, pyarrow.ArrowException) as err:
+        message = str(err)
+        if any(code in message for code in ("ACCESS_DENIED", "InvalidAccessKeyId", "Signature")):
+            raise GentrainError(
+                f"{field}: S3 at {where} refused access to bucket '{bucket}': check the "
+                "credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
+            ) from None
+        raise GentrainError(f"{field}: cannot reach S3 at {where}: {_first_line(err)}") from None
+    if not found:
+        raise SpecError(f"{field}: bucket '{bucket}' does not exist at {where}; create it first")
 
 
 def _inner_path(uri: str) -> str:
