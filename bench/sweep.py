@@ -4,10 +4,12 @@ no scheduler).
 
     python bench/sweep.py [--seeds N] [--trials K] [--quick] [--json PATH]
 
-Trial overhead = (sweep wall time - training time) / trials, for trials of 1 and of 2 workers;
-training time is the time the trials' optimizer steps took (gentrain's samples_per_sec at every
-step). Bare Ray Tune runs the same number of trials of a function that only waits out that
-training time (and, for 2 workers, does so in a bare Ray Train run), so its figure is Tune's own.
+Trial overhead: a sweep's wall time minus its training time (the time the trials' optimizer steps
+took, from gentrain's samples_per_sec at every step), measured for sweeps of two sizes and split
+into what each further trial adds and what a sweep pays once (starting Tune, the MLflow store, the
+first trial's imports), for trials of 1 and of 2 workers. Bare Ray Tune runs the same trials of a
+function that only waits out that training time (for 2 workers, in a bare Ray Train run), so its
+figures are Tune's and Ray Train's own.
 Search efficiency: the best value found after k trials, median over seeds, on the Branin function
 (global minimum 0.397887) and on a tiny GPT's held-out perplexity (jobs/gpt_python_docs.yaml,
 debug flavor, learning rate x width); ASHA versus no scheduler at equal total training steps.
@@ -63,7 +65,8 @@ def _training_seconds(result, batch: int) -> float:
 
 
 def trial_overhead(workers: int, trials: int) -> tuple[float, float]:
-    """(gentrain seconds per trial beyond training, mean training seconds per trial)"""
+    """(gentrain seconds beyond training for a sweep of `trials` trials, mean training seconds
+    per trial)"""
     from gentrain import cluster, sweep
 
     cluster.connect()
@@ -79,11 +82,11 @@ def trial_overhead(workers: int, trials: int) -> tuple[float, float]:
         result = sweep.run(job)
         wall = time.perf_counter() - start
         training = _training_seconds(result, job.data.batch_size)
-    return (wall - training) / trials, training / trials
+    return wall - training, training / trials
 
 
 def bare_tune_overhead(workers: int, trials: int, seconds: float) -> float:
-    """Seconds per trial beyond `seconds` of work, for Ray Tune alone."""
+    """Seconds beyond `seconds` of work per trial for a sweep of `trials`, Ray Tune alone."""
     from ray import tune
 
     from gentrain import cluster
@@ -104,7 +107,16 @@ def bare_tune_overhead(workers: int, trials: int, seconds: float) -> float:
         start = time.perf_counter()
         tuner.fit()
         wall = time.perf_counter() - start
-    return (wall - trials * seconds) / trials
+    return wall - trials * seconds
+
+
+def per_trial_and_fixed(overhead, counts: tuple[int, int]) -> tuple[float, float]:
+    """Split a sweep's overhead (a function of its trial count) into the cost each further trial
+    adds and the cost paid once per sweep, from sweeps of two sizes."""
+    small, large = counts
+    at_small, at_large = overhead(small), overhead(large)
+    per_trial = (at_large - at_small) / (large - small)
+    return per_trial, at_small - small * per_trial
 
 
 def _wait(config: dict) -> None:
@@ -227,15 +239,29 @@ def main() -> None:
         args.seeds, args.trials = 3, 4
     figures: dict[str, float] = {}
 
-    print("== trial overhead (seconds per trial beyond training; tiny GPT, 40 steps)")
-    for workers, trials, target in ((1, 4, 3.0), (2, 2, 10.0)):
-        overhead, training = trial_overhead(workers, trials)
-        bare = bare_tune_overhead(workers, trials, training)
-        figures[f"overhead.workers_{workers}"] = overhead
-        figures[f"overhead.bare_tune.workers_{workers}"] = bare
+    print("== trial overhead: seconds each trial adds beyond its training (sweeps of two sizes)")
+    for workers, counts, target in ((1, (4, 8), 3.0), (2, (2, 4), 10.0)):
+        training = []
+
+        def ours(n: int, workers: int = workers, training: list = training) -> float:
+            overhead, seconds = trial_overhead(workers, n)
+            training.append(seconds)
+            return overhead
+
+        per_trial, fixed = per_trial_and_fixed(ours, counts)
+        seconds = statistics.mean(training)
+        bare_per_trial, bare_fixed = per_trial_and_fixed(
+            lambda n, workers=workers, seconds=seconds: bare_tune_overhead(workers, n, seconds),
+            counts,
+        )
+        figures[f"overhead.workers_{workers}"] = per_trial
+        figures[f"overhead.fixed.workers_{workers}"] = fixed
+        figures[f"overhead.bare_tune.workers_{workers}"] = bare_per_trial
+        figures[f"overhead.bare_tune.fixed.workers_{workers}"] = bare_fixed
         print(
-            f"{workers} worker(s): gentrain {overhead:.2f} s  bare Ray Tune {bare:.2f} s  "
-            f"(training {training:.2f} s per trial; target <= {target:.0f} s)"
+            f"{workers} worker(s): gentrain {per_trial:.2f} s per trial + {fixed:.1f} s per sweep;"
+            f"  bare Ray Tune {bare_per_trial:.2f} s per trial + {bare_fixed:.1f} s per sweep"
+            f"  (training {seconds:.2f} s per trial; target <= {target:.0f} s per trial)"
         )
 
     print("== Branin (global minimum 0.397887): best after k trials, median of 5 seeds")
