@@ -13,6 +13,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig,
 from ray.train.torch import TorchTrainer
 
 from gentrain import cluster, tracking
+from gentrain.data import check_source
 from gentrain.data.storage import check_bucket
 from gentrain.errors import GentrainError
 from gentrain.spec import JobSpec
@@ -89,8 +90,9 @@ def run(
 
 
 def connect(spec: JobSpec, address: str | None) -> str:
-    """Check what a job needs before anything starts (the Inception weights, the storage bucket,
-    the tracking store), then join or start Ray; returns the tracking URI."""
+    """Check what a job needs before anything starts (its data, the Inception weights, the
+    storage bucket, the tracking store), then join or start Ray; returns the tracking URI."""
+    check_source(spec.data)
     if spec.image_features and cluster.is_embedded(address):
         from gentrain.metrics import ensure_available
 

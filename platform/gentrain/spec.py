@@ -6,6 +6,7 @@ Imports no ray or mlflow: validation stays fast and starts nothing.
 import copy
 import hashlib
 import json
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -490,13 +491,28 @@ def validate(raw: dict[str, Any], *, source: str = "spec") -> JobSpec:
         raise SpecError(f"{source}: {err}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise SpecError(f"{path}: no such file")
     if not path.is_file():
         raise SpecError(f"{path}: not a file; pass a YAML job spec")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except UnicodeDecodeError:
         raise SpecError(f"{path}: not a text file; pass a YAML job spec") from None
     except yaml.YAMLError as err:
@@ -540,5 +556,14 @@ def _describe(err: ValidationError) -> str:
 def _section_at(loc: tuple[Any, ...]) -> type[BaseModel]:
     section: type[BaseModel] = JobSpec
     for key in loc:
-        section = section.model_fields[key].annotation
+        annotation = section.model_fields[key].annotation
+        # an optional section (`SweepSection | None`): the section itself
+        section = next(
+            (
+                t
+                for t in typing.get_args(annotation)
+                if isinstance(t, type) and issubclass(t, BaseModel)
+            ),
+            annotation,
+        )
     return section

@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from gentrain.errors import GentrainError
+from gentrain.errors import GentrainError, SpecError
 from gentrain.families import DataInfo
 from gentrain.spec import DataSection
 
@@ -61,6 +61,19 @@ def load_dataset(data: DataSection | str) -> Dataset:
     return _parquet_dataset(location, data)
 
 
+def check_source(data: DataSection) -> None:
+    """Read local user data once before anything starts, so that an unreadable image, an empty
+    corpus or a missing column is bad input (exit 2), not a run that fails on its workers.
+    Built-in sets are known good; S3 data is checked where it is read."""
+    kind, _, location = data.source.partition(":")
+    if kind == "builtin" or location.startswith("s3://"):
+        return
+    try:
+        load_dataset(data)
+    except GentrainError as err:
+        raise SpecError(f"data.source: {err}") from None
+
+
 def _image_dataset(train: torch.Tensor, heldout: torch.Tensor) -> Dataset:
     return Dataset(train=train, heldout=heldout, info=DataInfo(shape=tuple(train.shape[1:])))
 
@@ -92,6 +105,8 @@ def _images_from_files(directory: str, data: DataSection) -> Dataset:
 def _text_dataset(text: str, data: DataSection) -> Dataset:
     from gentrain.data.text import make_tokenizer, split_text, windows
 
+    if not text.strip():
+        raise GentrainError(f"{data.source}: the corpus is empty")
     split = split_text(text)
     tokenizer = make_tokenizer(data.tokenizer, split.train, vocab_size=data.vocab_size)
     length = data.seq_len

@@ -1,0 +1,241 @@
+"""The bad-input corpus: every case goes through `gentrain run` (or `sweep`) and ends with exit 2
+and one line on stderr naming the field or file and what is allowed, with no traceback and nothing
+started: no Ray, no MLflow store or run, no checkpoint."""
+
+from pathlib import Path
+
+import pytest
+import ray
+from typer.testing import CliRunner
+
+from gentrain.cli import app
+from test_spec import DEEPSPEED, MINIMAL, PIPELINE, SWEEP
+
+GPT = "name: t\nmodel: {family: gpt, flavor: debug}\n"
+IMAGES = MINIMAL + "data: {source: 'images:pictures', image_size: 8}\n"
+TEXT = GPT + "data: {source: 'text:corpus.txt'}\n"
+
+SPEC_CASES = [
+    (MINIMAL + "extra: 1\n", [], "extra: unknown key"),
+    (MINIMAL, ["train.wrkers=2"], "train.wrkers: unknown key; allowed: strategy, workers"),
+    (MINIMAL, ["train.workers=two"], "train.workers"),
+    (MINIMAL, ["train.workers=0"], "train.workers: Input should be greater than or equal to 1"),
+    (MINIMAL, ["optim.lr=0"], "optim.lr: Input should be greater than 0"),
+    (MINIMAL, ["optim.name=adamax"], "optim.name"),
+    (MINIMAL, ["data.batch_size=0"], "data.batch_size"),
+    (
+        MINIMAL,
+        ["data.batch_size=63"],
+        "data.batch_size: 63 must be a multiple of train.workers",
+    ),
+    (MINIMAL, ["data.source=builtin:cifar"], "data.source"),
+    (MINIMAL, ["data.augment=[rotate]"], "data.augment.0"),
+    (
+        MINIMAL,
+        ["model.family=vq"],
+        "model.family: unknown family 'vq'; allowed: bert, diffusion, flow, gan, gpt, vae",
+    ),
+    (MINIMAL, ["model.flavor=huge"], "model.flavor: 'huge' is not a gan flavor"),
+    (MINIMAL, ["model.overrides.depth=3"], "model.overrides.depth: unknown gan setting"),
+    (MINIMAL, ["model.overrides.latent_dim=big"], "model.overrides.latent_dim: expected int"),
+    (
+        MINIMAL,
+        ["eval.metrics=[perplexity]"],
+        "eval.metrics: 'perplexity' does not fit family gan",
+    ),
+    (MINIMAL, ["eval.features=vgg"], "eval.features: must be one of"),
+    (
+        MINIMAL,
+        ["model.init_from=/no/such/ckpt"],
+        "model.init_from: /no/such/ckpt does not exist",
+    ),
+    (MINIMAL, ["train.precision=bf16"], "needs train.use_gpu"),
+    (MINIMAL, ["train.strategy=fsdp"], "train.strategy"),
+    (
+        DEEPSPEED,
+        ["train.deepspeed.zero_stage=4"],
+        "train.deepspeed.zero_stage: Input should be less than or equal to 3",
+    ),
+    (
+        DEEPSPEED,
+        ["train.deepspeed.offload_param=cpu"],
+        "train.deepspeed: offload_param cpu needs zero_stage 3 (got 2)",
+    ),
+    (
+        DEEPSPEED,
+        ["train.deepspeed.zero_stage=0", "train.deepspeed.offload_optimizer=cpu"],
+        "offload_optimizer cpu needs zero_stage 1-3",
+    ),
+    (
+        DEEPSPEED,
+        ["train.deepspeed.zero_stage=3", "train.deepspeed.offload_param=nvme"],
+        "train.deepspeed: nvme offload needs nvme_path",
+    ),
+    (
+        DEEPSPEED,
+        ["train.deepspeed.offload_optimizer=disk"],
+        "train.deepspeed.offload_optimizer",
+    ),
+    (
+        DEEPSPEED,
+        ["train.deepspeed.gradient_accumulation_steps=3"],
+        "data.batch_size: 64 must be a multiple of train.workers x gradient_accumulation_steps (6)",
+    ),
+    (MINIMAL, ["train.deepspeed.zero_stage=3"], "deepspeed is set but strategy is ddp"),
+    (
+        PIPELINE,
+        ["train.pipeline.stages=4"],
+        "train: pipeline.stages 4 must divide train.workers 2",
+    ),
+    (
+        PIPELINE,
+        ["train.workers=3"],
+        "train: pipeline.stages 2 must divide train.workers 3",
+    ),
+    (PIPELINE, ["train.pipeline.stages=1"], "train.pipeline.stages: Input should be greater"),
+    (
+        PIPELINE,
+        ["train.pipeline.schedule=1f1b", "train.pipeline.microbatches=1"],
+        "schedule 1f1b needs microbatches >= stages (1 < 2)",
+    ),
+    (PIPELINE, ["train.pipeline.schedule=zb"], "train.pipeline.schedule"),
+    (
+        PIPELINE,
+        ["train.workers=4", "train.pipeline.microbatches=3"],
+        "data.batch_size: 64 must be a multiple of replicas (workers / stages) x "
+        "pipeline.microbatches (6)",
+    ),
+    (MINIMAL, ["train.pipeline.stages=4"], "pipeline is set but strategy is ddp"),
+    (SWEEP, ["sweep.metric=perplexity"], "sweep.metric: 'perplexity' is not reported"),
+    (SWEEP, ["sweep.search=hyperband"], "sweep.search"),
+    (SWEEP, ["sweep.scheduler=median"], "sweep.scheduler"),
+    (SWEEP, ["sweep.space={}"], "sweep.space: name at least one dotted spec key"),
+    (
+        SWEEP,
+        ["sweep.space={optim.lrr: {uniform: [0.1, 0.2]}}"],
+        "sweep.space.optim.lrr: 0.1 makes an invalid job: optim.lrr: unknown key",
+    ),
+    (
+        SWEEP,
+        ["sweep.space={model.overrides.width: {choice: [8, 16]}}"],
+        "model.overrides.width: unknown gan setting",
+    ),
+    (
+        SWEEP,
+        ["sweep.space={optim.lr: {uniform: [0.2, 0.1]}}"],
+        "sweep.space: optim.lr: uniform needs low < high (got [0.2, 0.1])",
+    ),
+    (
+        SWEEP,
+        ["sweep.space={optim.lr: {loguniform: [0, 0.1]}}"],
+        "loguniform needs 0 < low",
+    ),
+    (
+        SWEEP,
+        ["sweep.space={train.workers: {int: [1, 2.5]}}"],
+        "int takes [low, high] (integers)",
+    ),
+    (SWEEP, ["sweep.space={optim.lr: {grid: []}}"], "grid takes a non-empty list"),
+    (SWEEP, ["sweep.space={optim.lr: {beta: [1, 2]}}"], "optim.lr: must be one of {uniform"),
+    (
+        SWEEP,
+        ["sweep.space={optim.lr: {uniform: [-1, 0.1]}}"],
+        "sweep.space.optim.lr: -1 makes an invalid job: optim.lr: Input should be greater",
+    ),
+    (
+        SWEEP,
+        ["sweep.search=grid"],
+        "space.optim.lr: search grid takes {grid: [...]} only (got loguniform)",
+    ),
+    (
+        SWEEP,
+        ["sweep.search=bayesian", "sweep.space={optim.lr: {grid: [0.1, 0.2]}}"],
+        "search bayesian cannot take a grid; use choice",
+    ),
+    (SWEEP, ["sweep.asha={grace_period: 2}"], "sweep: asha is set but scheduler is none"),
+    (SWEEP, ["sweep.trials=0"], "sweep.trials: Input should be greater than or equal to 1"),
+    (MINIMAL, ["name=has space"], "name"),
+    ("model: {family: gan}\n", [], "name: Field required"),
+    ("- a\n- b\n", [], "a job spec is a YAML mapping"),
+    ("name: [unclosed\n", [], "invalid YAML (line"),
+    ("name: !!python/object/apply:os.system [echo hi]\n", [], "invalid YAML"),
+    (MINIMAL, ["optim.lr"], "expected KEY=VALUE"),
+    (MINIMAL, ["name.x=1"], "'name' is not a section"),
+    # unknown keys at every level
+    (MINIMAL, ["model.colour=red"], "model.colour: unknown key"),
+    (MINIMAL, ["data.colour=red"], "data.colour: unknown key"),
+    (MINIMAL, ["eval.colour=red"], "eval.colour: unknown key"),
+    (MINIMAL, ["tracking.colour=red"], "tracking.colour: unknown key"),
+    (MINIMAL, ["storage.colour=red"], "storage.colour: unknown key"),
+    (DEEPSPEED, ["train.deepspeed.stage=2"], "train.deepspeed.stage: unknown key"),
+    (SWEEP, ["sweep.colour=red"], "sweep.colour: unknown key"),
+    # numbers out of range, wrong types
+    (MINIMAL, ["train.max_steps=-5"], "train.max_steps"),
+    (MINIMAL, ["optim.lr=fast"], "optim.lr"),
+    (GPT, ["eval.metrics=[fid]"], "eval.metrics: 'fid' does not fit family gpt"),
+    (SWEEP, ["sweep.metric=bleu"], "sweep.metric: 'bleu' is not reported"),
+    (SWEEP, ["sweep.mode=lowest"], "sweep.mode"),
+    # YAML that is no spec
+    ("", [], "a job spec is a YAML mapping"),
+    ("name: !!python/name:os.system\n", [], "invalid YAML"),
+    ("name: t\nname: u\n", [], "invalid YAML (line 2): key 'name' is given twice"),
+    # --set syntax
+    (MINIMAL, ["=1"], "--set"),
+    (MINIMAL, ["train..workers=2"], "--set"),
+    # data that does not exist or cannot be read
+    (MINIMAL, ["data.source=images:/no/such/dir"], "data.source: /no/such/dir does not exist"),
+    (IMAGES, [], "not a readable image"),
+    (TEXT, [], "corpus.txt: the corpus is empty"),
+]
+
+
+def _write_data(workdir: Path) -> None:
+    pictures = workdir / "pictures"
+    pictures.mkdir()
+    (pictures / "a.png").write_text("not a picture")
+    (pictures / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (workdir / "corpus.txt").write_text("   \n\n")
+
+
+@pytest.mark.parametrize(("text", "overrides", "expected"), SPEC_CASES)
+def test_bad_specs_are_one_line_errors_and_start_nothing(
+    tmp_path, monkeypatch, text, overrides, expected
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    _write_data(tmp_path)
+    (tmp_path / "job.yaml").write_text(text)
+    before = set(tmp_path.rglob("*"))
+    command = "sweep" if "sweep" in text else "run"
+    args = [command, "job.yaml"] + [arg for item in overrides for arg in ("--set", item)]
+    result = CliRunner().invoke(app, args)
+    _assert_rejected(result, expected)
+    assert set(tmp_path.rglob("*")) == before, "no MLflow store, no checkpoints"
+
+
+def _assert_rejected(result, expected: str) -> None:
+    assert result.exit_code == 2, (result.exit_code, result.stderr, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda d: d / "missing.yaml", "no such file"),
+        (lambda d: d, "not a file"),
+        (
+            lambda d: (d / "b.yaml").write_bytes(b"\xff\xfe\x00\x81") and d / "b.yaml",
+            "not a text file",
+        ),
+    ],
+    ids=["missing", "directory", "binary"],
+)
+def test_spec_files_that_are_no_spec(tmp_path, monkeypatch, make, expected):
+    monkeypatch.chdir(tmp_path)
+    path = make(tmp_path)
+    _assert_rejected(CliRunner().invoke(app, ["run", str(path)]), expected)
