@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gentrain.errors import GentrainError, SpecError
+from gentrain.redact import redact
 
 app = typer.Typer(
     add_completion=False,
@@ -35,7 +36,7 @@ AddressOption = Annotated[
 
 
 def _fail(message: str, code: int) -> None:
-    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    err.print(f"error: {redact(message)}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -415,7 +416,7 @@ def _print_summary(result) -> None:
     final = {k: v for k, v in result.metrics.items() if k in ("loss", "fid", "is", "step")}
     if final:
         out.print("final: " + "  ".join(f"{k} {v:.4g}" for k, v in final.items()), markup=False)
-    out.print(f"tracking store: {result.tracking_uri}", markup=False)
+    out.print(f"tracking store: {redact(result.tracking_uri)}", markup=False)
     out.print("look at it: gentrain ui   (then open http://127.0.0.1:5000)", markup=False)
 
 

@@ -15,7 +15,13 @@ from typing import Any
 import yaml
 
 from gentrain.errors import GentrainError, SpecError
+from gentrain.redact import redact_values
 from gentrain.spec import JobSpec, flatten
+
+# MLflow prints run, experiment and model URLs with the tracking URI as given, a password in it
+# included; gentrain names the run itself.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+os.environ.setdefault("MLFLOW_PRINT_MODEL_URLS_ON_CREATION", "false")
 
 LOCAL_STORE = "mlflow.db"
 
@@ -71,12 +77,13 @@ def start_run(
     run_id = run.info.run_id
     from mlflow.entities import Param
 
-    params = [Param(key, _param_value(v)) for key, v in flatten(spec.to_dict()).items()]
+    shown = redact_values(spec.to_dict())  # e.g. a password in tracking.uri
+    params = [Param(key, _param_value(v)) for key, v in flatten(shown).items()]
     for start in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
         client.log_batch(run_id, params=params[start : start + 100])
     with tempfile.TemporaryDirectory() as tmp:
         spec_file = Path(tmp) / "spec.yaml"
-        spec_file.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        spec_file.write_text(yaml.safe_dump(shown, sort_keys=False))
         client.log_artifact(run_id, str(spec_file))
     return run_id
 
