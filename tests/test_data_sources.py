@@ -303,8 +303,8 @@ def test_too_little_text_is_a_clear_error(tmp_path):
     (tmp_path / "short.txt").write_text("only a few words here")
     with pytest.raises(GentrainError, match="too little text for data.seq_len 64"):
         _load(f"text:{tmp_path / 'short.txt'}")
-    (tmp_path / "empty.txt").write_text("")
-    with pytest.raises(GentrainError, match="too little text"):
+    (tmp_path / "empty.txt").write_text(" \n")
+    with pytest.raises(GentrainError, match="empty.txt: the corpus is empty"):
         _load(f"text:{tmp_path / 'empty.txt'}", seq_len=4)
 
 

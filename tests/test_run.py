@@ -55,14 +55,40 @@ def _losses(client, run_id: str) -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(run_id, "loss")}
 
 
+PLANTED = "planted-secret-0451"  # in the environment of the `finished` run: it must leak nowhere
+SECRETS = {
+    "AWS_ACCESS_KEY_ID": f"id-{PLANTED}",
+    "AWS_SECRET_ACCESS_KEY": PLANTED,
+    "MLFLOW_TRACKING_PASSWORD": PLANTED,
+    "RAY_REDIS_PASSWORD": PLANTED,
+}
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
     result = gentrain(
-        "run", SPEC, *SMALL_JOB, "--set", "tracking.register_as=digits-gan", cwd=workdir
+        "run",
+        SPEC,
+        *SMALL_JOB,
+        "--set",
+        "tracking.register_as=digits-gan",
+        cwd=workdir,
+        env=SECRETS,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return workdir, result, _only_run(workdir)
+
+
+def test_no_planted_secret_reaches_what_the_run_wrote(finished):
+    workdir, result, run = finished
+    assert PLANTED not in result.stdout + result.stderr
+    for value in [*run.data.params.values(), *run.data.tags.values()]:
+        assert PLANTED not in value
+    written = [path for path in workdir.rglob("*") if path.is_file()]
+    assert any(p.name == "spec.yaml" for p in written), "artifacts are under the workdir"
+    assert any(p.name == "state.json" for p in written), "checkpoints are under the workdir"
+    assert [p for p in written if PLANTED.encode() in p.read_bytes()] == []
 
 
 def test_cli_shows_driver_progress_and_ends_with_the_run_id(finished):

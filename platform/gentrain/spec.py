@@ -130,6 +130,9 @@ class TrainSection(Section):
     eval_every: int = Field(500, ge=1)
     checkpoint_every: int = Field(250, ge=1)
     max_failures: int = Field(2, ge=0, description="worker-group restarts before the job fails")
+    on_nan: Literal["stop", "skip_step"] = Field(
+        "stop", description="a NaN/Inf loss: fail the run, or skip that optimizer step (ddp)"
+    )
     deepspeed: DeepSpeedSection = DeepSpeedSection()
     pipeline: PipelineSection = PipelineSection()
 
@@ -143,6 +146,10 @@ class TrainSection(Section):
             raise ValueError(f"deepspeed is set but strategy is {self.strategy}")
         if self.strategy != "pipeline" and self.pipeline != PipelineSection():
             raise ValueError(f"pipeline is set but strategy is {self.strategy}")
+        if self.on_nan == "skip_step" and self.strategy != "ddp":
+            raise ValueError(
+                f"on_nan skip_step needs strategy ddp (got {self.strategy}); use on_nan: stop"
+            )
         if self.strategy == "pipeline":
             stages = self.pipeline.stages
             if stages > self.workers or self.workers % stages:

@@ -136,15 +136,16 @@ class _Loop:
             seed=train.seed,
         )
         sums: dict[str, torch.Tensor] = {}
+        skipped = 0  # steps whose loss was not finite (train.on_nan: skip_step), this session
         # training time only: evaluation and checkpoints excluded
-        window_seconds, window_steps = 0.0, 0
+        window_seconds, window_steps, window_counted = 0.0, 0, 0  # counted: not skipped
         metrics: dict[str, float] = {}
         for step in range(start_step + 1, train.max_steps + 1):
             step_start = time.perf_counter()
             batch = batches.at(step).to(device)
             if spec.data.augment:
                 batch = augment(batch, spec.data.augment)
-            total = None
+            total, step_terms = None, {}
             for phase in self.step_fn.phases:
 
                 def noise_at(offset: int, step: int = step, phase: str = phase) -> DrawPlan:
@@ -157,20 +158,27 @@ class _Loop:
                     loss, terms = result
                     total = loss if total is None else total + loss
                     for name, value in terms.items():
-                        sums[name] = sums.get(name, 0) + value
+                        step_terms[name] = step_terms.get(name, 0) + value
                 if after_update := getattr(self.step_fn, "after_update", None):
                     with strategy.readable(phase) as models:
                         after_update(models, phase=phase)
-            if total is not None:
-                sums["loss"] = sums.get("loss", 0) + total
+            if total is not None and not torch.isfinite(total):
+                self._on_nan(float(total), step)
+                skipped += 1  # its step was skipped: its loss and terms count nowhere
+            elif total is not None:
+                for name, value in {**step_terms, "loss": total}.items():
+                    sums[name] = sums.get(name, 0) + value
+                window_counted += 1
             window_steps += 1
             window_seconds += time.perf_counter() - step_start
 
             last = step == train.max_steps
             if step % train.log_every == 0 or last:
-                metrics = self._mean_over_workers(sums, window_steps)
+                metrics = self._mean_over_workers(sums, max(1, window_counted))
                 metrics["samples_per_sec"] = spec.data.batch_size * window_steps / window_seconds
-                sums, window_seconds, window_steps = {}, 0.0, 0
+                if skipped:
+                    metrics["skipped_steps"] = skipped
+                sums, window_seconds, window_steps, window_counted = {}, 0.0, 0, 0
                 self._log(metrics, step=step)
             evaluated = step % train.eval_every == 0 or last
             if evaluated:
@@ -185,6 +193,13 @@ class _Loop:
         with self.strategy.full_models() as models:
             if self.rank == 0:
                 self._export(models)
+
+    def _on_nan(self, loss: float, step: int) -> None:
+        if self.spec.train.on_nan == "stop":
+            raise GentrainError(
+                f"the loss became {loss} at step {step} (train.on_nan: stop); lower optim.lr, "
+                "set optim.grad_clip, or train.on_nan: skip_step to skip such steps"
+            )
 
     def _evaluations(self, step: int) -> int:
         """How many evaluations the job has made by `step`."""

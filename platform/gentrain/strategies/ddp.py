@@ -64,6 +64,11 @@ class DDPStrategy(MicroBatched):
         optimizer, scaler = self.optimizers[name], self.scalers[name]
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        # replicas share their gradients: all of them see a NaN any of them made, and all skip
+        if self.spec.train.on_nan == "skip_step" and not _finite_gradients(self.raw[name]):
+            optimizer.zero_grad(set_to_none=True)
+            self.schedules[name].step()
+            return
         if self.spec.optim.grad_clip is not None:
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(self.raw[name].parameters(), self.spec.optim.grad_clip)
@@ -92,3 +97,8 @@ class DDPStrategy(MicroBatched):
             self.optimizers[name].load_state_dict(parts["optimizer"])
             self.schedules[name].load_state_dict(parts["schedule"])
             self.scalers[name].load_state_dict(parts["scaler"])
+
+
+def _finite_gradients(model: nn.Module) -> bool:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return all(bool(torch.isfinite(g).all()) for g in grads)
