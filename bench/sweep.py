@@ -234,66 +234,83 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8, help="k: trials per GPT search")
     parser.add_argument("--quick", action="store_true", help="3 seeds, 4 trials")
     parser.add_argument("--json", type=Path, help="also write the figures here (flat JSON)")
+    parts = ("overhead", "branin", "gpt", "asha")
+    parser.add_argument("--parts", default=",".join(parts), help=f"some of {','.join(parts)}")
     args = parser.parse_args()
+    wanted = set(args.parts.split(","))
     if args.quick:
         args.seeds, args.trials = 3, 4
     figures: dict[str, float] = {}
 
-    print("== trial overhead: seconds each trial adds beyond its training (sweeps of two sizes)")
-    for workers, counts, target in ((1, (4, 8), 3.0), (2, (2, 4), 10.0)):
-        training = []
-
-        def ours(n: int, workers: int = workers, training: list = training) -> float:
-            overhead, seconds = trial_overhead(workers, n)
-            training.append(seconds)
-            return overhead
-
-        per_trial, fixed = per_trial_and_fixed(ours, counts)
-        seconds = statistics.mean(training)
-        bare_per_trial, bare_fixed = per_trial_and_fixed(
-            lambda n, workers=workers, seconds=seconds: bare_tune_overhead(workers, n, seconds),
-            counts,
-        )
-        figures[f"overhead.workers_{workers}"] = per_trial
-        figures[f"overhead.fixed.workers_{workers}"] = fixed
-        figures[f"overhead.bare_tune.workers_{workers}"] = bare_per_trial
-        figures[f"overhead.bare_tune.fixed.workers_{workers}"] = bare_fixed
+    if "overhead" in wanted:
         print(
-            f"{workers} worker(s): gentrain {per_trial:.2f} s per trial + {fixed:.1f} s per sweep;"
-            f"  bare Ray Tune {bare_per_trial:.2f} s per trial + {bare_fixed:.1f} s per sweep"
-            f"  (training {seconds:.2f} s per trial; target <= {target:.0f} s per trial)"
+            "== trial overhead: seconds each trial adds beyond its training (sweeps of two sizes)"
         )
+        for workers, counts, target in ((1, (4, 8), 3.0), (2, (2, 4), 10.0)):
+            training = []
 
-    print("== Branin (global minimum 0.397887): best after k trials, median of 5 seeds")
-    ks = (5, 10, 20)
-    for label, search, sampler in (
-        ("random", "random", "tpe"),
-        ("bayesian tpe", "bayesian", "tpe"),
-        ("bayesian gp", "bayesian", "gp"),
-    ):
-        runs = [branin_best(search, seed, max(ks), sampler) for seed in range(5)]
-        medians = [statistics.median(run[k - 1] for run in runs) for k in ks]
-        for k, value in zip(ks, medians, strict=True):
-            figures[f"branin.{label.replace(' ', '_')}.k{k}"] = value
+            def ours(n: int, workers: int = workers, training: list = training) -> float:
+                overhead, seconds = trial_overhead(workers, n)
+                training.append(seconds)
+                return overhead
+
+            per_trial, fixed = per_trial_and_fixed(ours, counts)
+            seconds = statistics.mean(training)
+            bare_per_trial, bare_fixed = per_trial_and_fixed(
+                lambda n, workers=workers, seconds=seconds: bare_tune_overhead(workers, n, seconds),
+                counts,
+            )
+            figures[f"overhead.workers_{workers}"] = per_trial
+            figures[f"overhead.fixed.workers_{workers}"] = fixed
+            figures[f"overhead.bare_tune.workers_{workers}"] = bare_per_trial
+            figures[f"overhead.bare_tune.fixed.workers_{workers}"] = bare_fixed
+            print(
+                f"{workers} worker(s): gentrain {per_trial:.2f} s per trial"
+                f" + {fixed:.1f} s per sweep;"
+                f"  bare Ray Tune {bare_per_trial:.2f} s per trial + {bare_fixed:.1f} s per sweep"
+                f"  (training {seconds:.2f} s per trial; target <= {target:.0f} s per trial)"
+            )
+
+    if "branin" in wanted:
+        print("== Branin (global minimum 0.397887): best after k trials, median of 5 seeds")
+        ks = (5, 10, 20)
+        for label, search, sampler in (
+            ("random", "random", "tpe"),
+            ("bayesian tpe", "bayesian", "tpe"),
+            ("bayesian gp", "bayesian", "gp"),
+        ):
+            runs = [branin_best(search, seed, max(ks), sampler) for seed in range(5)]
+            medians = [statistics.median(run[k - 1] for run in runs) for k in ks]
+            for k, value in zip(ks, medians, strict=True):
+                figures[f"branin.{label.replace(' ', '_')}.k{k}"] = value
+            print(
+                f"{label:<14}"
+                + "  ".join(f"k={k}: {v:.4f}" for k, v in zip(ks, medians, strict=True))
+            )
+
+    if "gpt" in wanted:
         print(
-            f"{label:<14}" + "  ".join(f"k={k}: {v:.4f}" for k, v in zip(ks, medians, strict=True))
+            f"== tiny GPT perplexity: best after {args.trials} trials, median of {args.seeds} seeds"
         )
+        for search in ("random", "bayesian"):
+            best = statistics.median(
+                gpt_best(search, seed, args.trials) for seed in range(args.seeds)
+            )
+            figures[f"gpt.{search}"] = best
+            print(f"{search:<10}{best:.3f}")
 
-    print(f"== tiny GPT perplexity: best after {args.trials} trials, median of {args.seeds} seeds")
-    for search in ("random", "bayesian"):
-        best = statistics.median(gpt_best(search, seed, args.trials) for seed in range(args.seeds))
-        figures[f"gpt.{search}"] = best
-        print(f"{search:<10}{best:.3f}")
-
-    print("== ASHA versus no scheduler at equal total training steps (tiny GPT perplexity)")
-    rounds = [asha_versus_none(seed, 2 * args.trials) for seed in range(max(1, args.seeds // 2))]
-    for name in ("asha", "none"):
-        figures[f"scheduler.{name}"] = statistics.median(r[name] for r in rounds)
-    print(
-        f"ASHA {figures['scheduler.asha']:.3f}  none {figures['scheduler.none']:.3f}  "
-        f"(steps per round {[r['steps'] for r in rounds]}, "
-        f"trials without a scheduler {[r['none_trials'] for r in rounds]})"
-    )
+    if "asha" in wanted:
+        print("== ASHA versus no scheduler at equal total training steps (tiny GPT perplexity)")
+        rounds = [
+            asha_versus_none(seed, 2 * args.trials) for seed in range(max(1, args.seeds // 2))
+        ]
+        for name in ("asha", "none"):
+            figures[f"scheduler.{name}"] = statistics.median(r[name] for r in rounds)
+        print(
+            f"ASHA {figures['scheduler.asha']:.3f}  none {figures['scheduler.none']:.3f}  "
+            f"(steps per round {[r['steps'] for r in rounds]}, "
+            f"trials without a scheduler {[r['none_trials'] for r in rounds]})"
+        )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 

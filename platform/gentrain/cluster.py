@@ -61,6 +61,11 @@ def _join_or_start(address: str | None) -> None:
     # poll lets short jobs start and end promptly.
     for name, value in EMBEDDED_RAY_TRAIN_SETTINGS.items():
         os.environ.setdefault(name, value)
+    # Ray reads a node IP of 127.0.0.1 as "this machine's reachable address" and serves on it
+    # (and on every interface): an embedded Ray serves this machine only, on loopback.
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
     # "local": a new Ray of its own, never one that `ray start` left running on this machine
     ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, **common)
 
