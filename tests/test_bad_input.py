@@ -179,6 +179,7 @@ SPEC_CASES = [
     ("", [], "a job spec is a YAML mapping"),
     ("name: !!python/name:os.system\n", [], "invalid YAML"),
     ("name: t\nname: u\n", [], "invalid YAML (line 2): key 'name' is given twice"),
+    ("name: t\n[a, b]: 1\n", [], "invalid YAML (line 2): found unhashable key"),
     # --set syntax
     (MINIMAL, ["=1"], "--set"),
     (MINIMAL, ["train..workers=2"], "--set"),
