@@ -202,6 +202,8 @@ def test_a_submitted_job_trains_on_both_nodes(cluster, s3_server, tracking_serve
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "submitted job" in result.stdout and "SUCCEEDED" in result.stdout
+    assert f"shipped {tmp_path} (" in result.stdout and "without .git, .venv" in result.stdout
+    assert "/mlflow.db" in result.stdout
     run = _only_run(tmp_path, tracking_server)
     assert run.info.status == "FINISHED"
     assert not (tmp_path / "mlruns").exists(), "tracked by the server, nothing local"

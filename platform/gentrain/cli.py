@@ -242,14 +242,20 @@ def submit(
     if resume and command == "sweep":
         _fail("--resume: continues a run; resume a sweep with `gentrain sweep SPEC --resume`", 2)
     try:
-        job_id = cluster.submit(spec, sets, address=address, command=command, resume_run_id=resume)
+        sent = cluster.submit(spec, sets, address=address, command=command, resume_run_id=resume)
     except SpecError as error:
         _fail(str(error), 2)
     except GentrainError as error:
         _fail(str(error), 1)
-    out.print(f"submitted job {job_id} (gentrain {command} {spec})", markup=False)
+    out.print(
+        f"shipped {sent.shipped} ({sent.shipped_bytes / 2**20:.1f} MiB) without "
+        f"{', '.join(sent.excluded)}",
+        markup=False,
+        soft_wrap=True,
+    )
+    out.print(f"submitted job {sent.job_id} (gentrain {command} {spec})", markup=False)
     if follow:
-        _follow(address, job_id)
+        _follow(address, sent.job_id)
 
 
 def _follow(address: str | None, job_id: str) -> None:

@@ -5,6 +5,7 @@ import logging
 import os
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -147,6 +148,14 @@ def shipped_directory(root: Path, storage_path: str) -> tuple[list[str], int]:
     return excludes, size
 
 
+@dataclass(frozen=True)
+class Submission:
+    job_id: str
+    shipped: Path  # the working directory, shipped as the job's working_dir
+    shipped_bytes: int
+    excluded: list[str]  # gitignore patterns left out of it
+
+
 def submit(
     spec_path: str,
     sets: list[str],
@@ -154,9 +163,9 @@ def submit(
     address: str | None,
     command: str,
     resume_run_id: str | None = None,
-) -> str:
+) -> Submission:
     """Submit `gentrain COMMAND SPEC --set ... [--resume RUN_ID]` to run on the cluster, shipping
-    the working directory; returns the job id."""
+    the working directory."""
     root = Path.cwd()
     spec_file = Path(spec_path).resolve()
     if not spec_file.is_relative_to(root):
@@ -166,7 +175,7 @@ def submit(
     job = spec_module.load(spec_file, sets)
     if _has_s3_credentials():  # else only the cluster's own environment can tell
         check_bucket(job.storage.path, "storage.path")
-    excludes, _ = shipped_directory(root, job.storage.path)
+    excludes, size = shipped_directory(root, job.storage.path)
     argv = ["gentrain", command, str(spec_file.relative_to(root))]
     for item in sets:
         argv += ["--set", item]
@@ -177,11 +186,12 @@ def submit(
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
         try:
-            return client.submit_job(
+            job_id = client.submit_job(
                 entrypoint=shlex.join(argv),
                 runtime_env={"working_dir": str(root), "excludes": excludes, "env_vars": env},
                 metadata={"gentrain.spec": job.name},
             )
+            return Submission(job_id, root, size, excludes)
         except Exception as err:
             # a cluster that has just started may have no job agent ready yet: Ray says so
             if "try again later" not in str(err) or time.monotonic() > deadline:
