@@ -1,8 +1,10 @@
 """Shared fixtures. Tests run the real thing small: local Ray, real MLflow stores, gloo on CPU."""
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,20 @@ def gentrain(*args: str, cwd: Path, timeout: float = 600, env: dict | None = Non
         timeout=timeout,
         env={**os.environ, "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": "", **(env or {})},
     )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(1)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import REPO, gentrain
+from conftest import REPO, free_port, gentrain, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -31,12 +30,6 @@ class Cluster:
     address: str  # the Jobs API: http://127.0.0.1:PORT
     gcs: str  # 127.0.0.1:PORT
     env: dict[str, str]  # what a client of this cluster sets: its token, the S3 endpoint
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +46,14 @@ def cluster(s3_server, tmp_path_factory):
     node_env = {**os.environ, **auth, **s3_server.env, "RAY_JOB_STOP_WAIT_TIME_S": "30"}
     node_env["PATH"] = f"{Path(RAY).parent}{os.pathsep}{os.environ['PATH']}"  # gentrain installed
     node_env.pop("RAY_ADDRESS", None)
-    gcs_port, dashboard_port = _free_port(), _free_port()
+    gcs_port, dashboard_port = free_port(), free_port()
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--block", "--disable-usage-stats"]
 
     def own_ports() -> list[str]:
         """Each node's agents on ports of their own: Ray's defaults are shared by every Ray on
         this machine, and a node whose job agent could not bind takes no jobs."""
         names = ("dashboard-agent-listen", "dashboard-agent-grpc", "metrics-export")
-        return [f"--{name}-port={_free_port()}" for name in names]
+        return [f"--{name}-port={free_port()}" for name in names]
 
     head = subprocess.Popen(
         [
@@ -81,7 +74,7 @@ def cluster(s3_server, tmp_path_factory):
     )
     nodes = [head]
     try:
-        _wait_for(lambda: _listening(dashboard_port), 120, "the head's Jobs API")
+        wait_for(lambda: _listening(dashboard_port), 120, "the head's Jobs API")
         nodes.append(
             subprocess.Popen(
                 [RAY, "start", f"--address=127.0.0.1:{gcs_port}", *common, *own_ports()],
@@ -93,7 +86,7 @@ def cluster(s3_server, tmp_path_factory):
         )
         client_env = {**auth, "AWS_ENDPOINT_URL": s3_server.env["AWS_ENDPOINT_URL"]}
         found = Cluster(f"http://127.0.0.1:{dashboard_port}", f"127.0.0.1:{gcs_port}", client_env)
-        _wait_for(lambda: len(_alive_nodes(found)) == 2, 120, "both nodes")
+        wait_for(lambda: len(_alive_nodes(found)) == 2, 120, "both nodes")
         yield found
     finally:
         for node in reversed(nodes):
@@ -234,7 +227,7 @@ def test_a_stopped_job_ends_killed_and_resumes_from_its_s3_checkpoint(cluster, s
             "jobs", "status", job_id, "--address", cluster.address, cwd=tmp_path, env=env
         ).stdout.strip()
 
-    _wait_for(lambda: _checkpoints(s3_server, tmp_path), 300, "the job's first S3 checkpoint")
+    wait_for(lambda: _checkpoints(s3_server, tmp_path), 300, "the job's first S3 checkpoint")
     assert status() == "RUNNING"
     logs = gentrain("jobs", "logs", job_id, "--address", cluster.address, cwd=tmp_path, env=env)
     assert "MLflow run" in logs.stdout
@@ -242,8 +235,8 @@ def test_a_stopped_job_ends_killed_and_resumes_from_its_s3_checkpoint(cluster, s
     assert job_id in listed.stdout
     stopped = gentrain("jobs", "stop", job_id, "--address", cluster.address, cwd=tmp_path, env=env)
     assert stopped.returncode == 0, stopped.stderr
-    _wait_for(lambda: status() == "STOPPED", 120, "the job to stop")
-    _wait_for(lambda: _only_run(tmp_path).info.status == "KILLED", 60, "the run to end KILLED")
+    wait_for(lambda: status() == "STOPPED", 120, "the job to stop")
+    wait_for(lambda: _only_run(tmp_path).info.status == "KILLED", 60, "the run to end KILLED")
 
     run_id = _only_run(tmp_path).info.run_id
     stopped_at = max(_loss_steps(tmp_path, run_id))
@@ -287,7 +280,7 @@ def test_bad_addresses_tokens_and_buckets_are_one_line_errors(cluster, s3_server
         "submit",
         "job.yaml",
         "--address",
-        f"http://127.0.0.1:{_free_port()}",
+        f"http://127.0.0.1:{free_port()}",
         cwd=tmp_path,
         env=_client_env(cluster),
     )
@@ -329,11 +322,3 @@ def test_bad_addresses_tokens_and_buckets_are_one_line_errors(cluster, s3_server
     assert no_bucket.returncode == 2, no_bucket.stderr
     assert no_bucket.stderr.startswith("error: storage.path: bucket 'no-such-bucket'")
     assert len(_ray_list(cluster, "jobs")) == jobs_before, "nothing was submitted"
-
-
-def _wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(1)

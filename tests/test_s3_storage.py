@@ -10,8 +10,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import gentrain
-from test_cluster import _free_port, _wait_for
+from conftest import free_port, gentrain, wait_for
 
 
 def _spec(workdir: Path, storage: str) -> Path:
@@ -47,7 +46,7 @@ def test_a_missing_bucket_is_bad_input(s3_server, tmp_path):
 @pytest.fixture
 def strict_s3():
     """A second S3 server that checks credentials (moto's IAM checks from the first request)."""
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
@@ -56,7 +55,7 @@ def strict_s3():
     )
     try:
         endpoint = f"http://127.0.0.1:{port}"
-        _wait_for(lambda: _answers(endpoint), 60, "the S3 server")
+        wait_for(lambda: _answers(endpoint), 60, "the S3 server")
         yield endpoint
     finally:
         server.kill()
