@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/gentrain run jobs/dcgan_digits.yaml
 
+# Two processes (most of a test's time is Ray and Python starting up, one core at a time), then
+# the multi-node cluster tests alone: their `ray start` nodes and an embedded Ray would compete.
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile -m "not cluster"
+	$(BIN)/pytest -q -m cluster
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -15,6 +15,20 @@ JOBS = REPO / "jobs"
 GENTRAIN = [sys.executable, "-m", "gentrain.cli"]
 
 
+# Modules in the order `make test` (pytest-xdist, --dist loadfile: a module runs whole in one
+# process, sharing its Ray and runs) should start them: the longest first, so that it does not
+# start last and run alone.
+LONGEST_FIRST = ("test_strategies", "test_run", "test_sweep")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.module.__name__
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each module's own order is kept
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _shared_cache(tmp_path_factory):
     """One gentrain cache (the digits classifier) for the whole session, never the user's."""
@@ -23,11 +37,12 @@ def _shared_cache(tmp_path_factory):
     yield
 
 
-def gentrain(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None):
+def gentrain(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None, preexec_fn=None):
     """Run the CLI in a fresh process, as a user would."""
     return subprocess.run(
         [*GENTRAIN, *args],
         cwd=cwd,
+        preexec_fn=preexec_fn,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -85,3 +100,31 @@ def s3_server():
     }
     yield S3Server(endpoint=endpoint, env=env)
     server.stop()
+
+
+@pytest.fixture
+def strict_s3():
+    """A second S3 server that checks credentials (moto's IAM checks from the first request)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(endpoint), 60, "the S3 server")
+        yield endpoint
+    finally:
+        server.kill()
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url, timeout=2)
+    except OSError as err:
+        return getattr(err, "code", None) is not None
+    return True

@@ -240,3 +240,28 @@ def test_spec_files_that_are_no_spec(tmp_path, monkeypatch, make, expected):
     monkeypatch.chdir(tmp_path)
     path = make(tmp_path)
     _assert_rejected(CliRunner().invoke(app, ["run", str(path)]), expected)
+
+
+@pytest.mark.parametrize(
+    ("command", "run_id", "expected"),
+    [
+        ("run", "../../elsewhere", "--resume: '../../elsewhere' is not an MLflow run id"),
+        ("run", "/tmp/abs", "--resume: '/tmp/abs' is not an MLflow run id"),
+        ("submit", "../up", "--resume: '../up' is not an MLflow run id"),
+        ("run", "0123456789abcdef0123456789abcdef", "--resume: no MLflow run"),
+    ],
+)
+def test_resume_names_an_existing_run_never_a_path(
+    tmp_path, monkeypatch, command, run_id, expected
+):
+    """A run id names its checkpoint directory under storage.path: no way out of it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (tmp_path / "job.yaml").write_text(MINIMAL)
+    args = [command, "job.yaml", "--resume", run_id]
+    result = CliRunner().invoke(
+        app, args + (["--address", "http://127.0.0.1:9"] if command == "submit" else [])
+    )
+    _assert_rejected(result, expected)
+    assert not (tmp_path / "checkpoints").exists()

@@ -18,7 +18,7 @@ import yaml
 
 from conftest import REPO, free_port, gentrain, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 RAY = str(Path(sys.executable).parent / "ray")
 BUCKET = "cluster-test"
@@ -273,7 +273,39 @@ def _loss_steps(workdir: Path, run_id: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, "loss"))
 
 
-def test_bad_addresses_tokens_and_buckets_are_one_line_errors(cluster, s3_server, tmp_path):
+def test_a_submitted_sweep_runs_its_trials_on_the_cluster(cluster, s3_server, tmp_path):
+    spec_path = _job_spec(tmp_path, steps=5)
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["train"] |= {"workers": 1, "eval_every": 5, "checkpoint_every": 5}
+    spec["sweep"] = {
+        "search": "grid",
+        "metric": "loss",
+        "mode": "min",
+        "concurrency": 2,
+        "space": {"optim.lr": {"grid": [1e-3, 2e-3]}},
+    }
+    spec_path.write_text(yaml.safe_dump(spec))
+    env = _client_env(cluster)
+    result = gentrain(
+        "submit", "job.yaml", "--address", cluster.address, "--follow", cwd=tmp_path, env=env
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "(gentrain sweep job.yaml)" in result.stdout and "SUCCEEDED" in result.stdout
+    client = mlflow.MlflowClient(_local_store(tmp_path))
+    experiment = client.get_experiment_by_name("cluster-dcgan")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [
+        run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    ]
+    assert len(children) == 2 and all(run.info.status == "FINISHED" for run in children)
+    assert {run.data.params["optim.lr"] for run in children} == {"0.001", "0.002"}
+    assert parent.info.status == "FINISHED" and "best_loss" in parent.data.metrics
+
+
+def test_bad_addresses_tokens_and_buckets_are_one_line_errors(
+    cluster, s3_server, strict_s3, tmp_path
+):
     _job_spec(tmp_path, steps=10)
     jobs_before = len(_ray_list(cluster, "jobs"))
     unreachable = gentrain(
@@ -321,4 +353,20 @@ def test_bad_addresses_tokens_and_buckets_are_one_line_errors(cluster, s3_server
     )
     assert no_bucket.returncode == 2, no_bucket.stderr
     assert no_bucket.stderr.startswith("error: storage.path: bucket 'no-such-bucket'")
+    refused = gentrain(
+        "submit",
+        "job.yaml",
+        "--address",
+        cluster.address,
+        cwd=tmp_path,
+        env={
+            **_client_env(cluster),
+            **s3_server.env,
+            "AWS_ENDPOINT_URL": strict_s3,
+            "AWS_SECRET_ACCESS_KEY": "planted-key",
+        },
+    )
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.startswith("error: storage.path: S3 at") and "refused" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and "planted-key" not in refused.stderr
     assert len(_ray_list(cluster, "jobs")) == jobs_before, "nothing was submitted"

@@ -63,9 +63,9 @@ def test_a_logged_mlflow_model_initialises_the_exported_network(tmp_path):
     run_id = tracking.start_run(spec, uri=uri)
     step, trained = _models(seed=3)
     module, example = step.export(trained)
-    tracking.RunLogger(uri=uri, run_id=run_id).log_model(
-        module, example_input=example, register_as="gan-src"
-    )
+    logger = tracking.RunLogger(uri=uri, run_id=run_id, outbox=tmp_path / "outbox")
+    logger.log_model(module, example_input=example, register_as="gan-src")
+    assert logger.close(timeout=120), "the store took the model"
     for source in (f"runs:/{run_id}/model", "models:/gan-src/1"):
         step, fresh = _models(seed=4)
         load_initial_weights(source, step_fn=step, models=fresh, tracking_uri=uri)

@@ -172,8 +172,9 @@ def test_every_worker_reports_into_a_checkpoint_under_storage_path(finished):
     assert len(checkpoints) == 2
     last = checkpoints[-1]
     state = json.loads((last / "state.json").read_text())
-    assert state == {"step": 30, "mlflow_run_id": run.info.run_id}
-    assert {"strategy.pt", "rng_rank0.pt", "rng_rank1.pt"} <= {p.name for p in last.iterdir()}
+    assert state == {"step": 30, "mlflow_run_id": run.info.run_id, "world": 2}
+    parts = {"strategy.pt", "rng_rank0.pt", "rng_rank1.pt", "manifest_rank0.json"}
+    assert parts | {"manifest_rank1.json"} <= {p.name for p in last.iterdir()}
 
 
 def test_a_failing_job_ends_failed_with_its_reason(tmp_path):

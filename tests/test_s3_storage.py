@@ -1,16 +1,12 @@
 """storage.path on S3: a missing bucket or refused credentials stop a job before anything starts
 (no Ray, no MLflow run), each with one line naming storage.path."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
-import pytest
 import yaml
 
-from conftest import free_port, gentrain, wait_for
+from conftest import gentrain
 
 
 def _spec(workdir: Path, storage: str) -> Path:
@@ -41,34 +37,6 @@ def test_a_missing_bucket_is_bad_input(s3_server, tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("error: storage.path: bucket 'no-such-bucket' does not exist")
     _nothing_started(tmp_path, result.stderr)
-
-
-@pytest.fixture
-def strict_s3():
-    """A second S3 server that checks credentials (moto's IAM checks from the first request)."""
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _answers(endpoint), 60, "the S3 server")
-        yield endpoint
-    finally:
-        server.kill()
-
-
-def _answers(url: str) -> bool:
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(url, timeout=2)
-    except OSError as err:
-        return getattr(err, "code", None) is not None
-    return True
 
 
 def test_refused_credentials_are_a_plain_error(s3_server, strict_s3, tmp_path):

@@ -6,6 +6,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -38,6 +39,16 @@ AddressOption = Annotated[
 def _fail(message: str, code: int) -> None:
     err.print(f"error: {redact(message)}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _check_run_id(run_id: str | None, option: str) -> None:
+    from gentrain.tracking import check_run_id
+
+    if run_id is not None:
+        try:
+            check_run_id(run_id, option)
+        except SpecError as error:
+            _fail(str(error), 2)
 
 
 def _load(spec_path: str, sets: list[str]):
@@ -108,6 +119,7 @@ def run(
 ) -> None:
     """Train one job on Ray (embedded local Ray unless --address / RAY_ADDRESS)."""
     job = _load(spec, sets)
+    _check_run_id(resume, "--resume")
     from gentrain import launch
 
     progress = _TrainingProgress(job.train.max_steps)
@@ -119,12 +131,23 @@ def run(
                 resume_run_id=resume,
                 on_start=progress.started,
                 on_progress=progress.update,
+                on_warning=_warn,
             )
     except SpecError as error:
         _fail(str(error), 2)
     except GentrainError as error:
         _fail(str(error), 1)
     _print_summary(result)
+    if result.kept_in:
+        _warn(
+            f"the tracking store {redact(result.tracking_uri)} did not come back: what it lacks "
+            f"of this run (metrics, samples, model, its end) is kept in {result.kept_in}; send "
+            f"it with: gentrain runs upload {result.kept_in}"
+        )
+
+
+def _warn(text: str) -> None:
+    err.print(f"warning: {redact(text)}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -187,6 +210,38 @@ runs_app = typer.Typer(no_args_is_help=True, help="Look at tracked runs.")
 app.add_typer(runs_app, name="runs")
 
 
+@runs_app.command("upload")
+def upload_runs(
+    directory: Annotated[
+        Path | None,
+        typer.Argument(help="A run's outbox; default: every one under ./.gentrain/outbox."),
+    ] = None,
+) -> None:
+    """Send what runs kept in their outbox while the tracking store was away (metrics,
+    samples, model, their end) to the store they belong to."""
+    from gentrain import outbox, tracking
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # a store still away: say so
+    if directory is not None and not (directory / outbox.RUN).is_file():
+        _fail(f"DIRECTORY: {directory} is not a run's outbox (no {outbox.RUN})", 2)
+    kept = [directory] if directory else sorted(tracking.outbox_root().glob("*/"))
+    if not kept:
+        out.print("nothing to upload", markup=False)
+    for path in kept:
+        try:
+            run_id = outbox.upload(path)
+        except Exception as error:  # the store's own errors: still away, refused...
+            _fail(
+                f"{path}: the tracking store did not take it ({_first_line(error)}); try later", 1
+            )
+        out.print(f"uploaded run {run_id} from {path}", markup=False)
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:300]
+
+
 @runs_app.command("compare")
 def compare_runs(
     experiment: str,
@@ -202,6 +257,7 @@ def compare_runs(
     final metrics, best first."""
     from gentrain import tracking
 
+    _check_run_id(parent, "--parent")
     uri = tracking.resolve_tracking_uri(tracking_uri=tracking_uri)
     try:
         comparison = tracking.compare(uri=uri, experiment=experiment, parent_id=parent)
@@ -238,6 +294,7 @@ def submit(
     from gentrain import cluster
 
     job = _load(spec, sets)  # nothing is submitted for an invalid spec
+    _check_run_id(resume, "--resume")
     command = "sweep" if job.sweep is not None else "run"
     if resume and command == "sweep":
         _fail("--resume: continues a run; resume a sweep with `gentrain sweep SPEC --resume`", 2)

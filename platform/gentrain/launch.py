@@ -16,6 +16,7 @@ from gentrain import cluster, tracking
 from gentrain.data import check_source
 from gentrain.data.storage import check_bucket
 from gentrain.errors import GentrainError
+from gentrain.memory import is_out_of_memory, out_of_memory_message
 from gentrain.spec import JobSpec
 from gentrain.trainer import train_fn
 
@@ -28,6 +29,10 @@ class RunResult:
     experiment: str
     tracking_uri: str
     metrics: dict[str, float]
+    kept_in: Path | None = None  # the outbox holding what the tracking store never got
+
+
+WarningCallback = Callable[[str], None]
 
 
 @ray.remote(num_cpus=0)
@@ -38,12 +43,16 @@ class ProgressBoard:
 
     def __init__(self):
         self.events: dict[str, list[tuple[int, dict[str, float]]]] = defaultdict(list)
+        self.warnings: dict[str, list[str]] = defaultdict(list)
 
     def push(self, run_id: str, step: int, metrics: dict[str, float]) -> None:
         self.events[run_id].append((step, metrics))
 
-    def drain(self, run_id: str) -> list[tuple[int, dict[str, float]]]:
-        return self.events.pop(run_id, [])
+    def warn(self, run_id: str, text: str) -> None:
+        self.warnings[run_id].append(text)
+
+    def drain(self, run_id: str) -> tuple[list[tuple[int, dict[str, float]]], list[str]]:
+        return self.events.pop(run_id, []), self.warnings.pop(run_id, [])
 
 
 _boards: dict[tuple[str, str], ray.actor.ActorHandle] = {}  # held: a dropped handle kills it
@@ -65,33 +74,47 @@ def run(
     address: str | None = None,
     resume_run_id: str | None = None,
     on_progress: ProgressCallback | None = None,
+    on_warning: WarningCallback | None = None,
     on_start: Callable[[str], None] | None = None,
 ) -> RunResult:
-    uri = connect(spec, address)
+    uri = connect(spec, address, resume_run_id=resume_run_id)
     run_id = tracking.start_run(spec, uri=uri, resume_run_id=resume_run_id)
     if on_start:
         on_start(run_id)
     try:
-        metrics = fit(spec, run_id=run_id, uri=uri, on_progress=on_progress)
+        metrics = fit(spec, run_id=run_id, uri=uri, on_progress=on_progress, on_warning=on_warning)
     except KeyboardInterrupt:
-        tracking.end_run(
-            run_id,
-            uri=uri,
-            status="KILLED",
-            reason="interrupted (Ctrl-C or a stop request); --resume RUN_ID continues it",
-        )
+        reason = "interrupted (Ctrl-C or a stop request); --resume RUN_ID continues it"
+        end_run(run_id, uri=uri, status="KILLED", reason=reason)
         raise
     except Exception as err:
         reason = failure_reason(err)
-        tracking.end_run(run_id, uri=uri, status="FAILED", reason=reason)
+        if is_out_of_memory(err) and not reason.startswith("out of memory"):  # Ray's monitor
+            reason = out_of_memory_message(spec, where="on a worker (Ray stopped it)")
+        end_run(run_id, uri=uri, status="FAILED", reason=reason)
         raise GentrainError(f"run {run_id} failed: {reason}") from err
-    tracking.end_run(run_id, uri=uri, status="FINISHED")
-    return RunResult(run_id=run_id, experiment=spec.experiment, tracking_uri=uri, metrics=metrics)
+    kept_in = end_run(run_id, uri=uri, status="FINISHED")
+    return RunResult(run_id, spec.experiment, uri, metrics=metrics, kept_in=kept_in)
 
 
-def connect(spec: JobSpec, address: str | None) -> str:
+def end_run(run_id: str, *, uri: str, status: str, reason: str | None = None) -> Path | None:
+    """Close the run in the tracking store, after what rank 0 logged. When the store was away
+    at the end of training (rank 0 left an outbox on this machine), the end joins the outbox
+    instead, and its directory is returned."""
+    from gentrain import outbox
+
+    kept_in = tracking.outbox_dir(run_id)
+    if not kept_in.exists():
+        tracking.end_run(run_id, uri=uri, status=status, reason=reason)
+        return None
+    outbox.keep_end(kept_in, status=status, reason=reason)
+    return kept_in
+
+
+def connect(spec: JobSpec, address: str | None, *, resume_run_id: str | None = None) -> str:
     """Check what a job needs before anything starts (its data, the Inception weights, the
-    storage bucket, the tracking store), then join or start Ray; returns the tracking URI."""
+    storage bucket, the tracking store, the run it resumes), then join or start Ray; returns
+    the tracking URI."""
     check_source(spec.data)
     if spec.image_features and cluster.is_embedded(address):
         from gentrain.metrics import ensure_available
@@ -100,6 +123,8 @@ def connect(spec: JobSpec, address: str | None) -> str:
     check_bucket(spec.storage.path, "storage.path")
     uri = tracking.resolve_tracking_uri(spec)
     tracking.check_reachable(uri)
+    if resume_run_id is not None:
+        tracking.check_run_exists(resume_run_id, uri=uri)
     cluster.connect(address)
     cluster.check_storage(spec.storage)
     return uri
@@ -111,19 +136,21 @@ def fit(
     run_id: str,
     uri: str,
     on_progress: ProgressCallback | None = None,
+    on_warning: WarningCallback | None = None,
     callbacks: Sequence[UserCallback] = (),
 ) -> dict[str, float]:
     """Train the job of MLflow run `run_id` on Ray Train workers (the run's latest checkpoint
     under storage.path, if any, is where it starts); returns the last reported metrics."""
     train = spec.train
     threads = train.cpus_per_worker or max(1, cluster.available_cpus() // train.workers)
-    board_name, board = _progress_board() if on_progress else (None, None)
+    board_name, board = _progress_board() if on_progress or on_warning else (None, None)
     trainer = TorchTrainer(
         train_fn,
         train_loop_config={
             "spec": spec.to_dict(),
             "run_id": run_id,
             "tracking_uri": uri,
+            "outbox": str(tracking.outbox_dir(run_id).resolve()),
             "progress": board_name,
             "threads": threads,
         },
@@ -140,7 +167,7 @@ def fit(
             callbacks=list(callbacks),
         ),
     )
-    relay = _Relay(board, run_id, on_progress) if board else None
+    relay = _Relay(board, run_id, on_progress, on_warning) if board else None
     if relay:
         relay.start()
     try:
@@ -160,11 +187,16 @@ class _Relay(threading.Thread):
     """Polls the progress board and hands each event to the caller's callback."""
 
     def __init__(
-        self, board, run_id: str, callback: ProgressCallback | None, interval: float = 0.5
+        self,
+        board,
+        run_id: str,
+        callback: ProgressCallback | None,
+        on_warning: WarningCallback | None,
+        interval: float = 0.5,
     ):
         super().__init__(daemon=True)
         self.board, self.run_id = board, run_id
-        self.callback, self.interval = callback, interval
+        self.callback, self.on_warning, self.interval = callback, on_warning, interval
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -174,12 +206,15 @@ class _Relay(threading.Thread):
 
     def _drain(self) -> None:
         try:
-            events = ray.get(self.board.drain.remote(self.run_id), timeout=10)
+            events, warnings = ray.get(self.board.drain.remote(self.run_id), timeout=10)
         except Exception:  # progress is best effort: training goes on without a display
             return
         for step, metrics in events:
             if self.callback:
                 self.callback(step, metrics)
+        for text in warnings:
+            if self.on_warning:
+                self.on_warning(text)
 
     def stop(self) -> None:
         self.stopping.set()

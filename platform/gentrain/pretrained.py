@@ -25,7 +25,9 @@ def load_initial_weights(
         _load_exactly(module, load_model_state(source, uri=tracking_uri), source=source)
         return
     path = Path(source)
-    state = torch.load(path / "strategy.pt" if path.is_dir() else path, map_location="cpu")
+    state = torch.load(
+        path / "strategy.pt" if path.is_dir() else path, map_location="cpu", weights_only=True
+    )
     for name, model in models.items():
         if name not in state:
             raise GentrainError(

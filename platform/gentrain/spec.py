@@ -202,6 +202,9 @@ class TrackingSection(Section):
     uri: str | None = None
     experiment: str | None = None
     register_as: str | None = None
+    # how long a finished run waits for a tracking store that is away before it leaves what
+    # the store lacks in its outbox for `gentrain runs upload`
+    wait_at_end: float = Field(120.0, ge=0)
 
 
 class StorageSection(Section):

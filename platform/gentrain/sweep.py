@@ -271,9 +271,9 @@ def _trial(config: dict[str, Any], *, setup: dict[str, Any]) -> None:
     except SystemExit:  # a scheduler stopped the trial: the sweep's callback ends its run
         raise
     except BaseException as err:
-        tracking.end_run(run_id, uri=uri, status="FAILED", reason=launch.failure_reason(err))
+        launch.end_run(run_id, uri=uri, status="FAILED", reason=launch.failure_reason(err))
         raise
-    tracking.end_run(run_id, uri=uri, status="FINISHED")
+    launch.end_run(run_id, uri=uri, status="FINISHED")
 
 
 class _TrialSession:

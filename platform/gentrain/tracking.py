@@ -6,6 +6,7 @@ The driver opens and closes runs; inside Ray only rank 0 logs, through a RunLogg
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -43,12 +44,32 @@ def resolve_tracking_uri(spec: JobSpec | None = None, *, tracking_uri: str | Non
     return uri
 
 
-def _client(uri: str):
+def client_for(uri: str):
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no store-migration chatter on the CLI
 
     return mlflow.MlflowClient(tracking_uri=uri)
+
+
+# MLflow's run ids (uuid hex); a run id also names its checkpoint directory under storage.path
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def check_run_id(run_id: str, option: str = "--resume") -> None:
+    if not RUN_ID.match(run_id):
+        raise SpecError(
+            f"{option}: {run_id!r} is not an MLflow run id (letters, digits, '-' and '_', "
+            "as `gentrain run` prints it)"
+        )
+
+
+def check_run_exists(run_id: str, *, uri: str, option: str = "--resume") -> None:
+    check_run_id(run_id, option)
+    try:
+        client_for(uri).get_run(run_id)
+    except Exception:
+        raise SpecError(f"{option}: no MLflow run '{run_id}' in {uri}") from None
 
 
 def start_run(
@@ -60,14 +81,11 @@ def start_run(
     name: str | None = None,
 ) -> str:
     """Create the job's run (or reopen `resume_run_id`) with params, tags and spec.yaml."""
-    client = _client(uri)
+    client = client_for(uri)
     if resume_run_id is not None:
-        try:
-            run = client.get_run(resume_run_id)
-        except Exception:
-            raise SpecError(f"--resume: no MLflow run '{resume_run_id}' in {uri}") from None
+        check_run_exists(resume_run_id, uri=uri)
         client.update_run(resume_run_id, status="RUNNING")
-        return run.info.run_id
+        return resume_run_id
 
     experiment = client.get_experiment_by_name(spec.experiment)
     experiment_id = (
@@ -102,7 +120,7 @@ def start_sweep_run(spec: JobSpec, *, uri: str) -> str:
 
 def unfinished_sweep_run(spec: JobSpec, *, uri: str) -> str | None:
     """The latest parent run of this very spec that did not finish (killed or interrupted)."""
-    client = _client(uri)
+    client = client_for(uri)
     experiment = client.get_experiment_by_name(spec.experiment)
     if experiment is None:
         return None
@@ -122,7 +140,7 @@ def trial_run(spec: JobSpec, *, uri: str, parent_id: str, trial_id: str, values:
     existing = _children(parent_id, uri=uri, trial_id=trial_id)
     if existing:
         run_id = existing[0].info.run_id
-        client = _client(uri)
+        client = client_for(uri)
         client.update_run(run_id, status="RUNNING")
         for key, value in sampled.items():  # PBT may have mutated them
             client.set_tag(run_id, key, value)
@@ -132,7 +150,7 @@ def trial_run(spec: JobSpec, *, uri: str, parent_id: str, trial_id: str, values:
 
 
 def _children(parent_id: str, *, uri: str, trial_id: str | None = None) -> list:
-    client = _client(uri)
+    client = client_for(uri)
     experiment_id = client.get_run(parent_id).info.experiment_id
     query = f"tags.`{PARENT}` = '{parent_id}'"
     if trial_id is not None:
@@ -141,7 +159,7 @@ def _children(parent_id: str, *, uri: str, trial_id: str | None = None) -> list:
 
 
 def run_status(run_id: str, *, uri: str) -> str:
-    return _client(uri).get_run(run_id).info.status
+    return client_for(uri).get_run(run_id).info.status
 
 
 def trial_run_id(parent_id: str, trial_id: str, *, uri: str) -> str | None:
@@ -182,7 +200,7 @@ class Comparison:
 def compare(*, uri: str, experiment: str | None = None, parent_id: str | None = None) -> Comparison:
     """The runs of `experiment` (a sweep's parents and plain runs), or the trials of the sweep
     `parent_id`. Sorted by the sweep's metric when there is one, else by loss."""
-    client = _client(uri)
+    client = client_for(uri)
     if parent_id is not None:
         try:
             parent = client.get_run(parent_id)
@@ -224,7 +242,7 @@ def _varied_params(runs: list) -> list[str]:
 
 def log_sweep_outcome(parent_id: str, comparison: Comparison, *, uri: str) -> None:
     """best_<metric>, the best trial's run id and values, and trials.csv on the parent."""
-    client = _client(uri)
+    client = client_for(uri)
     client.log_text(parent_id, comparison.csv(), "trials.csv")
     best = next((row for row in comparison.rows if comparison.metric in row), None)
     if best is None:
@@ -237,14 +255,14 @@ def log_sweep_outcome(parent_id: str, comparison: Comparison, *, uri: str) -> No
 
 
 def end_run(run_id: str, *, uri: str, status: str, reason: str | None = None) -> None:
-    client = _client(uri)
+    client = client_for(uri)
     if reason:
         client.set_tag(run_id, "gentrain.failure", reason[:5000])
     client.set_terminated(run_id, status=status)
 
 
 def run_url(run_id: str, *, uri: str) -> str:
-    client = _client(uri)
+    client = client_for(uri)
     run = client.get_run(run_id)
     return f"#/experiments/{run.info.experiment_id}/runs/{run_id}"
 
@@ -262,27 +280,36 @@ def _param_value(value: Any) -> str:
     return "" if value is None else str(list(value) if isinstance(value, tuple) else value)
 
 
+def outbox_root() -> Path:
+    return Path(os.environ.get("GENTRAIN_OUTBOX", Path.cwd() / ".gentrain" / "outbox"))
+
+
+def outbox_dir(run_id: str) -> Path:
+    """Where rank 0 keeps what it logs until the tracking store has it (on its own machine)."""
+    return outbox_root() / run_id
+
+
 class RunLogger:
-    """Rank 0's handle on the job's run. After a resume, steps already in the run's history are
+    """Rank 0's handle on the job's run. Everything goes through an outbox (gentrain.outbox):
+    logging never waits on the store. After a resume, steps already in the run's history are
     not logged again, so a replayed stretch of training never doubles a metric."""
 
-    def __init__(self, *, uri: str, run_id: str):
+    def __init__(self, *, uri: str, run_id: str, outbox: Path, warn=None):
+        from gentrain.outbox import Outbox
+
         self.uri, self.run_id = uri, run_id
-        self.client = _client(uri)
-        history = self.client.get_metric_history(run_id, "loss")
+        history = client_for(uri).get_metric_history(run_id, "loss")
         self.logged_through = max((m.step for m in history), default=0)
+        self.outbox = Outbox(outbox, uri=uri, run_id=run_id, warn=warn or _log_warning)
 
     def log_metrics(self, metrics: dict[str, float], *, step: int) -> None:
         if step <= self.logged_through:
             return
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        self.outbox.put({"metrics": [[k, float(v), now, step] for k, v in metrics.items()]})
 
     def set_tag(self, key: str, value: str) -> None:
-        self.client.set_tag(self.run_id, key, value)
+        self.outbox.put({"tag": [key, value]})
 
     def log_image_grid(self, images, *, step: int) -> None:
         """images: (N, C, H, W) in [-1, 1] -> samples/step_<step>.png"""
@@ -294,36 +321,75 @@ class RunLogger:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"step_{step}.png"
             save_image(images.float().cpu() * 0.5 + 0.5, path, nrow=8, padding=2, pad_value=1.0)
-            self.client.log_artifact(self.run_id, str(path), artifact_path="samples")
+            self.outbox.put_file(path, "samples")
 
     def log_texts(self, texts: list[str], *, step: int) -> None:
         """-> samples/step_<step>.txt, one sample after another."""
         body = "".join(f"--- sample {i}\n{text}\n" for i, text in enumerate(texts))
-        self.client.log_text(self.run_id, body, f"samples/step_{step}.txt")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"step_{step}.txt"
+            path.write_text(body)
+            self.outbox.put_file(path, "samples")
 
     def log_model(self, module, *, example_input, register_as: str | None) -> None:
         """The final model as an MLflow PyTorch model under `model` (code included, so a fresh
         process loads it with `mlflow.pytorch.load_model("runs:/<id>/model")`)."""
-        import mlflow
         import torch
         from mlflow.models import infer_signature
-
-        import gentrain
 
         module, example_input = module.cpu().eval(), example_input.cpu()
         with torch.no_grad():
             output = module(example_input)
-        mlflow.set_tracking_uri(self.uri)
-        with _active_run(self.run_id):
-            mlflow.pytorch.log_model(
-                module,
-                name="model",
-                code_paths=[str(Path(gentrain.__file__).parent)],
-                signature=infer_signature(example_input.numpy(), output.numpy()),
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                registered_model_name=register_as,
-                serialization_format="pickle",  # keeps the module whole: sample() and all
+        signature = infer_signature(example_input.numpy(), output.numpy())
+
+        def log() -> None:
+            log_pytorch_model(
+                module, signature, uri=self.uri, run_id=self.run_id, register_as=register_as
             )
+
+        def save(path: Path) -> dict:
+            import mlflow
+
+            mlflow.pytorch.save_model(module, str(path), signature=signature, **_model_format())
+            return {"saved_model": path.name, "register_as": register_as}
+
+        self.outbox.put_model(log, save)
+
+    def close(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for the store to have everything; False: the outbox keeps
+        what it lacks."""
+        return self.outbox.close(timeout)
+
+
+def _log_warning(text: str) -> None:
+    logging.getLogger("gentrain").warning("gentrain: %s", text)
+
+
+def _model_format() -> dict:
+    """How gentrain saves and logs a model: pickled with gentrain's code, torch pinned."""
+    import torch
+
+    import gentrain
+
+    return {
+        "code_paths": [str(Path(gentrain.__file__).parent)],
+        "pip_requirements": [f"torch=={torch.__version__.split('+')[0]}"],
+        "serialization_format": "pickle",  # keeps the module whole: sample() and all
+    }
+
+
+def log_pytorch_model(module, signature, *, uri: str, run_id: str, register_as: str | None):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    with _active_run(run_id):
+        mlflow.pytorch.log_model(
+            module,
+            name="model",
+            signature=signature,
+            registered_model_name=register_as,
+            **_model_format(),
+        )
 
 
 class _active_run:
@@ -342,7 +408,7 @@ class _active_run:
 
         status = mlflow.get_run(self.run_id).info.status
         mlflow.end_run()
-        _client(mlflow.get_tracking_uri()).update_run(self.run_id, status=status)
+        client_for(mlflow.get_tracking_uri()).update_run(self.run_id, status=status)
         return False
 
 
@@ -362,7 +428,7 @@ def load_model_state(model_uri: str, *, uri: str) -> dict:
 def check_reachable(uri: str) -> None:
     """Fail early and plainly when the tracking store cannot be used."""
     try:
-        _client(uri).search_experiments(max_results=1)
+        client_for(uri).search_experiments(max_results=1)
     except Exception as err:  # the store's own errors vary by backend
         raise GentrainError(f"tracking store {uri} is not usable: {err}") from None
 

@@ -2,6 +2,7 @@
 the parallelism; this loop owns data, checkpoints, evaluation, metrics and reporting."""
 
 import json
+import logging
 import random
 import tempfile
 import time
@@ -15,13 +16,17 @@ import ray.train.torch
 import torch
 from ray.train import Checkpoint
 
+from gentrain import checkpoints
 from gentrain.data import Dataset, ShardedBatches, augment, load_dataset
 from gentrain.errors import GentrainError
 from gentrain.families import FamilyStep, get_family
+from gentrain.memory import is_out_of_memory, out_of_memory_message
 from gentrain.noise import DrawPlan
 from gentrain.spec import JobSpec
 from gentrain.strategies import Strategy, make_strategy
-from gentrain.tracking import RunLogger
+from gentrain.tracking import RunLogger, outbox_dir
+
+log = logging.getLogger(__name__)
 
 # Evaluations draw from their own RNG: the same noise at every step, training's RNG untouched.
 EVAL_SEED = 1234
@@ -63,7 +68,7 @@ def train(config: dict[str, Any], session: Session) -> None:
     """Train one job in this process. `config` holds only plain data: the spec as a dict, the
     MLflow run, the progress board's actor name (or None) and the threads this process may use."""
     spec = JobSpec.model_validate(config["spec"])
-    rank, world, device = session.rank, session.world, session.device
+    rank, world = session.rank, session.world
     torch.set_num_threads(config["threads"])
 
     family = get_family(spec.model.family)
@@ -74,10 +79,52 @@ def train(config: dict[str, Any], session: Session) -> None:
             f"data.source: {spec.data.source} holds {data.modality}s; family {family.name} "
             f"trains on {family.modality}s"
         )
-    _seed_everything(spec.train.seed)  # same initial weights on every rank
-    models = step_fn.build(
-        family.config(flavor=spec.model.flavor, overrides=spec.model.overrides), data.info
-    )
+    logger, board = _tracking(config, rank) if rank == 0 else (None, None)
+    models: dict[str, torch.nn.Module] = {}
+    try:
+        _seed_everything(spec.train.seed)  # same initial weights on every rank
+        models = step_fn.build(
+            family.config(flavor=spec.model.flavor, overrides=spec.model.overrides), data.info
+        )
+        _train_models(spec, config, session, step_fn, models, data, logger, board)
+    except Exception as err:
+        if not is_out_of_memory(err):
+            raise
+        params = sum(p.numel() for model in models.values() for p in model.parameters())
+        where = f"on worker rank {rank} of {world}"
+        raise GentrainError(out_of_memory_message(spec, where=where, params=params)) from err
+    finally:
+        if logger:
+            logger.close(timeout=spec.tracking.wait_at_end)
+
+
+def _tracking(config: dict[str, Any], rank: int) -> tuple[RunLogger, Any]:
+    """Rank 0's run logger, and the driver's progress board (or None); the logger's warnings
+    (a tracking store that is away) go to both the worker's log and the driver."""
+    run_id = config["run_id"]
+    board = ray.get_actor(config["progress"]) if config.get("progress") else None
+
+    def warn(text: str) -> None:
+        log.warning("gentrain: %s", text)
+        if board:
+            board.warn.remote(run_id, text)
+
+    outbox = Path(config.get("outbox") or outbox_dir(run_id))
+    logger = RunLogger(uri=config["tracking_uri"], run_id=run_id, outbox=outbox, warn=warn)
+    return logger, board
+
+
+def _train_models(
+    spec: JobSpec,
+    config: dict[str, Any],
+    session: Session,
+    step_fn: FamilyStep,
+    models: dict[str, torch.nn.Module],
+    data: Dataset,
+    logger: RunLogger | None,
+    board,
+) -> None:
+    rank, world, device = session.rank, session.world, session.device
     if spec.model.init_from:  # on every rank: pipeline stages train their own copies
         from gentrain.pretrained import load_initial_weights
 
@@ -91,14 +138,17 @@ def train(config: dict[str, Any], session: Session) -> None:
     strategy.prepare(models, step_fn)
     _seed_everything(spec.train.seed * 1000 + rank)  # each rank draws its own noise
 
-    start_step = _restore(
-        strategy,
-        session.resume_from(),
-        rank=rank,
-        run_id=config["run_id"],
-        uri=config["tracking_uri"],
+    start_step = _restore(strategy, session.resume_from(), rank=rank, logger=logger)
+    loop = _Loop(
+        spec,
+        config,
+        session=session,
+        step_fn=step_fn,
+        strategy=strategy,
+        data=data,
+        logger=logger,
+        board=board,
     )
-    loop = _Loop(spec, config, session=session, step_fn=step_fn, strategy=strategy, data=data)
     loop.run(start_step=start_step)
 
 
@@ -112,16 +162,14 @@ class _Loop:
         step_fn: FamilyStep,
         strategy: Strategy,
         data: Dataset,
+        logger: RunLogger | None,
+        board,
     ):
         self.spec, self.session = spec, session
         self.rank, self.world = session.rank, session.world
         self.step_fn, self.strategy, self.data = step_fn, strategy, data
         self.run_id = config["run_id"]
-        self.logger = (
-            RunLogger(uri=config["tracking_uri"], run_id=self.run_id) if self.rank == 0 else None
-        )
-        board = config.get("progress")
-        self.board = ray.get_actor(board) if board and self.rank == 0 else None
+        self.logger, self.board = logger, board  # rank 0's; None elsewhere
         self.quality = None  # built at the first evaluation (rank 0)
 
     def run(self, *, start_step: int) -> None:
@@ -276,8 +324,9 @@ class _Loop:
             self.strategy.save(directory, rank=self.rank)
             torch.save(_rng_state(), directory / f"rng_rank{self.rank}.pt")
             if self.rank == 0:
-                state = {"step": step, "mlflow_run_id": self.run_id}
-                (directory / "state.json").write_text(json.dumps(state))
+                state = {"step": step, "mlflow_run_id": self.run_id, "world": self.world}
+                (directory / checkpoints.STATE).write_text(json.dumps(state))
+            checkpoints.seal(directory, rank=self.rank)
             self.session.report(metrics, checkpoint=directory)
 
     def _export(self, models: dict[str, torch.nn.Module]) -> None:
@@ -293,20 +342,27 @@ def _sample_in_chunks(step_fn: FamilyStep, models, n: int, chunk: int = 256) -> 
 
 
 def _restore(
-    strategy: Strategy, checkpoint: Checkpoint | None, *, rank: int, run_id: str, uri: str
+    strategy: Strategy, checkpoint: Checkpoint | None, *, rank: int, logger: RunLogger | None
 ) -> int:
     """Load the checkpoint Ray hands this process (after a restart, a resumed run, or a PBT
-    exploit); returns the step it was taken at, or 0 to start afresh."""
+    exploit), or the newest whole one before it; returns the step it was taken at, or 0 to
+    start afresh."""
+    if checkpoint is None:
+        return 0
+    checkpoint, skipped = checkpoints.newest_whole(checkpoint)
+    if logger and skipped:
+        logger.set_tag("gentrain.checkpoints_skipped", "; ".join(skipped)[:5000])
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as tmp:
         directory = Path(tmp)
         strategy.load(directory)
-        _set_rng_state(torch.load(directory / f"rng_rank{rank}.pt", weights_only=False))
-        state = json.loads((directory / "state.json").read_text())
-    if rank == 0:
-        logger = RunLogger(uri=uri, run_id=run_id)
-        if state["mlflow_run_id"] == run_id:  # a restart or a resumed run: its own checkpoint
+        _set_rng_state(torch.load(directory / f"rng_rank{rank}.pt", weights_only=True))
+        state = json.loads((directory / checkpoints.STATE).read_text())
+    if logger:
+        if (
+            state["mlflow_run_id"] == logger.run_id
+        ):  # a restart or a resumed run: its own checkpoint
             logger.set_tag("gentrain.resumed_from_step", str(state["step"]))
         else:  # a PBT exploit: another trial's weights
             logger.set_tag(
@@ -322,9 +378,19 @@ def _seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
+    """Every random stream, as tensors and plain numbers: what torch.load(weights_only=True)
+    reads back (no pickled objects in a checkpoint)."""
+    version, words, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": version, "words": torch.tensor(words), "gauss": gauss},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": position,
+            "has_gauss": has_gauss,
+            "cached_gauss": cached_gauss,
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -333,8 +399,12 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python, numpy = state["python"], state["numpy"]
+    random.setstate((python["version"], tuple(python["words"].tolist()), python["gauss"]))
+    keys = numpy["keys"].numpy().astype(np.uint32)
+    np.random.set_state(
+        (numpy["kind"], keys, numpy["position"], numpy["has_gauss"], numpy["cached_gauss"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

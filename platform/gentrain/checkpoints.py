@@ -1,0 +1,83 @@
+"""A checkpoint is loaded only whole. Each rank seals the part it writes with a manifest (every
+file's size and SHA-256); Ray Train commits a checkpoint once every rank has reported its part,
+and loading verifies every rank's manifest. A checkpoint that fails verification (a torn upload,
+a file damaged in storage) gives way to the newest whole one before it."""
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from ray.train import Checkpoint
+
+MANIFEST = "manifest_rank{rank}.json"
+STATE = "state.json"  # rank 0's: the step, the MLflow run and how many ranks saved
+
+log = logging.getLogger(__name__)
+
+
+def seal(directory: Path, *, rank: int) -> None:
+    """Write this rank's manifest of the files it put in `directory` (call it last)."""
+    files = {
+        path.relative_to(directory).as_posix(): _fingerprint(path)
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+    (directory / MANIFEST.format(rank=rank)).write_text(json.dumps(files, sort_keys=True))
+
+
+def problem(directory: Path) -> str | None:
+    """Why the checkpoint in `directory` cannot be loaded, or None when it is whole."""
+    try:
+        world = json.loads((directory / STATE).read_text())["world"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{STATE} is missing or unreadable"
+    for rank in range(world):
+        try:
+            files = json.loads((directory / MANIFEST.format(rank=rank)).read_text())
+        except (OSError, ValueError):
+            return f"rank {rank}'s manifest is missing or unreadable"
+        for name, expected in files.items():
+            path = directory / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if _fingerprint(path) != expected:
+                return f"{name} is not the file that was saved (size or SHA-256 differs)"
+    return None
+
+
+def newest_whole(latest: Checkpoint) -> tuple[Checkpoint | None, list[str]]:
+    """`latest` if it is whole, else the newest whole checkpoint saved before it in the same run
+    directory (None if there is none), with one line for each checkpoint passed over."""
+    from pyarrow import fs as pafs
+
+    skipped = []
+    parent, name = latest.path.rsplit("/", 1)
+    found = latest.filesystem.get_file_info(pafs.FileSelector(parent))
+    earlier = sorted(
+        (info.path for info in found if info.type == pafs.FileType.Directory),
+        key=lambda path: path.rsplit("/", 1)[-1],
+        reverse=True,
+    )
+    candidates = [latest.path] + [
+        path
+        for path in earlier
+        if path.rsplit("/", 1)[-1].startswith("checkpoint_") and path.rsplit("/", 1)[-1] < name
+    ]
+    for path in candidates:
+        checkpoint = Checkpoint(path, filesystem=latest.filesystem)
+        with checkpoint.as_directory() as local:
+            reason = problem(Path(local))
+        if reason is None:
+            return checkpoint, skipped
+        skipped.append(f"{path.rsplit('/', 1)[-1]}: {reason}")
+        log.warning("gentrain: not loading checkpoint %s: %s", path, reason)
+    return None, skipped
+
+
+def _fingerprint(path: Path) -> dict[str, int | str]:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}

@@ -1,0 +1,210 @@
+"""What rank 0 sends to the tracking store goes through a local outbox: training appends entries
+to a file and never waits on the network; a background thread sends them on, in order. While the
+store is away the entries wait on disk (memory stays bounded) and the thread retries; once it is
+back the thread catches up. If it never comes back the outbox stays, with everything the run
+wrote, for `gentrain runs upload DIR`."""
+
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ENTRIES = "entries.jsonl"  # one JSON object per line: metrics, a tag, an artifact, a model, the end
+SENT = "sent"  # how many bytes of ENTRIES the store has
+RUN = "run.json"  # the run and its tracking store
+RETRY_S = (1, 2, 5, 10)  # waits between tries while the store is away (the last repeats)
+METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch
+
+
+class Outbox:
+    def __init__(self, directory: Path, *, uri: str, run_id: str, warn: Callable[[str], None]):
+        # one quick try per send: this thread does its own retrying, and a request that hangs
+        # on a dead store holds back everything behind it
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        self.directory, self.uri, self.run_id, self.warn = directory, uri, run_id, warn
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / RUN).write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
+        self.writing = threading.Lock()  # appends to ENTRIES
+        self.sending = threading.Lock()  # held while a batch is on its way
+        self.wake, self.done, self.given_up = threading.Event(), False, threading.Event()
+        self.model: tuple[Callable[[], None], Callable[[Path], dict]] | None = None
+        self.away_since: float | None = None
+        self.thread = threading.Thread(target=self._send_loop, daemon=True, name="outbox")
+        self.thread.start()
+
+    # --- called by the training loop: appends, never waits on the store -----------------------
+
+    def put(self, entry: dict[str, Any]) -> None:
+        with self.writing, (self.directory / ENTRIES).open("a") as stream:
+            stream.write(json.dumps(entry) + "\n")
+        self.wake.set()
+
+    def put_file(self, source: Path, artifact_path: str) -> None:
+        """A copy of `source`, to be logged under `artifact_path`."""
+        kept = self.directory / "files" / artifact_path / source.name
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, kept)
+        self.put({"artifact": str(kept.relative_to(self.directory)), "path": artifact_path})
+
+    def put_model(self, log: Callable[[], None], save: Callable[[Path], dict]) -> None:
+        """The final model: `log()` logs it to the store once the entries before it are sent;
+        if the store is not back in time, `save(dir)` writes it into the outbox and returns the
+        entry that `gentrain runs upload` logs it from."""
+        self.model = (log, save)
+        self.wake.set()
+
+    def close(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for everything to be sent: True if it was (the outbox is
+        removed), else False and the outbox keeps what the store lacks, the model included."""
+        self.done = True
+        self.wake.set()
+        self.thread.join(timeout)
+        if not self.thread.is_alive():
+            shutil.rmtree(self.directory, ignore_errors=True)
+            return True
+        self.given_up.set()
+        with self.sending:  # a batch on its way arrives, or is counted unsent
+            if self.model is not None:
+                _, save = self.model
+                self.put(save(self.directory / "model"))
+                self.model = None
+        return False
+
+    # --- the sending thread -------------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        tries = 0
+        while not self.given_up.is_set():
+            self.wake.wait(timeout=1.0)
+            self.wake.clear()
+            with self.sending:
+                if self.given_up.is_set():
+                    return
+                try:
+                    send(self.directory, uri=self.uri, run_id=self.run_id)
+                    if self.model is not None and self.done:
+                        log, _ = self.model
+                        log()
+                        self.model = None
+                except Exception as err:  # whatever the store's client raises: try again later
+                    self._away(err)
+                    wait = RETRY_S[min(tries, len(RETRY_S) - 1)]
+                    tries += 1
+                else:
+                    tries, wait = 0, 0
+                    self._back()
+                    if self.done and self.model is None and not unsent(self.directory):
+                        return
+            if wait:
+                self.given_up.wait(wait)
+                self.wake.set()
+
+    def _away(self, err: Exception) -> None:
+        if self.away_since is None:
+            self.away_since = time.monotonic()
+            self.warn(
+                f"tracking store {_shown(self.uri)} is not answering ({_first_line(err)}); "
+                f"training goes on and what it logs waits in {self.directory} until it is back"
+            )
+
+    def _back(self) -> None:
+        if self.away_since is not None:
+            away = time.monotonic() - self.away_since
+            self.away_since = None
+            self.warn(f"tracking store {_shown(self.uri)} is back after {away:.0f} s; caught up")
+
+
+def unsent(directory: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(offset after it, entry) for each entry of the outbox that the store does not have."""
+    start = int((directory / SENT).read_text()) if (directory / SENT).exists() else 0
+    if not (directory / ENTRIES).exists():
+        return []
+    found, offset = [], start
+    with (directory / ENTRIES).open("rb") as stream:
+        stream.seek(start)
+        for line in stream:
+            if not line.endswith(b"\n"):  # still being written
+                break
+            offset += len(line)
+            found.append((offset, json.loads(line)))
+    return found
+
+
+def send(directory: Path, *, uri: str, run_id: str) -> None:
+    """Send the outbox's unsent entries in order, recording how far the store got."""
+    from mlflow.entities import Metric
+
+    from gentrain.tracking import client_for
+
+    client = client_for(uri)
+    batch: list[Metric] = []
+    reached = 0
+
+    def sent_through(offset: int) -> None:
+        (directory / SENT).write_text(str(offset))
+
+    for offset, entry in unsent(directory):
+        if "metrics" in entry:
+            batch += [Metric(key, value, ms, step) for key, value, ms, step in entry["metrics"]]
+            reached = offset
+            if len(batch) < METRICS_PER_BATCH:
+                continue
+        if batch:
+            client.log_batch(run_id, metrics=batch)
+            batch = []
+            sent_through(reached)
+        if "tag" in entry:
+            client.set_tag(run_id, *entry["tag"])
+        elif "artifact" in entry:
+            client.log_artifact(run_id, str(directory / entry["artifact"]), entry["path"])
+        elif "saved_model" in entry:
+            _log_saved_model(directory / entry["saved_model"], uri=uri, run_id=run_id, **entry)
+        elif "end" in entry:
+            if entry.get("reason"):
+                client.set_tag(run_id, "gentrain.failure", entry["reason"][:5000])
+            client.set_terminated(run_id, status=entry["end"])
+        sent_through(offset)
+    if batch:
+        client.log_batch(run_id, metrics=batch)
+        sent_through(reached)
+
+
+def _log_saved_model(path: Path, *, uri: str, run_id: str, register_as: str | None, **_) -> None:
+    import mlflow
+
+    from gentrain.tracking import log_pytorch_model
+
+    module = mlflow.pytorch.load_model(str(path), map_location="cpu")
+    signature = mlflow.models.Model.load(str(path)).signature
+    log_pytorch_model(module, signature, uri=uri, run_id=run_id, register_as=register_as)
+
+
+def keep_end(directory: Path, *, status: str, reason: str | None) -> None:
+    """The run's end, for the upload (the driver could not tell the store)."""
+    with (directory / ENTRIES).open("a") as stream:
+        stream.write(json.dumps({"end": status, "reason": reason}) + "\n")
+
+
+def upload(directory: Path) -> str:
+    """Send what an outbox kept to its run's store; returns the run id. Raises when the store
+    still cannot take it (the outbox stays, the entries sent so far recorded)."""
+    run = json.loads((directory / RUN).read_text())
+    send(directory, uri=run["tracking_uri"], run_id=run["run_id"])
+    shutil.rmtree(directory)
+    return run["run_id"]
+
+
+def _shown(uri: str) -> str:
+    from gentrain.redact import redact
+
+    return redact(uri)
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return (lines[0] if lines else type(err).__name__)[:200]

@@ -1,0 +1,44 @@
+"""A job too large for its memory limit (a data-segment limit on the driver and every Ray process
+it starts, as `ulimit -d` sets it) ends with one line naming the strategy settings that fit."""
+
+import resource
+
+import mlflow
+import pytest
+
+from conftest import JOBS, gentrain
+
+pytestmark = pytest.mark.slow
+
+LIMIT = 3 << 30  # bytes of heap and anonymous memory per process
+# 4 blocks of width 8192: about 3.2 billion parameters, 13 GB of fp32 weights alone
+TOO_LARGE = "model.overrides={layers: 4, dim: 8192, heads: 32}"
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_DATA, (LIMIT, LIMIT))
+
+
+def test_out_of_memory_names_the_strategies_that_fit(tmp_path):
+    result = gentrain(
+        "run",
+        str(JOBS / "gpt_python_docs.yaml"),
+        "--set",
+        TOO_LARGE,
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        cwd=tmp_path,
+        preexec_fn=_limit_memory,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    assert "out of memory on worker rank" in line and "M parameters)" in line, line
+    assert "train.strategy: deepspeed with train.deepspeed.zero_stage: 3" in line
+    assert "train.strategy: pipeline with train.pipeline.stages: 2" in line
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FAILED"
+    assert "out of memory" in run.data.tags["gentrain.failure"]

@@ -1,0 +1,166 @@
+"""The MLflow tracking server goes away mid-run (SIGKILL) and comes back, or never does: training
+goes on, what it logged while the server was away reaches it once it is back, and a server that
+never comes back leaves the run's outbox for `gentrain runs upload`."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from conftest import GENTRAIN, JOBS, free_port, gentrain, wait_for
+
+pytestmark = pytest.mark.slow
+
+STEPS = 300
+
+
+class TrackingServer:
+    """`mlflow server` on 127.0.0.1 over one SQLite store and artifact directory: killed and
+    started again, it is the same server."""
+
+    def __init__(self, workdir: Path):
+        self.workdir, self.port = workdir, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"]
+            + ["--port", str(self.port), "--workers", "1"]
+            + ["--backend-store-uri", f"sqlite:///{self.workdir / 'server.db'}"]
+            + ["--artifacts-destination", str(self.workdir / "artifacts")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_for(self.answers, 120, "the MLflow server")
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def answers(self) -> bool:
+        import urllib.request
+
+        try:
+            return urllib.request.urlopen(f"{self.uri}/health", timeout=2).status == 200
+        except OSError:
+            return False
+
+    def client(self) -> mlflow.MlflowClient:
+        return mlflow.MlflowClient(f"sqlite:///{self.workdir / 'server.db'}")  # not through it
+
+
+@pytest.fixture
+def server(tmp_path):
+    found = TrackingServer(tmp_path)
+    found.start()
+    yield found
+    if found.process.poll() is None:
+        found.kill()
+
+
+def _start_job(server: TrackingServer, workdir: Path, *more: str) -> subprocess.Popen:
+    overrides = [
+        "model.flavor=debug",
+        "train.workers=1",
+        f"train.max_steps={STEPS}",
+        "train.log_every=1",
+        f"train.eval_every={STEPS}",
+        f"train.checkpoint_every={STEPS}",
+        "eval.num_samples=32",
+        f"tracking.uri={server.uri}",
+        *more,
+    ]
+    return subprocess.Popen(
+        [*GENTRAIN, "run", str(JOBS / "gpt_python_docs.yaml")]
+        + [arg for item in overrides for arg in ("--set", item)],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": ""},
+    )
+
+
+def _the_run(server: TrackingServer):
+    client = server.client()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return runs[0] if runs else None
+
+
+def _loss_history(server: TrackingServer, run_id: str):
+    return sorted(server.client().get_metric_history(run_id, "loss"), key=lambda m: m.step)
+
+
+def _kill_once_training_logs(server: TrackingServer) -> float:
+    def logging() -> bool:
+        run = _the_run(server)
+        return bool(run and _loss_history(server, run.info.run_id))
+
+    wait_for(logging, 300, "the first loss on the server")
+    server.kill()
+    return time.time()
+
+
+def _assert_whole(server: TrackingServer, run_id: str) -> None:
+    client = server.client()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in _loss_history(server, run_id)] == list(range(1, STEPS + 1))
+    samples = [a.path for a in client.list_artifacts(run_id, "samples")]
+    assert samples == [f"samples/step_{STEPS}.txt"]
+    (model,) = client.search_logged_models([run.info.experiment_id])
+    assert model.source_run_id == run_id
+
+
+def test_metrics_logged_while_the_server_was_away_reach_it_when_it_is_back(server, tmp_path):
+    job = _start_job(server, tmp_path)
+    try:
+        killed_at = _kill_once_training_logs(server)
+        time.sleep(8)
+        back_at = time.time()
+        server.start()
+        stdout, stderr = job.communicate(timeout=600)
+    finally:
+        job.kill()
+    assert job.returncode == 0, stderr[-3000:]
+    run = _the_run(server)
+    _assert_whole(server, run.info.run_id)
+    away = [m for m in _loss_history(server, run.info.run_id) if killed_at < m.timestamp / 1000]
+    assert any(m.timestamp / 1000 < back_at for m in away), "training went on while it was away"
+    assert f"warning: tracking store {server.uri} is not answering" in stderr
+    assert f"warning: tracking store {server.uri} is back after" in stderr
+    assert not (tmp_path / ".gentrain" / "outbox").exists() or not any(
+        (tmp_path / ".gentrain" / "outbox").iterdir()
+    ), "nothing left behind"
+
+
+def test_a_server_that_never_comes_back_leaves_an_outbox_to_upload(server, tmp_path):
+    job = _start_job(server, tmp_path, "tracking.wait_at_end=2")
+    try:
+        _kill_once_training_logs(server)
+        stdout, stderr = job.communicate(timeout=600)
+    finally:
+        job.kill()
+    assert job.returncode == 0, stderr[-3000:]
+    (kept,) = (tmp_path / ".gentrain" / "outbox").iterdir()
+    assert f"gentrain runs upload {kept}" in stderr.replace("\n", "")
+    run_id = kept.name
+    assert server.client().get_run(run_id).info.status == "RUNNING"  # the server never heard
+
+    refused = gentrain("runs", "upload", str(kept), cwd=tmp_path)
+    assert refused.returncode == 1 and "try again later" in refused.stderr, refused.stderr
+    assert kept.exists(), "kept until the server takes it"
+
+    server.start()
+    uploaded = gentrain("runs", "upload", str(kept), cwd=tmp_path)
+    assert uploaded.returncode == 0, uploaded.stderr
+    assert f"uploaded run {run_id}" in uploaded.stdout
+    assert not kept.exists()
+    _assert_whole(server, run_id)
