@@ -53,7 +53,11 @@ class TrackingServer:
             return False
 
     def client(self) -> mlflow.MlflowClient:
-        return mlflow.MlflowClient(f"sqlite:///{self.workdir / 'server.db'}")  # not through it
+        return mlflow.MlflowClient(self.uri)
+
+    def store(self) -> mlflow.MlflowClient:
+        """Its backend store, read directly (while it is away too)."""
+        return mlflow.MlflowClient(f"sqlite:///{self.workdir / 'server.db'}")
 
 
 @pytest.fixture
@@ -89,13 +93,13 @@ def _start_job(server: TrackingServer, workdir: Path, *more: str) -> subprocess.
 
 
 def _the_run(server: TrackingServer):
-    client = server.client()
+    client = server.store()
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     return runs[0] if runs else None
 
 
 def _loss_history(server: TrackingServer, run_id: str):
-    return sorted(server.client().get_metric_history(run_id, "loss"), key=lambda m: m.step)
+    return sorted(server.store().get_metric_history(run_id, "loss"), key=lambda m: m.step)
 
 
 def _kill_once_training_logs(server: TrackingServer) -> float:
@@ -152,7 +156,7 @@ def test_a_server_that_never_comes_back_leaves_an_outbox_to_upload(server, tmp_p
     (kept,) = (tmp_path / ".gentrain" / "outbox").iterdir()
     assert f"gentrain runs upload {kept}" in stderr.replace("\n", "")
     run_id = kept.name
-    assert server.client().get_run(run_id).info.status == "RUNNING"  # the server never heard
+    assert server.store().get_run(run_id).info.status == "RUNNING"  # the server never heard
 
     refused = gentrain("runs", "upload", str(kept), cwd=tmp_path)
     assert refused.returncode == 1 and "try again later" in refused.stderr, refused.stderr

@@ -231,8 +231,10 @@ def upload_runs(
         try:
             run_id = outbox.upload(path)
         except Exception as error:  # the store's own errors: still away, refused...
+            problem = _first_line(error)[:160]
             _fail(
-                f"{path}: the tracking store did not take it ({_first_line(error)}); try later", 1
+                f"{path}: the store did not take it; nothing is lost, try again later ({problem})",
+                1,
             )
         out.print(f"uploaded run {run_id} from {path}", markup=False)
 

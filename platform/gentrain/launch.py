@@ -99,14 +99,20 @@ def run(
 
 def end_run(run_id: str, *, uri: str, status: str, reason: str | None = None) -> Path | None:
     """Close the run in the tracking store, after what rank 0 logged. When the store was away
-    at the end of training (rank 0 left an outbox on this machine), the end joins the outbox
-    instead, and its directory is returned."""
+    at the end of training (rank 0 left its outbox on this machine for later), the end joins
+    the outbox instead, and its directory is returned."""
     from gentrain import outbox
 
     kept_in = tracking.outbox_dir(run_id)
-    if not kept_in.exists():
-        tracking.end_run(run_id, uri=uri, status=status, reason=reason)
-        return None
+    if not (kept_in / outbox.KEPT).exists():
+        try:
+            if kept_in.exists():  # rank 0 stopped before its outbox was sent (a failed worker)
+                outbox.upload(kept_in)
+            tracking.end_run(run_id, uri=uri, status=status, reason=reason)
+            return None
+        except Exception:  # the store's own errors: it is away now
+            if not kept_in.exists():
+                raise
     outbox.keep_end(kept_in, status=status, reason=reason)
     return kept_in
 
@@ -228,4 +234,4 @@ def failure_reason(err: BaseException) -> str:
     lines = [line for line in text if line.strip() and "errors.pydantic.dev" not in line]
     if not lines:
         return type(err).__name__
-    return re.sub(r"^gentrain\.errors\.\w+: ", "", lines[-1])[:500]
+    return re.sub(r"^gentrain\.errors\.\w+: ", "", lines[-1])[:1000]

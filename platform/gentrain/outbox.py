@@ -16,6 +16,7 @@ from typing import Any
 ENTRIES = "entries.jsonl"  # one JSON object per line: metrics, a tag, an artifact, a model, the end
 SENT = "sent"  # how many bytes of ENTRIES the store has
 RUN = "run.json"  # the run and its tracking store
+KEPT = "kept"  # written when rank 0 stopped waiting for the store: the outbox is for later
 RETRY_S = (1, 2, 5, 10)  # waits between tries while the store is away (the last repeats)
 METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch
 
@@ -73,6 +74,7 @@ class Outbox:
                 _, save = self.model
                 self.put(save(self.directory / "model"))
                 self.model = None
+            (self.directory / KEPT).write_text(f"the store was away for more than {timeout} s")
         return False
 
     # --- the sending thread -------------------------------------------------------------------

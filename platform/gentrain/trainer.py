@@ -80,7 +80,6 @@ def train(config: dict[str, Any], session: Session) -> None:
             f"trains on {family.modality}s"
         )
     logger, board = _tracking(config, rank) if rank == 0 else (None, None)
-    models: dict[str, torch.nn.Module] = {}
     try:
         _seed_everything(spec.train.seed)  # same initial weights on every rank
         models = step_fn.build(
@@ -90,12 +89,25 @@ def train(config: dict[str, Any], session: Session) -> None:
     except Exception as err:
         if not is_out_of_memory(err):
             raise
-        params = sum(p.numel() for model in models.values() for p in model.parameters())
+        log.error("gentrain: out of memory", exc_info=err)  # the details, in the worker's log
         where = f"on worker rank {rank} of {world}"
-        raise GentrainError(out_of_memory_message(spec, where=where, params=params)) from err
+        params = _parameter_count(spec, family, step_fn, data)
+        raise GentrainError(out_of_memory_message(spec, where=where, params=params)) from None
     finally:
         if logger:
             logger.close(timeout=spec.tracking.wait_at_end)
+
+
+def _parameter_count(spec: JobSpec, family, step_fn: FamilyStep, data: Dataset) -> int | None:
+    """The model's size, counted on the meta device (no memory needed)."""
+    try:
+        with torch.device("meta"):
+            models = step_fn.build(
+                family.config(flavor=spec.model.flavor, overrides=spec.model.overrides), data.info
+            )
+    except Exception:  # a family whose building reads values: its size stays untold
+        return None
+    return sum(p.numel() for model in models.values() for p in model.parameters())
 
 
 def _tracking(config: dict[str, Any], rank: int) -> tuple[RunLogger, Any]:
