@@ -10,6 +10,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,6 @@ METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch
 
 class Outbox:
     def __init__(self, directory: Path, *, uri: str, run_id: str, warn: Callable[[str], None]):
-        # one quick try per send: this thread does its own retrying, and a request that hangs
-        # on a dead store holds back everything behind it
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.directory, self.uri, self.run_id, self.warn = directory, uri, run_id, warn
         directory.mkdir(parents=True, exist_ok=True)
         (directory / RUN).write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
@@ -88,7 +85,8 @@ class Outbox:
                 if self.given_up.is_set():
                     return
                 try:
-                    send(self.directory, uri=self.uri, run_id=self.run_id)
+                    with _one_quick_try():
+                        send(self.directory, uri=self.uri, run_id=self.run_id)
                     if self.model is not None and self.done:
                         log, _ = self.model
                         log()
@@ -121,6 +119,24 @@ class Outbox:
             self.warn(f"tracking store {_shown(self.uri)} is back after {away:.0f} s; caught up")
 
 
+@contextmanager
+def _one_quick_try():
+    """MLflow's HTTP client tries each request 8 times over minutes: the sending thread retries
+    on its own, and a request hanging on a dead store would hold back everything behind it.
+    (MLflow reads these settings from the environment, for the whole process.)"""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    before = {name: os.environ.get(name) for name in quick}
+    os.environ.update(quick)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def unsent(directory: Path) -> list[tuple[int, dict[str, Any]]]:
     """(offset after it, entry) for each entry of the outbox that the store does not have."""
     start = int((directory / SENT).read_text()) if (directory / SENT).exists() else 0
@@ -145,21 +161,27 @@ def send(directory: Path, *, uri: str, run_id: str) -> None:
 
     client = client_for(uri)
     batch: list[Metric] = []
-    reached = 0
+    through: int | None = None  # the offset after the last entry in `batch`
 
     def sent_through(offset: int) -> None:
         (directory / SENT).write_text(str(offset))
 
+    def send_batch() -> None:
+        nonlocal batch, through
+        if batch:
+            client.log_batch(run_id, metrics=batch)
+        if through is not None:
+            sent_through(through)
+        batch, through = [], None
+
     for offset, entry in unsent(directory):
         if "metrics" in entry:
             batch += [Metric(key, value, ms, step) for key, value, ms, step in entry["metrics"]]
-            reached = offset
-            if len(batch) < METRICS_PER_BATCH:
-                continue
-        if batch:
-            client.log_batch(run_id, metrics=batch)
-            batch = []
-            sent_through(reached)
+            through = offset
+            if len(batch) >= METRICS_PER_BATCH:
+                send_batch()
+            continue
+        send_batch()
         if "tag" in entry:
             client.set_tag(run_id, *entry["tag"])
         elif "artifact" in entry:
@@ -171,9 +193,7 @@ def send(directory: Path, *, uri: str, run_id: str) -> None:
                 client.set_tag(run_id, "gentrain.failure", entry["reason"][:5000])
             client.set_terminated(run_id, status=entry["end"])
         sent_through(offset)
-    if batch:
-        client.log_batch(run_id, metrics=batch)
-        sent_through(reached)
+    send_batch()
 
 
 def _log_saved_model(path: Path, *, uri: str, run_id: str, register_as: str | None, **_) -> None:

@@ -303,7 +303,7 @@ class RunLogger:
         self.outbox = Outbox(outbox, uri=uri, run_id=run_id, warn=warn or _log_warning)
 
     def log_metrics(self, metrics: dict[str, float], *, step: int) -> None:
-        if step <= self.logged_through:
+        if step <= self.logged_through or not metrics:
             return
         now = int(time.time() * 1000)
         self.outbox.put({"metrics": [[k, float(v), now, step] for k, v in metrics.items()]})
