@@ -15,28 +15,18 @@ JOBS = REPO / "jobs"
 GENTRAIN = [sys.executable, "-m", "gentrain.cli"]
 
 
-# `make test` runs the suite in two processes (pytest-xdist --dist loadgroup): a group of tests
-# runs whole in one process, sharing its module's Ray and runs. A group is a module, or one family
-# of the strategy matrix; the longest groups start first, so that none is left to run alone.
-LONGEST_FIRST = ("test_run", "test_sweep", "test_strategies-", "test_tracking_outage", "test_nan")
+# `make test` runs the suite in two processes (pytest-xdist --dist loadfile: a module runs whole
+# in one process, sharing its Ray and runs), handing out modules in collection order: the longest
+# first, so that none of them is left to run alone at the end.
+LONGEST_FIRST = ("test_matrix_images", "test_run", "test_sweep", "test_matrix_text")
 
 
-def _group(item) -> str:
-    name = item.module.__name__
-    family = getattr(item, "callspec", None) and item.callspec.params.get("family")
-    return f"{name}-{family}" if name == "test_strategies" and family else name
-
-
-def _rank(item) -> int:
-    group = _group(item)
-    return next((i for i, p in enumerate(LONGEST_FIRST) if group.startswith(p)), len(LONGEST_FIRST))
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items):
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item)))
-    items.sort(key=_rank)  # stable: each group keeps its own order
+    def rank(item) -> int:
+        name = item.module.__name__
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each module keeps its own order
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -153,6 +153,18 @@ def unsent(directory: Path) -> list[tuple[int, dict[str, Any]]]:
     return found
 
 
+def last_step(directory: Path, key: str) -> int:
+    """The last step of metric `key` waiting in the outbox (0 if none): a run resumed after its
+    driver died finds there what its previous workers logged but never sent."""
+    steps = [
+        step
+        for _, entry in (unsent(directory) if directory.exists() else [])
+        for name, _, _, step in entry.get("metrics", [])
+        if name == key
+    ]
+    return max(steps, default=0)
+
+
 def send(directory: Path, *, uri: str, run_id: str) -> None:
     """Send the outbox's unsent entries in order, recording how far the store got."""
     from mlflow.entities import Metric

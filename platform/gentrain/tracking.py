@@ -295,11 +295,12 @@ class RunLogger:
     not logged again, so a replayed stretch of training never doubles a metric."""
 
     def __init__(self, *, uri: str, run_id: str, outbox: Path, warn=None):
-        from gentrain.outbox import Outbox
+        from gentrain.outbox import Outbox, last_step
 
         self.uri, self.run_id = uri, run_id
         history = client_for(uri).get_metric_history(run_id, "loss")
-        self.logged_through = max((m.step for m in history), default=0)
+        sent = max((m.step for m in history), default=0)
+        self.logged_through = max(sent, last_step(outbox, "loss"))
         self.outbox = Outbox(outbox, uri=uri, run_id=run_id, warn=warn or _log_warning)
 
     def log_metrics(self, metrics: dict[str, float], *, step: int) -> None:

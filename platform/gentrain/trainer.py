@@ -372,11 +372,10 @@ def _restore(
         _set_rng_state(torch.load(directory / f"rng_rank{rank}.pt", weights_only=True))
         state = json.loads((directory / checkpoints.STATE).read_text())
     if logger:
-        if (
-            state["mlflow_run_id"] == logger.run_id
-        ):  # a restart or a resumed run: its own checkpoint
+        # a restart or a resumed run loads its own checkpoint; a PBT exploit another trial's
+        if state["mlflow_run_id"] == logger.run_id:
             logger.set_tag("gentrain.resumed_from_step", str(state["step"]))
-        else:  # a PBT exploit: another trial's weights
+        else:
             logger.set_tag(
                 "gentrain.checkpoint_from", f"{state['mlflow_run_id']} step {state['step']}"
             )

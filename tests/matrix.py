@@ -1,0 +1,193 @@
+"""Every family under every strategy on a real local Ray with 2 gloo workers (debug flavors, a
+few steps): the loss falls, the run ends with its model in MLflow. The matrix's cells live in two
+test modules (image and text families), which `make test` runs in its two processes."""
+
+import math
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import pytest
+import ray
+import torch
+
+from conftest import JOBS
+from gentrain import launch, tracking, trainer
+from gentrain import spec as spec_module
+from gentrain.data import load_dataset
+from gentrain.families import all_families
+
+DEEPSPEED = ["train.strategy=deepspeed"]
+
+# --- every family under every strategy ------------------------------------------------------
+
+FAMILY_JOBS = {
+    "gan": "dcgan_digits.yaml",
+    "vae": "vae_digits.yaml",
+    "diffusion": "diffusion_digits.yaml",
+    "flow": "flow_digits.yaml",
+    "gpt": "gpt_python_docs.yaml",
+    "bert": "bert_python_docs.yaml",
+}
+STRATEGY_SETTINGS = {
+    "ddp": [],
+    "zero1": DEEPSPEED + ["train.deepspeed.zero_stage=1"],
+    "zero2": DEEPSPEED + ["train.deepspeed.zero_stage=2"],
+    "zero3": DEEPSPEED + ["train.deepspeed.zero_stage=3"],
+    "pipeline": ["train.strategy=pipeline", "train.pipeline.stages=2"],
+}
+STEPS = 10
+# Families without batch-dependent layers: every strategy follows one worker's loss trajectory.
+EQUIVALENT = ("gpt", "flow")
+RESUMED = "gpt"  # its cells stop after the checkpoint at step 5 and resume to STEPS
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    yield  # launch.run starts the embedded Ray once; every cell of the matrix reuses it
+    ray.shutdown()
+
+
+def _job(family: str, strategy: list[str], tmp_path: Path, *more: str):
+    return spec_module.load(
+        JOBS / FAMILY_JOBS[family],
+        [
+            *strategy,
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"storage.path={tmp_path / 'checkpoints'}",
+            "model.flavor=debug",
+            "data.batch_size=16",
+            f"train.max_steps={STEPS}",
+            "train.log_every=1",
+            f"train.eval_every={STEPS}",
+            f"train.checkpoint_every={STEPS}",
+            "eval.num_samples=32",
+            "optim.lr=3e-3",
+            "optim.schedule=constant",
+            "optim.warmup_steps=0",
+            *more,
+        ],
+    )
+
+
+def _losses(result) -> list[float]:
+    client = mlflow.MlflowClient(result.tracking_uri)
+    history = sorted(client.get_metric_history(result.run_id, "loss"), key=lambda m: m.step)
+    assert [m.step for m in history] == list(range(1, STEPS + 1))
+    return [m.value for m in history]
+
+
+class _OneProcess:
+    """The training loop's session when it runs alone in this process (no Ray Train)."""
+
+    rank, world, device = 0, 1, torch.device("cpu")
+
+    def resume_from(self):
+        return None
+
+    def report(self, metrics, checkpoint=None):
+        pass
+
+
+@pytest.fixture(scope="module")
+def one_worker(tmp_path_factory):
+    """The loss trajectory of one worker with the same global batch and seed, per family: the
+    same training loop, run in this process."""
+    cache = {}
+
+    def losses(family: str) -> list[float]:
+        if family not in cache:
+            tmp = tmp_path_factory.mktemp(f"one-{family}")
+            spec = _job(family, ["train.workers=1"], tmp)
+            uri = tracking.resolve_tracking_uri(spec)
+            run_id = tracking.start_run(spec, uri=uri)
+            config = {"spec": spec.to_dict(), "run_id": run_id, "tracking_uri": uri, "threads": 2}
+            with _torch_threads_kept():
+                trainer.train(config, _OneProcess())
+            result = launch.RunResult(run_id, spec.experiment, uri, metrics={})
+            cache[family] = _losses(result)
+        return cache[family]
+
+    return losses
+
+
+@contextmanager
+def _torch_threads_kept():
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train_cell(family: str, strategy: str, one_worker, tmp_path: Path) -> None:
+    """One cell of the matrix: `family`'s debug flavor trained under `strategy` through
+    launch.run (2 gloo workers on the embedded Ray); its loss falls, its run holds what it
+    should, and where the family has no batch-dependent layers it follows one worker's loss."""
+    settings = STRATEGY_SETTINGS[strategy]
+    if family == RESUMED:  # stopped after its checkpoint, then resumed by run id
+        half = STEPS // 2
+        stopped = launch.run(
+            _job(
+                family,
+                settings,
+                tmp_path,
+                f"train.max_steps={half}",
+                f"train.checkpoint_every={half}",
+            )
+        )
+        result = launch.run(_job(family, settings, tmp_path), resume_run_id=stopped.run_id)
+        assert result.run_id == stopped.run_id
+    else:
+        result = launch.run(_job(family, settings, tmp_path))
+    losses = _losses(result)
+    assert sum(losses[-3:]) < sum(losses[:3]), losses  # it learns
+    if family in EQUIVALENT:
+        assert losses == pytest.approx(one_worker(family), rel=1e-4)
+    client = mlflow.MlflowClient(result.tracking_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert (
+        run.data.tags["gentrain.strategy"]
+        == spec_module.load(JOBS / FAMILY_JOBS[family], settings).train.strategy
+    )
+    assert client.search_logged_models([run.info.experiment_id]), "no model logged"
+    if strategy.startswith("zero"):  # every rank saved its own optimizer shard, engine by engine
+        shards = {p.name for p in (tmp_path / "checkpoints").rglob("*optim_states.pt")}
+        assert shards == {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)}
+    if strategy == "pipeline":  # each stage saved its own part
+        parts = {p.name for p in (tmp_path / "checkpoints").rglob("pipeline_stage*.pt")}
+        assert parts == {"pipeline_stage0.pt", "pipeline_stage1.pt"}
+    if strategy == "ddp":  # the whole run, end to end
+        _check_outputs(family, run, client)
+        _check_samples_in_a_fresh_process(family, result)
+
+
+def _check_outputs(family: str, run, client) -> None:
+    """Evaluation metrics and samples."""
+    job = spec_module.load(JOBS / FAMILY_JOBS[family])
+    for metric in job.eval_metrics:
+        assert math.isfinite(run.data.metrics[metric]), metric
+    suffix = "png" if all_families()[family].modality == "image" else "txt"
+    samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
+    assert f"samples/step_{STEPS}.{suffix}" in samples  # (and step 5's, when stopped there)
+
+
+def _check_samples_in_a_fresh_process(family: str, result) -> None:
+    """The final model, loaded from MLflow and sampled in a fresh process."""
+    code = """
+import sys, mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+print("shape", tuple(mlflow.pytorch.load_model(f"runs:/{sys.argv[2]}/model").sample(2).shape))
+"""
+    shown = subprocess.run(
+        [sys.executable, "-c", code, result.tracking_uri, result.run_id],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    data = load_dataset(spec_module.load(JOBS / FAMILY_JOBS[family]).data)
+    assert f"shape {(2, *data.info.shape)}" in shown.stdout, family
