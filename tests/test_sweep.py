@@ -215,13 +215,13 @@ def test_asha_stops_the_clearly_worse_trials_early(local_ray, tmp_path):
 
 
 def test_a_failing_trial_ends_failed_and_the_sweep_goes_on(local_ray, tmp_path):
-    missing = "runs:/0123456789abcdef0123456789abcdef/model"  # valid form, no such run
-    space = {"model.init_from": {"grid": [None, missing]}}
+    space = {"optim.lr": {"grid": [1e-3, 1e30]}}  # a learning rate of 1e30: a NaN loss at once
     result = sweep.run(_spec(tmp_path, {"search": "grid", "space": space}))
-    by_source = {_sampled(r, "model.init_from"): r for r in _children(result)}
-    failed, fine = by_source[missing], by_source[""]
+    by_lr = {float(_sampled(r, "optim.lr")): r for r in _children(result)}
+    failed, fine = by_lr[1e30], by_lr[1e-3]
     assert failed.info.status == "FAILED"
-    assert "model.init_from: cannot load" in failed.data.tags["gentrain.failure"]
+    assert "the loss became" in failed.data.tags["gentrain.failure"]
+    assert "(train.on_nan: stop)" in failed.data.tags["gentrain.failure"]
     assert fine.info.status == "FINISHED" and result.best_run_id == fine.info.run_id
     assert sorted(t.status for t in result.trials) == ["FAILED", "FINISHED"]
 
