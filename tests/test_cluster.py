@@ -273,36 +273,6 @@ def _loss_steps(workdir: Path, run_id: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, "loss"))
 
 
-def test_a_submitted_sweep_runs_its_trials_on_the_cluster(cluster, s3_server, tmp_path):
-    spec_path = _job_spec(tmp_path, steps=5)
-    spec = yaml.safe_load(spec_path.read_text())
-    spec["train"] |= {"workers": 1, "eval_every": 5, "checkpoint_every": 5}
-    spec["sweep"] = {
-        "search": "grid",
-        "metric": "loss",
-        "mode": "min",
-        "concurrency": 2,
-        "space": {"optim.lr": {"grid": [1e-3, 2e-3]}},
-    }
-    spec_path.write_text(yaml.safe_dump(spec))
-    env = _client_env(cluster)
-    result = gentrain(
-        "submit", "job.yaml", "--address", cluster.address, "--follow", cwd=tmp_path, env=env
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert "(gentrain sweep job.yaml)" in result.stdout and "SUCCEEDED" in result.stdout
-    client = mlflow.MlflowClient(_local_store(tmp_path))
-    experiment = client.get_experiment_by_name("cluster-dcgan")
-    runs = client.search_runs([experiment.experiment_id])
-    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
-    children = [
-        run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-    ]
-    assert len(children) == 2 and all(run.info.status == "FINISHED" for run in children)
-    assert {run.data.params["optim.lr"] for run in children} == {"0.001", "0.002"}
-    assert parent.info.status == "FINISHED" and "best_loss" in parent.data.metrics
-
-
 def test_bad_addresses_tokens_and_buckets_are_one_line_errors(
     cluster, s3_server, strict_s3, tmp_path
 ):

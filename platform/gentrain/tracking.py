@@ -281,7 +281,14 @@ def _param_value(value: Any) -> str:
 
 
 def outbox_root() -> Path:
-    return Path(os.environ.get("GENTRAIN_OUTBOX", Path.cwd() / ".gentrain" / "outbox"))
+    """GENTRAIN_OUTBOX, else .gentrain/outbox in the working directory, else (a Ray job whose
+    working directory Ray has already removed) in the home directory."""
+    if configured := os.environ.get("GENTRAIN_OUTBOX"):
+        return Path(configured)
+    try:
+        return Path.cwd() / ".gentrain" / "outbox"
+    except FileNotFoundError:
+        return Path.home() / ".gentrain" / "outbox"
 
 
 def outbox_dir(run_id: str) -> Path:
