@@ -9,7 +9,6 @@ import math
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import mlflow
@@ -18,7 +17,7 @@ import ray
 import yaml
 from ray import tune
 
-from conftest import GENTRAIN, gentrain
+from conftest import GENTRAIN, gentrain, wait_for
 from gentrain import spec as spec_module
 from gentrain import sweep, tracking
 from gentrain.errors import SpecError
@@ -288,7 +287,7 @@ def test_resume_after_the_sweep_driver_is_killed(tmp_path):
         env={**os.environ, "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": ""},
     )
     try:
-        _wait_for(lambda: _midway(uri), 300, "one trial done and another past a checkpoint")
+        wait_for(lambda: _midway(uri), 300, "one trial done and another past a checkpoint")
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
@@ -332,11 +331,3 @@ def _midway(uri: str) -> bool:
         )
     except Exception:  # the driver is still creating the store
         return False
-
-
-def _wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
