@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import mlflow
@@ -17,7 +18,7 @@ import ray
 import yaml
 from ray import tune
 
-from conftest import GENTRAIN, gentrain, wait_for
+from conftest import GENTRAIN, gentrain
 from gentrain import spec as spec_module
 from gentrain import sweep, tracking
 from gentrain.errors import SpecError
@@ -278,16 +279,21 @@ def test_resume_after_the_sweep_driver_is_killed(tmp_path):
     }
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    driver = subprocess.Popen(
-        [*GENTRAIN, "sweep", "sweep.yaml"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": ""},
-    )
+    with open(tmp_path / "driver.log", "w") as log:
+        driver = subprocess.Popen(
+            [*GENTRAIN, "sweep", "sweep.yaml"],
+            cwd=tmp_path,
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": ""},
+        )
     try:
-        wait_for(lambda: _midway(uri), 300, "one trial done and another past a checkpoint")
+        # trials take seconds: watch the checkpoint files (cheap) rather than MLflow
+        deadline = time.monotonic() + 300
+        while not _midway(tmp_path / ".gentrain" / "checkpoints"):
+            assert driver.poll() is None, "the sweep ended before it could be killed midway"
+            assert time.monotonic() < deadline, "timed out waiting for a trial past a checkpoint"
+            time.sleep(0.05)
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
@@ -317,17 +323,12 @@ def _runs(client, *, parent: bool = False) -> list:
     return [r for r in runs if ("mlflow.parentRunId" in r.data.tags) != parent]
 
 
-def _midway(uri: str) -> bool:
-    """One trial finished and another past its checkpoint at step 20."""
-    if not Path(uri.removeprefix("sqlite:///")).exists():
-        return False
-    try:
-        client = mlflow.MlflowClient(uri)
-        children = _runs(client)
-        finished = [r for r in children if r.info.status == "FINISHED"]
-        running = [r for r in children if r.info.status == "RUNNING"]
-        return bool(finished) and any(
-            max(_steps(client, r.info.run_id, "loss"), default=0) >= 25 for r in running
-        )
-    except Exception:  # the driver is still creating the store
-        return False
+def _midway(storage: Path) -> bool:
+    """A trial after the first (so one trial is done: they run one at a time) holds its
+    checkpoint of step 20 or 30 of 40: it is part way."""
+    for trial in storage.glob("*/_trial_*"):
+        index = int(trial.name.split("_")[3])
+        steps = {int(c.name.removeprefix("checkpoint_")) for c in trial.glob("checkpoint_*")}
+        if index >= 1 and max(steps, default=-1) in (1, 2):
+            return True
+    return False

@@ -162,6 +162,14 @@ def run_status(run_id: str, *, uri: str) -> str:
     return client_for(uri).get_run(run_id).info.status
 
 
+def finished_trial_metrics(parent_id: str, trial_id: str, *, uri: str) -> dict | None:
+    """The final metrics of trial `trial_id` when its run has already FINISHED, else None."""
+    runs = _children(parent_id, uri=uri, trial_id=trial_id)
+    if runs and runs[0].info.status == "FINISHED":
+        return dict(runs[0].data.metrics)
+    return None
+
+
 def trial_run_id(parent_id: str, trial_id: str, *, uri: str) -> str | None:
     runs = _children(parent_id, uri=uri, trial_id=trial_id)
     return runs[0].info.run_id if runs else None
