@@ -77,7 +77,17 @@ def cluster(s3_server, tmp_path_factory):
         wait_for(lambda: _listening(dashboard_port), 120, "the head's Jobs API")
         nodes.append(
             subprocess.Popen(
-                [RAY, "start", f"--address=127.0.0.1:{gcs_port}", *common, *own_ports()],
+                [
+                    RAY,
+                    "start",
+                    f"--address=127.0.0.1:{gcs_port}",
+                    # a disk of its own, as a separate machine has: else this node would clean
+                    # up a job's working directory under the head's driver when its own
+                    # workers are done with it
+                    f"--temp-dir={tmp_path_factory.mktemp('ray-worker')}",
+                    *common,
+                    *own_ports(),
+                ],
                 env=node_env,
                 start_new_session=True,
                 stdout=subprocess.DEVNULL,
@@ -273,6 +283,46 @@ def _loss_steps(workdir: Path, run_id: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, "loss"))
 
 
+def test_a_submitted_sweep_runs_its_trials_on_both_nodes(
+    cluster, s3_server, tracking_server, tmp_path
+):
+    spec_path = _job_spec(tmp_path, steps=5, tracking_uri=tracking_server)
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["name"] = f"cluster-sweep-{tmp_path.name}"
+    spec["train"] |= {"workers": 1, "eval_every": 5, "checkpoint_every": 5}
+    spec["sweep"] = {
+        "search": "grid",
+        "metric": "loss",
+        "concurrency": 2,
+        "space": {"optim.lr": {"grid": [1e-3, 2e-3]}},
+    }
+    spec_path.write_text(yaml.safe_dump(spec))
+    result = gentrain(
+        "submit",
+        "job.yaml",
+        "--address",
+        cluster.address,
+        "--follow",
+        cwd=tmp_path,
+        env=_client_env(cluster),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "(gentrain sweep job.yaml)" in result.stdout and "SUCCEEDED" in result.stdout
+    client = mlflow.MlflowClient(tracking_server)
+    experiment = client.get_experiment_by_name(spec["name"])
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [
+        run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    ]
+    assert parent.info.status == "FINISHED" and "best_loss" in parent.data.metrics
+    assert sorted(run.data.params["optim.lr"] for run in children) == ["0.001", "0.002"]
+    assert all(run.info.status == "FINISHED" for run in children)
+    # one CPU a node, two trials at once: one trial on each node
+    trials = _ray_list(cluster, "actors", "--filter", "class_name=ImplicitFunc")
+    assert len({actor["node_id"] for actor in trials}) == 2, trials
+
+
 def test_bad_addresses_tokens_and_buckets_are_one_line_errors(
     cluster, s3_server, strict_s3, tmp_path
 ):
@@ -340,3 +390,17 @@ def test_bad_addresses_tokens_and_buckets_are_one_line_errors(
     assert refused.stderr.startswith("error: storage.path: S3 at") and "refused" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and "planted-key" not in refused.stderr
     assert len(_ray_list(cluster, "jobs")) == jobs_before, "nothing was submitted"
+    # joining the cluster directly: a local storage.path cannot hold what both nodes save
+    local = gentrain(
+        "run",
+        "job.yaml",
+        "--set",
+        "storage.path=checkpoints",
+        "--address",
+        cluster.gcs,
+        cwd=tmp_path,
+        env=_client_env(cluster),
+    )
+    assert local.returncode == 2, local.stderr
+    assert local.stderr.startswith("error: storage.path: checkpoints is local to each node")
+    assert not (tmp_path / "checkpoints").exists()

@@ -77,7 +77,13 @@ def grid(local_ray, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("grid")
     space = {"optim.lr": {"grid": [1e-3, 1e-2]}, "train.seed": {"grid": [0, 1]}}
     spec = _spec(tmp, {"search": "grid", "concurrency": 2, "space": space})
-    return sweep.run(spec)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", f"id-{PLANTED}")
+        env.setenv("AWS_SECRET_ACCESS_KEY", PLANTED)
+        return sweep.run(spec)
+
+
+PLANTED = "planted-secret-7213"  # in the environment of the `grid` sweep: Ray's logs never see it
 
 
 def test_grid_runs_the_cartesian_product_one_child_run_each(grid):
@@ -94,6 +100,13 @@ def test_grid_runs_the_cartesian_product_one_child_run_each(grid):
         assert _steps(client, run.info.run_id, "perplexity") == [2, 4, 6]
     experiment_id = children[0].info.experiment_id
     assert len(client.search_logged_models([experiment_id])) == 4, "each trial exports its model"
+
+
+def test_no_credential_reaches_rays_logs(grid):
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    logs = [path for path in (session / "logs").rglob("*") if path.is_file()]
+    assert any(path.name.startswith("runtime_env_agent") for path in logs)
+    assert [path for path in logs if PLANTED.encode() in path.read_bytes()] == []
 
 
 def test_the_parent_run_holds_the_sweep_and_its_best_trial(grid):

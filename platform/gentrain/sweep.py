@@ -26,6 +26,12 @@ TUNE_SETTINGS = {
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
+AWS_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SECURITY_TOKEN",
+    "AWS_SESSION_TOKEN",
+}
 DRIVER_MEMORY = 256 * 1024**2  # reserved by a distributed trial's driving process
 # Schedulers count a trial's progress in evaluations (train.eval_every), reported by every trial.
 TIME_ATTR = "evaluations"
@@ -146,6 +152,7 @@ def _tuner(
     )
     trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup), resources)
     os.environ.update(TUNE_SETTINGS)
+    _keep_credentials_out_of_trial_runtime_envs()
     path = f"{storage}/{parent_id}"
     if resume:
         return tune.Tuner.restore(path, trainable=trainable)
@@ -234,6 +241,15 @@ def make_scheduler(sweep: SweepSection):
             require_attrs=False,
         )
     return FIFOScheduler()
+
+
+def _keep_credentials_out_of_trial_runtime_envs() -> None:
+    """Tune copies the driver's AWS credentials into every trial's runtime_env, which Ray's
+    runtime-env agent writes to its log. Trials read them from their node's environment, as
+    every other Ray worker does."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = class_cache.ENV_VARS_TO_PROPAGATE - AWS_CREDENTIALS
 
 
 def _mutation(dist: dict[str, Any]):
