@@ -180,6 +180,21 @@ def _client_env(cluster: Cluster) -> dict[str, str]:
     return {**cluster.env, "RAY_ADDRESS": ""}
 
 
+def _submit_and_follow(cluster: Cluster, workdir: Path):
+    """`gentrain submit job.yaml --follow` from `workdir`, which must succeed."""
+    result = gentrain(
+        "submit",
+        "job.yaml",
+        "--address",
+        cluster.address,
+        "--follow",
+        cwd=workdir,
+        env=_client_env(cluster),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    return result
+
+
 def _local_store(workdir: Path) -> str:
     return f"sqlite:///{workdir / 'mlflow.db'}"
 
@@ -194,16 +209,7 @@ def _only_run(workdir: Path, tracking_uri: str | None = None):
 def test_a_submitted_job_trains_on_both_nodes(cluster, s3_server, tracking_server, tmp_path):
     _job_spec(tmp_path, steps=20, tracking_uri=tracking_server)
     (tmp_path / "mlflow.db").touch()  # a local store: never shipped with the job
-    result = gentrain(
-        "submit",
-        "job.yaml",
-        "--address",
-        cluster.address,
-        "--follow",
-        cwd=tmp_path,
-        env=_client_env(cluster),
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    result = _submit_and_follow(cluster, tmp_path)
     assert "submitted job" in result.stdout and "SUCCEEDED" in result.stdout
     assert f"shipped {tmp_path} (" in result.stdout and "without .git, .venv" in result.stdout
     assert "/mlflow.db" in result.stdout
@@ -297,16 +303,7 @@ def test_a_submitted_sweep_runs_its_trials_on_both_nodes(
         "space": {"optim.lr": {"grid": [1e-3, 2e-3]}},
     }
     spec_path.write_text(yaml.safe_dump(spec))
-    result = gentrain(
-        "submit",
-        "job.yaml",
-        "--address",
-        cluster.address,
-        "--follow",
-        cwd=tmp_path,
-        env=_client_env(cluster),
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    result = _submit_and_follow(cluster, tmp_path)
     assert "(gentrain sweep job.yaml)" in result.stdout and "SUCCEEDED" in result.stdout
     client = mlflow.MlflowClient(tracking_server)
     experiment = client.get_experiment_by_name(spec["name"])

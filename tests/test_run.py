@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -14,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import GENTRAIN, JOBS, gentrain
+from conftest import GENTRAIN, JOBS, gentrain, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -235,16 +234,6 @@ RESUME_JOB = [
 ]
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _logged_through(workdir: Path) -> int:
     try:
         run = _only_run(workdir)
@@ -284,9 +273,7 @@ def uninterrupted(tmp_path_factory) -> dict[int, float]:
 def test_resume_after_the_driver_is_killed_continues_the_same_run(tmp_path, uninterrupted):
     driver = _start_driver(tmp_path)
     try:
-        _wait_for(
-            lambda: _logged_through(tmp_path) >= 50, 300, "step 50, past the checkpoint at 40"
-        )
+        wait_for(lambda: _logged_through(tmp_path) >= 50, 300, "step 50, past its checkpoint", 0.2)
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
@@ -304,9 +291,7 @@ def test_resume_after_the_driver_is_killed_continues_the_same_run(tmp_path, unin
 def test_a_killed_worker_is_restarted_from_the_last_checkpoint(tmp_path, uninterrupted):
     driver = _start_driver(tmp_path)
     try:
-        _wait_for(
-            lambda: _logged_through(tmp_path) >= 50, 300, "step 50, past the checkpoint at 40"
-        )
+        wait_for(lambda: _logged_through(tmp_path) >= 50, 300, "step 50, past its checkpoint", 0.2)
         workers = _train_workers_of(driver.pid)
         assert len(workers) == 2
         os.kill(workers[-1], signal.SIGKILL)
