@@ -22,7 +22,7 @@ run: setup
 # Two processes (most of a test's time is Ray and Python starting up, one core at a time), then
 # the multi-node cluster tests alone: their `ray start` nodes and an embedded Ray would compete.
 test: setup
-	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not cluster"
+	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not cluster" --durations=20
 	$(BIN)/pytest -q -m cluster
 
 bench: setup
