@@ -9,7 +9,6 @@ import math
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import mlflow
@@ -18,7 +17,7 @@ import ray
 import yaml
 from ray import tune
 
-from conftest import GENTRAIN, gentrain
+from conftest import GENTRAIN, gentrain, wait_for
 from gentrain import spec as spec_module
 from gentrain import sweep, tracking
 from gentrain.errors import SpecError
@@ -301,12 +300,11 @@ def test_resume_after_the_sweep_driver_is_killed(tmp_path):
             env={**os.environ, "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": ""},
         )
     try:
-        # trials take seconds: watch the checkpoint files (cheap) rather than MLflow
-        deadline = time.monotonic() + 300
-        while not _midway(tmp_path / ".gentrain" / "checkpoints"):
-            assert driver.poll() is None, "the sweep ended before it could be killed midway"
-            assert time.monotonic() < deadline, "timed out waiting for a trial past a checkpoint"
-            time.sleep(0.05)
+        # trials take seconds: watch the checkpoint files (cheap), not MLflow, and often
+        storage = tmp_path / ".gentrain" / "checkpoints"
+        ended = driver.poll
+        wait_for(lambda: _midway(storage) or ended() is not None, 300, "a trial midway", 0.05)
+        assert ended() is None, "the sweep ended before it could be killed midway"
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     finally:

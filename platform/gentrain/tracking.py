@@ -289,8 +289,8 @@ def _param_value(value: Any) -> str:
 
 
 def outbox_root() -> Path:
-    """GENTRAIN_OUTBOX, else .gentrain/outbox in the working directory, else (a Ray job whose
-    working directory Ray has already removed) in the home directory."""
+    """GENTRAIN_OUTBOX, else .gentrain/outbox in the working directory, else (that directory
+    was removed while the run went on) in the home directory."""
     if configured := os.environ.get("GENTRAIN_OUTBOX"):
         return Path(configured)
     try:
