@@ -58,9 +58,10 @@ def _job(workdir: Path, steps: int):
 
 
 @pytest.fixture(scope="module")
-def killed_while_saving(tmp_path_factory, monkeypatch_module):
+def killed_while_saving(tmp_path_factory, monkeypatch_module, new_store):
     """A 30-step job whose rank 1 is killed while saving the checkpoint of step 20."""
     workdir = tmp_path_factory.mktemp("killed-while-saving")
+    new_store(workdir)
     for name, value in cluster.EMBEDDED_RAY_TRAIN_SETTINGS.items():
         monkeypatch_module.setenv(name, value)
     marker = workdir / "killed"

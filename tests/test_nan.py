@@ -47,7 +47,8 @@ def _only_run(tmp_path):
     return client, run
 
 
-def test_a_nan_loss_stops_the_run_failed_with_its_step(tmp_path):
+def test_a_nan_loss_stops_the_run_failed_with_its_step(new_store, tmp_path):
+    new_store(tmp_path)
     with pytest.raises(GentrainError, match=r"the loss became (nan|inf) at step 2"):
         launch.run(_job(tmp_path, "stop"))
     _, run = _only_run(tmp_path)
@@ -55,7 +56,8 @@ def test_a_nan_loss_stops_the_run_failed_with_its_step(tmp_path):
     assert "at step 2 (train.on_nan: stop)" in run.data.tags["gentrain.failure"]
 
 
-def test_skip_step_skips_non_finite_steps_and_finishes(tmp_path):
+def test_skip_step_skips_non_finite_steps_and_finishes(new_store, tmp_path):
+    new_store(tmp_path)
     result = launch.run(_job(tmp_path, "skip_step"))
     client, run = _only_run(tmp_path)
     assert run.info.status == "FINISHED"

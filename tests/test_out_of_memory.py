@@ -19,7 +19,8 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (LIMIT, LIMIT))
 
 
-def test_out_of_memory_names_the_strategies_that_fit(tmp_path):
+def test_out_of_memory_names_the_strategies_that_fit(new_store, tmp_path):
+    new_store(tmp_path)
     result = gentrain(
         "run",
         str(JOBS / "gpt_python_docs.yaml"),

@@ -176,7 +176,8 @@ def test_every_worker_reports_into_a_checkpoint_under_storage_path(finished):
     assert parts | {"manifest_rank1.json"} <= {p.name for p in last.iterdir()}
 
 
-def test_a_failing_job_ends_failed_with_its_reason(tmp_path):
+def test_a_failing_job_ends_failed_with_its_reason(new_store, tmp_path):
+    new_store(tmp_path)
     # Only the workers find out, once they read it, that this parquet file holds text.
     texts = tmp_path / "texts.parquet"
     pq.write_table(pa.table({"text": ["not an image. " * 100] * 8}), texts)
@@ -262,15 +263,19 @@ def _assert_same_history_as(expected: dict[int, float], workdir: Path, run_id: s
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> dict[int, float]:
+def uninterrupted(tmp_path_factory, new_store) -> dict[int, float]:
     """Loss by step of RESUME_JOB run start to end without interruption."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
+    new_store(workdir)
     full = gentrain("run", SPEC, *RESUME_JOB, cwd=workdir)
     assert full.returncode == 0, full.stderr
     return _losses(_client(workdir), _only_run(workdir).info.run_id)
 
 
-def test_resume_after_the_driver_is_killed_continues_the_same_run(tmp_path, uninterrupted):
+def test_resume_after_the_driver_is_killed_continues_the_same_run(
+    new_store, tmp_path, uninterrupted
+):
+    new_store(tmp_path)
     driver = _start_driver(tmp_path)
     try:
         wait_for(lambda: _logged_through(tmp_path) >= 50, 300, "step 50, past its checkpoint", 0.2)
@@ -288,7 +293,8 @@ def test_resume_after_the_driver_is_killed_continues_the_same_run(tmp_path, unin
     _assert_same_history_as(uninterrupted, tmp_path, run_id)
 
 
-def test_a_killed_worker_is_restarted_from_the_last_checkpoint(tmp_path, uninterrupted):
+def test_a_killed_worker_is_restarted_from_the_last_checkpoint(new_store, tmp_path, uninterrupted):
+    new_store(tmp_path)
     driver = _start_driver(tmp_path)
     try:
         wait_for(lambda: _logged_through(tmp_path) >= 50, 300, "step 50, past its checkpoint", 0.2)

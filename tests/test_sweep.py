@@ -72,8 +72,9 @@ def local_ray():
 
 
 @pytest.fixture(scope="module")
-def grid(local_ray, tmp_path_factory):
+def grid(local_ray, tmp_path_factory, new_store):
     tmp = tmp_path_factory.mktemp("grid")
+    new_store(tmp)
     space = {"optim.lr": {"grid": [1e-3, 1e-2]}, "train.seed": {"grid": [0, 1]}}
     spec = _spec(tmp, {"search": "grid", "concurrency": 2, "space": space})
     with pytest.MonkeyPatch.context() as env:
@@ -206,7 +207,8 @@ def test_bayesian_search_is_reproducible_under_a_seed(sampler):
     assert _bayesian_configs(4, sampler) != first
 
 
-def test_asha_stops_the_clearly_worse_trials_early(local_ray, tmp_path):
+def test_asha_stops_the_clearly_worse_trials_early(local_ray, new_store, tmp_path):
+    new_store(tmp_path)
     # Trials run one after another, the good one first: the others fall below its first rung.
     space = {"optim.lr": {"grid": [1e-2, 1e-7, 2e-7]}}
     spec = _spec(
@@ -226,7 +228,8 @@ def test_asha_stops_the_clearly_worse_trials_early(local_ray, tmp_path):
     assert result.best_run_id == by_lr["0.01"].info.run_id
 
 
-def test_a_failing_trial_ends_failed_and_the_sweep_goes_on(local_ray, tmp_path):
+def test_a_failing_trial_ends_failed_and_the_sweep_goes_on(local_ray, new_store, tmp_path):
+    new_store(tmp_path)
     space = {"optim.lr": {"grid": [1e-3, 1e30]}}  # a learning rate of 1e30: a NaN loss at once
     result = sweep.run(_spec(tmp_path, {"search": "grid", "space": space}))
     by_lr = {float(_sampled(r, "optim.lr")): r for r in _children(result)}
@@ -238,7 +241,8 @@ def test_a_failing_trial_ends_failed_and_the_sweep_goes_on(local_ray, tmp_path):
     assert sorted(t.status for t in result.trials) == ["FAILED", "FINISHED"]
 
 
-def test_pbt_exploits_a_better_trials_checkpoint(local_ray, tmp_path):
+def test_pbt_exploits_a_better_trials_checkpoint(local_ray, new_store, tmp_path):
+    new_store(tmp_path)
     section = {
         "search": "random",
         "trials": 2,
@@ -261,7 +265,8 @@ def test_pbt_exploits_a_better_trials_checkpoint(local_ray, tmp_path):
     assert all(r.info.status == "FINISHED" for r in children)
 
 
-def test_distributed_trials_run_nested_ray_train_workers(local_ray, tmp_path):
+def test_distributed_trials_run_nested_ray_train_workers(local_ray, new_store, tmp_path):
+    new_store(tmp_path)
     section = {
         "search": "bayesian",
         "trials": 1,
@@ -279,7 +284,7 @@ def test_distributed_trials_run_nested_ray_train_workers(local_ray, tmp_path):
         assert rng == {"rng_rank0.pt", "rng_rank1.pt"}
 
 
-def test_resume_after_the_sweep_driver_is_killed(tmp_path):
+def test_resume_after_the_sweep_driver_is_killed(new_store, tmp_path):
     spec = {
         **TINY_GPT,
         "train": {**TINY_GPT["train"], "max_steps": 40, "eval_every": 10, "checkpoint_every": 10},
@@ -290,7 +295,7 @@ def test_resume_after_the_sweep_driver_is_killed(tmp_path):
         },
     }
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)  # the sweep's default store, in its working directory
     with open(tmp_path / "driver.log", "w") as log:
         driver = subprocess.Popen(
             [*GENTRAIN, "sweep", "sweep.yaml"],

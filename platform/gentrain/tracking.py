@@ -9,6 +9,7 @@ import os
 import re
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -366,7 +367,8 @@ class RunLogger:
         def save(path: Path) -> dict:
             import mlflow
 
-            mlflow.pytorch.save_model(module, str(path), signature=signature, **_model_format())
+            with _no_requirement_scan():
+                mlflow.pytorch.save_model(module, str(path), signature=signature, **_model_format())
             return {"saved_model": path.name, "register_as": register_as}
 
         self.outbox.put_model(log, save)
@@ -394,11 +396,30 @@ def _model_format() -> dict:
     }
 
 
+@contextmanager
+def _no_requirement_scan():
+    """MLflow checks a model's pip requirements against the files of every installed package,
+    only to warn of a mismatch: 4 s of CPU at the end of each run here. gentrain's requirements
+    are the installed torch and mlflow, which cannot mismatch."""
+    from mlflow.utils import environment
+
+    name = "warn_dependency_requirement_mismatches"
+    scan = getattr(environment, name, None)
+    if scan is None:  # another MLflow: its own checks run
+        yield
+        return
+    setattr(environment, name, lambda requirements: None)
+    try:
+        yield
+    finally:
+        setattr(environment, name, scan)
+
+
 def log_pytorch_model(module, signature, *, uri: str, run_id: str, register_as: str | None):
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    with _active_run(run_id):
+    with _active_run(run_id), _no_requirement_scan():
         mlflow.pytorch.log_model(
             module,
             name="model",
