@@ -1,9 +1,14 @@
-"""Strategies: the DeepSpeed config a spec generates (the families x strategies matrix is in
-test_matrix_images.py and test_matrix_text.py)."""
+"""Strategies: the DeepSpeed config a spec generates and how its checkpoints load (the families x
+strategies matrix is in test_matrix_images.py and test_matrix_text.py)."""
+
+import pickle
+
+import pytest
+import torch
 
 from conftest import JOBS
 from gentrain import spec as spec_module
-from gentrain.strategies.deepspeed import deepspeed_config
+from gentrain.strategies.deepspeed import WeightsOnlyLoads, deepspeed_config
 
 GAN = JOBS / "dcgan_digits.yaml"
 DEEPSPEED = ["train.strategy=deepspeed"]
@@ -65,3 +70,22 @@ def test_raw_config_overrides_generated_keys_deeply():
     config = _config([f"train.deepspeed.config={raw}"])
     assert config["zero_optimization"] == {"stage": 2, "reduce_bucket_size": 1000}
     assert config["steps_per_print"] == 5
+
+
+class _Planted:
+    def __reduce__(self):  # unpickling it would run code
+        return (print, ("unpickled",))
+
+
+def test_deepspeed_checkpoints_load_weights_only(tmp_path):
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    loads = WeightsOnlyLoads(TorchCheckpointEngine())
+    torch.save({"zero_stage": ZeroStageEnum.optimizer_states, "w": torch.ones(2)}, tmp_path / "a")
+    state = loads.load(str(tmp_path / "a"), map_location="cpu")
+    assert state["zero_stage"] == ZeroStageEnum.optimizer_states
+    assert torch.equal(state["w"], torch.ones(2))
+    torch.save({"w": torch.ones(2), "payload": _Planted()}, tmp_path / "b")
+    with pytest.raises(pickle.UnpicklingError, match="weights_only"):
+        loads.load(str(tmp_path / "b"))

@@ -265,13 +265,12 @@ def _trial(config: dict[str, Any], *, setup: dict[str, Any]) -> None:
     values = {key: config[key] for key in setup["keys"]}
     spec = trial_spec(setup["base"], values)
     uri, trial_id = setup["uri"], tune.get_context().get_trial_id()
-    finished = tracking.finished_trial_metrics(setup["parent"], trial_id, uri=uri)
+    run_id, finished = tracking.trial_run(
+        spec, uri=uri, parent_id=setup["parent"], trial_id=trial_id, values=values
+    )
     if finished is not None:  # ended just before the sweep's driver died, after Tune last saved
         tune.report(finished)
         return
-    run_id = tracking.trial_run(
-        spec, uri=uri, parent_id=setup["parent"], trial_id=trial_id, values=values
-    )
     try:
         if spec.train.workers == 1:
             from gentrain import trainer

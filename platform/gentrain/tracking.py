@@ -134,20 +134,26 @@ def unfinished_sweep_run(spec: JobSpec, *, uri: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def trial_run(spec: JobSpec, *, uri: str, parent_id: str, trial_id: str, values: dict) -> str:
+def trial_run(
+    spec: JobSpec, *, uri: str, parent_id: str, trial_id: str, values: dict
+) -> tuple[str, dict | None]:
     """The child run of trial `trial_id`: created on its first start, reopened when the trial
-    is restored (a resumed sweep, a PBT exploit), so a trial never gets two runs."""
+    is restored (a resumed sweep, a PBT exploit), so a trial never gets two runs. With it, the
+    run's final metrics when it has already FINISHED (it ended after Tune last saved the sweep's
+    state, and the sweep is resumed): then it is left as it is, else None."""
     sampled = {f"{SAMPLED}{key}": _param_value(value) for key, value in values.items()}
     existing = _children(parent_id, uri=uri, trial_id=trial_id)
+    if existing and existing[0].info.status == "FINISHED":
+        return existing[0].info.run_id, dict(existing[0].data.metrics)
     if existing:
         run_id = existing[0].info.run_id
         client = client_for(uri)
         client.update_run(run_id, status="RUNNING")
         for key, value in sampled.items():  # PBT may have mutated them
             client.set_tag(run_id, key, value)
-        return run_id
+        return run_id, None
     tags = {PARENT: parent_id, TRIAL_ID: trial_id, **sampled}
-    return start_run(spec, uri=uri, tags=tags, name=trial_id)
+    return start_run(spec, uri=uri, tags=tags, name=trial_id), None
 
 
 def _children(parent_id: str, *, uri: str, trial_id: str | None = None) -> list:
@@ -161,14 +167,6 @@ def _children(parent_id: str, *, uri: str, trial_id: str | None = None) -> list:
 
 def run_status(run_id: str, *, uri: str) -> str:
     return client_for(uri).get_run(run_id).info.status
-
-
-def finished_trial_metrics(parent_id: str, trial_id: str, *, uri: str) -> dict | None:
-    """The final metrics of trial `trial_id` when its run has already FINISHED, else None."""
-    runs = _children(parent_id, uri=uri, trial_id=trial_id)
-    if runs and runs[0].info.status == "FINISHED":
-        return dict(runs[0].data.metrics)
-    return None
 
 
 def trial_run_id(parent_id: str, trial_id: str, *, uri: str) -> str | None:
