@@ -85,11 +85,12 @@ class Outbox:
                 if self.given_up.is_set():
                     return
                 try:
-                    with _one_quick_try():
+                    with _one_try(timeout_s=10):
                         send(self.directory, uri=self.uri, run_id=self.run_id)
                     if self.model is not None and self.done:
                         log, _ = self.model
-                        log()
+                        with _one_try(timeout_s=None):  # an upload takes as long as it takes
+                            log()
                         self.model = None
                 except Exception as err:  # whatever the store's client raises: try again later
                     self._away(err)
@@ -120,11 +121,14 @@ class Outbox:
 
 
 @contextmanager
-def _one_quick_try():
+def _one_try(timeout_s: int | None):
     """MLflow's HTTP client tries each request 8 times over minutes: the sending thread retries
     on its own, and a request hanging on a dead store would hold back everything behind it.
-    (MLflow reads these settings from the environment, for the whole process.)"""
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    `timeout_s`: how long one request may take (None: MLflow's default). (MLflow reads these
+    settings from the environment, for the whole process.)"""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    if timeout_s is not None:
+        quick["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout_s)
     before = {name: os.environ.get(name) for name in quick}
     os.environ.update(quick)
     try:
