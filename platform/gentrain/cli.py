@@ -51,6 +51,16 @@ def _check_run_id(run_id: str | None, option: str) -> None:
             _fail(str(error), 2)
 
 
+def _check_data(job) -> None:
+    """Before Ray is imported (seconds): bad data is refused as quickly as a bad spec."""
+    from gentrain.data import check_source
+
+    try:
+        check_source(job.data)
+    except SpecError as error:
+        _fail(str(error), 2)
+
+
 def _load(spec_path: str, sets: list[str]):
     from gentrain import spec as spec_module
 
@@ -120,6 +130,7 @@ def run(
     """Train one job on Ray (embedded local Ray unless --address / RAY_ADDRESS)."""
     job = _load(spec, sets)
     _check_run_id(resume, "--resume")
+    _check_data(job)
     from gentrain import launch
 
     progress = _TrainingProgress(job.train.max_steps)
@@ -164,6 +175,7 @@ def sweep(
     job = _load(spec, sets)
     if job.sweep is None:
         _fail(f"{spec}: sweep: this spec has no sweep section; `gentrain run` trains it", 2)
+    _check_data(job)
     from gentrain import sweep as sweep_module
 
     def started(parent_id: str) -> None:

@@ -61,17 +61,23 @@ def load_dataset(data: DataSection | str) -> Dataset:
     return _parquet_dataset(location, data)
 
 
+_checked: set[str] = set()  # the data sections this process has read whole
+
+
 def check_source(data: DataSection) -> None:
     """Read local user data once before anything starts, so that an unreadable image, an empty
     corpus or a missing column is bad input (exit 2), not a run that fails on its workers.
-    Built-in sets are known good; S3 data is checked where it is read."""
+    Built-in sets are known good; S3 data is checked where it is read. Once per process: the
+    CLI checks before it imports Ray, and launch checks again for callers of its API."""
     kind, _, location = data.source.partition(":")
-    if kind == "builtin" or location.startswith("s3://"):
+    key = data.model_dump_json()
+    if kind == "builtin" or location.startswith("s3://") or key in _checked:
         return
     try:
         load_dataset(data)
     except GentrainError as err:
         raise SpecError(f"data.source: {err}") from None
+    _checked.add(key)
 
 
 def _image_dataset(train: torch.Tensor, heldout: torch.Tensor) -> Dataset:
