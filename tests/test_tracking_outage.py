@@ -3,7 +3,9 @@ goes on, what it logged while the server was away reaches it once it is back, an
 never comes back leaves the run's outbox for `gentrain runs upload`."""
 
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import GENTRAIN, JOBS, free_port, gentrain, wait_for
+from conftest import GENTRAIN, JOBS, gentrain, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -24,21 +26,25 @@ class TrackingServer:
     started again, it is the same server."""
 
     def __init__(self, workdir: Path):
-        self.workdir, self.port = workdir, free_port()
+        self.workdir, self.port = workdir, _port_the_kernel_never_picks()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"]
-            + ["--port", str(self.port), "--workers", "1"]
-            + ["--backend-store-uri", f"sqlite:///{self.workdir / 'server.db'}"]
-            + ["--artifacts-destination", str(self.workdir / "artifacts")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        wait_for(self.answers, 120, "the MLflow server")
+        log = self.workdir / "server.log"
+        with log.open("ab") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"]
+                + ["--port", str(self.port), "--workers", "1"]
+                + ["--backend-store-uri", f"sqlite:///{self.workdir / 'server.db'}"]
+                + ["--artifacts-destination", str(self.workdir / "artifacts")],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        ended = self.process.poll
+        wait_for(lambda: self.answers() or ended() is not None, 120, "the MLflow server")
+        assert ended() is None, log.read_text()[-3000:]
 
     def kill(self) -> None:
         os.killpg(self.process.pid, signal.SIGKILL)
@@ -58,6 +64,21 @@ class TrackingServer:
     def store(self) -> mlflow.MlflowClient:
         """Its backend store, read directly (while it is away too)."""
         return mlflow.MlflowClient(f"sqlite:///{self.workdir / 'server.db'}")
+
+
+def _port_the_kernel_never_picks() -> int:
+    """A free port below the kernel's ephemeral range: no other process's bind(0) or outgoing
+    connection takes it while the server is away (the test's other half runs Ray jobs, which
+    open ports all the time), so the server gets it back when it starts again."""
+    ephemeral_from = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(10000, ephemeral_from), 500):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 @pytest.fixture
