@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.request
@@ -10,21 +9,15 @@ import urllib.request
 import mlflow
 import pytest
 
-from conftest import GENTRAIN
+from conftest import GENTRAIN, free_port
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_ui_serves_the_local_store_on_loopback(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.MlflowClient(store).create_experiment("seen-in-ui")
-    port = _free_port()
+    port = free_port()
     ui = subprocess.Popen(
         [*GENTRAIN, "ui", "--port", str(port)],
         cwd=tmp_path,

@@ -77,6 +77,15 @@ class WeightsOnlyLoads:
             return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def _load_weights_only(engine) -> None:
+    """The engine's checkpoints load through WeightsOnlyLoads, unless the expert's config chose
+    another checkpoint engine than DeepSpeed's default."""
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+    if type(engine.checkpoint_engine) is TorchCheckpointEngine:
+        engine.checkpoint_engine = WeightsOnlyLoads(engine.checkpoint_engine)
+
+
 def _plain_cuda_arch_list() -> None:
     """DeepSpeed 0.19's op builder cannot parse arch-specific entries such as '9.0a' in
     TORCH_CUDA_ARCH_LIST (set in NVIDIA's images), which breaks building its fused optimizers."""
@@ -160,10 +169,7 @@ class DeepSpeedStrategy(MicroBatched):
             )
             if self.config["zero_optimization"]["stage"] == 3:
                 _share_fp32_master(engine.optimizer)
-            from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
-
-            if type(engine.checkpoint_engine) is TorchCheckpointEngine:  # not an expert's choice
-                engine.checkpoint_engine = WeightsOnlyLoads(engine.checkpoint_engine)
+            _load_weights_only(engine)
             self.engines[name] = engine
 
     def _schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
