@@ -23,7 +23,8 @@ def bare_loop(
 ) -> float:
     """Samples/s of a plain loop over the same networks, after the same LOG_EVERY warm-up steps."""
     from gentrain.data.digits import load_digits
-    from gentrain.families.gan.model import Discriminator, GANConfig, Generator
+    from gentrain.families.gan.config import GANConfig
+    from gentrain.families.gan.model import Discriminator, Generator
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)

@@ -48,7 +48,8 @@ def image_references(job) -> dict[str, float]:
     """FID of real held-out vs real train (the floor) and of the untrained model's samples."""
     from gentrain.data import load_dataset
     from gentrain.families import get_family
-    from gentrain.metrics import ImageQuality, default_features, load_feature_extractor
+    from gentrain.metrics import ImageQuality, load_feature_extractor
+    from gentrain.spec import default_features
 
     data = load_dataset(job.data)
     extractor = load_feature_extractor(job.eval.features or default_features(job.data.source))

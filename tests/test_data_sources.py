@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import gentrain
 from gentrain import spec as spec_module
-from gentrain.data import Dataset, ShardedBatches, augment, load_dataset, source_modality
+from gentrain.data import Dataset, ShardedBatches, augment, load_dataset
 from gentrain.data.storage import filesystem, read_bytes
 from gentrain.data.text import BPETokenizer, ByteTokenizer, builtin_corpus, split_text
 from gentrain.errors import GentrainError, SpecError
@@ -289,7 +289,7 @@ def test_bpe_dataset_from_the_builtin_corpus():
 
 
 def test_builtin_python_docs_is_english_text():
-    assert source_modality("builtin:python_docs") == "text"
+    assert spec_module.source_modality("builtin:python_docs") == "text"
     text = builtin_corpus("python_docs")
     assert len(text) > 100_000
     words = text.lower().split()

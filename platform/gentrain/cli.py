@@ -76,10 +76,8 @@ def list_components() -> None:
     search algorithms and schedulers."""
     from typing import get_args
 
-    from gentrain.data.text import BUILTIN_CORPORA
     from gentrain.families import all_families
-    from gentrain.metrics import FEATURE_EXTRACTORS
-    from gentrain.spec import SweepSection
+    from gentrain.spec import BUILTIN_CORPORA, BUILTIN_IMAGES, FEATURE_EXTRACTORS, SweepSection
     from gentrain.strategies import STRATEGIES
 
     table = Table(title="model families", title_justify="left")
@@ -91,7 +89,7 @@ def list_components() -> None:
         )
     out.print(table)
     out.print(f"strategies:      {', '.join(STRATEGIES)}")
-    builtin = ", ".join(f"builtin:{name}" for name in ("digits", *BUILTIN_CORPORA))
+    builtin = ", ".join(f"builtin:{name}" for name in (*BUILTIN_IMAGES, *BUILTIN_CORPORA))
     out.print(f"data sources:    {builtin}, images:DIR, parquet:PATH, text:FILE (local or s3://)")
     out.print(f"eval features:   {', '.join(FEATURE_EXTRACTORS)}")
     sweep = SweepSection.model_fields

@@ -16,6 +16,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gentrain.errors import SpecError
 
 DATA_SOURCE_KINDS = ("builtin", "parquet", "images", "text")
+BUILTIN_IMAGES = ("digits",)  # gentrain.data.digits
+BUILTIN_CORPORA = ("python_docs",)  # gentrain.data.text
+FEATURE_EXTRACTORS = ("classifier:digits", "inception")  # gentrain.metrics.features
+
+
+def source_modality(source: str) -> Literal["image", "text"] | None:
+    """What a source holds, when its name says (parquet: only its column's type does)."""
+    kind, _, rest = source.partition(":")
+    if kind == "builtin":
+        return "image" if rest in BUILTIN_IMAGES else "text"
+    return {"images": "image", "text": "text"}.get(kind)
+
+
+def default_features(data_source: str) -> str:
+    """The FID / IS feature extractor used when `eval.features` is not set."""
+    return "classifier:digits" if data_source == "builtin:digits" else "inception"
 
 
 class Section(BaseModel):
@@ -59,12 +75,10 @@ class DataSection(Section):
     @field_validator("source")
     @classmethod
     def _known_source(cls, source: str) -> str:
-        from gentrain.data.text import BUILTIN_CORPORA
-
         kind, sep, rest = source.partition(":")
         if not sep or kind not in DATA_SOURCE_KINDS or not rest:
             raise ValueError(f"must be one of {', '.join(k + ':...' for k in DATA_SOURCE_KINDS)}")
-        builtin = ("digits", *BUILTIN_CORPORA)
+        builtin = (*BUILTIN_IMAGES, *BUILTIN_CORPORA)
         if kind == "builtin" and rest not in builtin:
             raise ValueError(f"built-in datasets: {', '.join('builtin:' + b for b in builtin)}")
         if kind == "builtin" or rest.startswith("s3://"):
@@ -344,7 +358,6 @@ class JobSpec(Section):
     @model_validator(mode="after")
     def _cross_field_rules(self) -> "JobSpec":
         from gentrain.families import get_family
-        from gentrain.metrics import FEATURE_EXTRACTORS
 
         parts = self.train.data_parallel * self.train.accumulation_steps
         if self.data.batch_size % parts:
@@ -383,8 +396,6 @@ class JobSpec(Section):
         """The FID / IS feature extractor, when the job computes either."""
         if not {"fid", "is"} & set(self.eval_metrics):
             return None
-        from gentrain.metrics import default_features
-
         return self.eval.features or default_features(self.data.source)
 
     @property
@@ -458,8 +469,6 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _check_data_fits(data: DataSection, family: str, modality: str) -> None:
-    from gentrain.data import source_modality
-
     holds = source_modality(data.source)
     if holds is not None and holds != modality:
         raise SpecError(

@@ -29,14 +29,6 @@ class Dataset:
         return "text" if self.info.vocab_size else "image"
 
 
-def source_modality(source: str) -> Literal["image", "text"] | None:
-    """What a source holds, when its name says (parquet: only its column's type does)."""
-    kind, _, rest = source.partition(":")
-    if kind == "builtin":
-        return "image" if rest == "digits" else "text"
-    return {"images": "image", "text": "text"}.get(kind)
-
-
 def load_dataset(data: DataSection | str) -> Dataset:
     """The train / held-out split of `data.source`; built-in sets ship with a package or Python,
     user data is read from a local path or s3://."""

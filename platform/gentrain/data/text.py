@@ -10,7 +10,6 @@ import torch
 
 HELDOUT_FRACTION = 0.1
 MASK = "<mask>"  # the one special token: masked language models replace inputs with it
-BUILTIN_CORPORA = ("python_docs",)
 
 
 @dataclass(frozen=True)

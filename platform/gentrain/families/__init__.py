@@ -2,17 +2,24 @@
 
 A family supplies its networks, the loss of each update phase, sampling and the module to export;
 the platform (trainer.py) owns the loop, optimizers, checkpoints, metrics and reporting.
+
+The registry imports no torch: a spec is validated (flavors, overrides, metrics) without it, and
+a family's step, which needs torch, is imported only when a step is made.
 """
 
+from __future__ import annotations
+
 import dataclasses
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from gentrain.errors import SpecError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,11 @@ class FamilySpec:
     flavors: Mapping[str, Mapping[str, Any]]  # flavor -> config values
     eval_metrics: tuple[str, ...]  # what `eval.metrics` may name for this family
     default_source: str  # the built-in data its jobs and tests use by default
-    make_step: Callable[[], FamilyStep]
+    step: str  # "module:Class" of its FamilyStep
+
+    def make_step(self) -> FamilyStep:
+        module, name = self.step.split(":")
+        return getattr(importlib.import_module(module), name)()
 
     def config(self, *, flavor: str, overrides: Mapping[str, Any]) -> Any:
         if flavor not in self.flavors:

@@ -22,16 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gentrain.errors import GentrainError, SpecError
+from gentrain.spec import FEATURE_EXTRACTORS
 
-FEATURE_EXTRACTORS = ("classifier:digits", "inception")
 CACHE_DIR_ENV = "GENTRAIN_CACHE_DIR"
 INCEPTION_WEIGHTS_ENV = "GENTRAIN_INCEPTION_WEIGHTS"
 _DOWNLOAD_TIMEOUT_S = 60
-
-
-def default_features(data_source: str) -> str:
-    """The extractor used when `eval.features` is not set."""
-    return "classifier:digits" if data_source == "builtin:digits" else "inception"
 
 
 def load_feature_extractor(name: str, *, cache_dir: Path | None = None) -> "ImageFeatureExtractor":

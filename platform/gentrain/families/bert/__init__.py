@@ -1,8 +1,7 @@
 """BERT family: an encoder-only transformer trained as a masked language model."""
 
 from gentrain.families import FamilySpec, register
-from gentrain.families.bert.model import BERTConfig
-from gentrain.families.bert.step import BERTStep
+from gentrain.families.bert.config import BERTConfig
 
 FAMILY = register(
     FamilySpec(
@@ -16,6 +15,6 @@ FAMILY = register(
         },
         eval_metrics=("perplexity", "mlm_accuracy"),
         default_source="builtin:python_docs",
-        make_step=BERTStep,
+        step="gentrain.families.bert.step:BERTStep",
     )
 )

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gentrain.families import DataInfo, PipelineForm
+from gentrain.families.bert.config import BERTConfig
 from gentrain.families.bert.masking import mask_tokens
-from gentrain.families.bert.model import BERT, BERTConfig
+from gentrain.families.bert.model import BERT
 from gentrain.families.transformer import NormHead
 
 # Held-out masking comes from a private generator with this seed, so every evaluation predicts

@@ -2,8 +2,7 @@
 weights, and DDIM sampling."""
 
 from gentrain.families import FamilySpec, register
-from gentrain.families.diffusion.model import DiffusionConfig
-from gentrain.families.diffusion.step import DiffusionStep
+from gentrain.families.diffusion.config import DiffusionConfig
 
 FAMILY = register(
     FamilySpec(
@@ -33,6 +32,6 @@ FAMILY = register(
         },
         eval_metrics=("fid", "is"),
         default_source="builtin:digits",
-        make_step=DiffusionStep,
+        step="gentrain.families.diffusion.step:DiffusionStep",
     )
 )

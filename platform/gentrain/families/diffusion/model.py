@@ -8,7 +8,6 @@ adds a projection of the sinusoidal timestep embedding.
 """
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,39 +15,8 @@ from torch import nn
 from torch.func import functional_call
 
 from gentrain import noise
+from gentrain.families.diffusion.config import DiffusionConfig
 from gentrain.families.diffusion.schedule import Denoiser, NoiseSchedule
-
-
-@dataclass(frozen=True)
-class DiffusionConfig:
-    channels: int = 64  # width at full resolution; doubles per level down
-    levels: int = 2  # resolutions; fewer where halving would go below 4 pixels
-    blocks: int = 2  # residual blocks per level
-    norm_groups: int = 8  # GroupNorm groups; must divide `channels`
-    dropout: float = 0.0  # in each residual block
-    timesteps: int = 1000
-    schedule: str = "linear"  # "linear" (DDPM) or "cosine" (Nichol & Dhariwal)
-    sample_steps: int = 50  # DDIM steps per sample
-    ema_decay: float = 0.999  # 0 samples with the trained weights themselves
-
-    def __post_init__(self) -> None:
-        # model.py stays torch-only: the spec's validation turns a ValueError into a one-line error.
-        if self.schedule not in ("linear", "cosine"):
-            raise ValueError(
-                f"model.overrides.schedule: '{self.schedule}'; allowed: linear, cosine"
-            )
-        if not 1 <= self.sample_steps <= self.timesteps:
-            raise ValueError(
-                f"model.overrides.sample_steps: {self.sample_steps}; must be in 1..timesteps "
-                f"({self.timesteps})"
-            )
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"model.overrides.ema_decay: {self.ema_decay}; must be in [0, 1)")
-        if self.channels % self.norm_groups:
-            raise ValueError(
-                f"model.overrides.norm_groups: {self.norm_groups} does not divide channels "
-                f"({self.channels})"
-            )
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

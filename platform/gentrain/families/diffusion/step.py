@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from gentrain.families import DataInfo, PipelineForm
-from gentrain.families.diffusion.model import Diffusion, DiffusionConfig, Generator
+from gentrain.families.diffusion.config import DiffusionConfig
+from gentrain.families.diffusion.model import Diffusion, Generator
 from gentrain.families.diffusion.pipeline import diffusion_pipeline
 
 

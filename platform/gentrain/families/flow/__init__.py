@@ -1,8 +1,7 @@
 """Flow family: a RealNVP-style normalizing flow trained by exact, dequantised likelihood."""
 
 from gentrain.families import FamilySpec, register
-from gentrain.families.flow.model import FlowConfig
-from gentrain.families.flow.step import FlowStep
+from gentrain.families.flow.config import FlowConfig
 
 FAMILY = register(
     FamilySpec(
@@ -16,6 +15,6 @@ FAMILY = register(
         },
         eval_metrics=("fid", "is", "bits_per_dim"),
         default_source="builtin:digits",
-        make_step=FlowStep,
+        step="gentrain.families.flow.step:FlowStep",
     )
 )

@@ -11,22 +11,13 @@ Jensen, -log P(x) <= E_u[-log p(y)] - D log(bin), which `bits_per_dim` reports i
 """
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gentrain import noise
-
-
-@dataclass(frozen=True)
-class FlowConfig:
-    hidden: int = 64  # width of each coupling's network
-    checkerboard_couplings: int = 4  # at full resolution, alternating the mask's parity
-    channel_couplings: int = 6  # after the squeeze, each behind an invertible 1x1 conv
-    levels: int = 17  # grey levels of the data: sets the dequantisation bin
-    logit_alpha: float = 0.05  # keeps the logit away from 0 and 1 (RealNVP)
+from gentrain.families.flow.config import FlowConfig
 
 
 def coupling_net(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:

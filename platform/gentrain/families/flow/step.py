@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from gentrain.families import DataInfo, PipelineForm
-from gentrain.families.flow.model import Flow, FlowConfig, Generator, bits_per_dim, dequantise
+from gentrain.families.flow.config import FlowConfig
+from gentrain.families.flow.model import Flow, Generator, bits_per_dim, dequantise
 from gentrain.families.flow.pipeline import flow_pipeline
 
 

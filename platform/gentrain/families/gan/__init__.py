@@ -1,8 +1,7 @@
 """GAN family: DCGAN with a non-saturating loss and optional spectral norm on the discriminator."""
 
 from gentrain.families import FamilySpec, register
-from gentrain.families.gan.model import GANConfig
-from gentrain.families.gan.step import GANStep
+from gentrain.families.gan.config import GANConfig
 
 FAMILY = register(
     FamilySpec(
@@ -21,6 +20,6 @@ FAMILY = register(
         },
         eval_metrics=("fid", "is"),
         default_source="builtin:digits",
-        make_step=GANStep,
+        step="gentrain.families.gan.step:GANStep",
     )
 )

@@ -1,19 +1,12 @@
 """DCGAN: a generator and a discriminator for square images whose side is a power of two >= 4."""
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-
-@dataclass(frozen=True)
-class GANConfig:
-    latent_dim: int = 32
-    g_channels: int = 64  # width of the generator's last hidden layer; doubles per level up
-    d_channels: int = 64  # width of the discriminator's first layer; doubles per level down
-    spectral_norm: bool = False  # on every discriminator layer, in place of its BatchNorm
+from gentrain.families.gan.config import GANConfig
 
 
 def _levels(side: int) -> int:

@@ -8,7 +8,8 @@ from torch import nn
 
 from gentrain import noise
 from gentrain.families import DataInfo, PipelineForm
-from gentrain.families.gan.model import Discriminator, GANConfig, Generator
+from gentrain.families.gan.config import GANConfig
+from gentrain.families.gan.model import Discriminator, Generator
 from gentrain.families.gan.pipeline import gan_pipeline
 
 

@@ -1,8 +1,7 @@
 """GPT family: a decoder-only transformer trained on next-token prediction."""
 
 from gentrain.families import FamilySpec, register
-from gentrain.families.gpt.model import GPTConfig
-from gentrain.families.gpt.step import GPTStep
+from gentrain.families.gpt.config import GPTConfig
 
 FAMILY = register(
     FamilySpec(
@@ -16,6 +15,6 @@ FAMILY = register(
         },
         eval_metrics=("perplexity",),
         default_source="builtin:python_docs",
-        make_step=GPTStep,
+        step="gentrain.families.gpt.step:GPTStep",
     )
 )

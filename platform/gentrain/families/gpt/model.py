@@ -7,22 +7,11 @@ model's context is seq_len - 1 tokens. Sampling starts from a fixed start token 
 newline token) and draws the rest of a window one token at a time.
 """
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from gentrain.families.gpt.config import GPTConfig
 from gentrain.families.transformer import Block, Embeddings, init_weights
-
-
-@dataclass(frozen=True)
-class GPTConfig:
-    layers: int = 4
-    dim: int = 128
-    heads: int = 4
-    dropout: float = 0.1
-    temperature: float = 1.0  # sampling: logits are divided by it
-    top_k: int = 0  # sampling: draw from the k likeliest tokens only; 0 = from all
 
 
 class GPT(nn.Module):

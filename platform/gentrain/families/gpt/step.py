@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gentrain.families import DataInfo, PipelineForm
-from gentrain.families.gpt.model import GPT, GPTConfig
+from gentrain.families.gpt.config import GPTConfig
+from gentrain.families.gpt.model import GPT
 from gentrain.families.transformer import NormHead
 
 

@@ -1,8 +1,7 @@
 """VAE family: a convolutional VAE with a discretised-logistic likelihood and a beta-weighted KL."""
 
 from gentrain.families import FamilySpec, register
-from gentrain.families.vae.model import VAEConfig
-from gentrain.families.vae.step import VAEStep
+from gentrain.families.vae.config import VAEConfig
 
 FAMILY = register(
     FamilySpec(
@@ -16,6 +15,6 @@ FAMILY = register(
         },
         eval_metrics=("fid", "is", "elbo"),
         default_source="builtin:digits",
-        make_step=VAEStep,
+        step="gentrain.families.vae.step:VAEStep",
     )
 )

@@ -7,22 +7,13 @@ discrete image, in nats, comparable with a flow's bits/dim.
 """
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gentrain import noise
-
-
-@dataclass(frozen=True)
-class VAEConfig:
-    latent_dim: int = 16
-    channels: int = 32  # width at full resolution; doubles per level down
-    beta: float = 1.0  # weight of the KL term in the loss (the logged ELBO always uses 1)
-    dropout: float = 0.0
-    levels: int = 17  # grey levels of the data: the discretised likelihood's bins
+from gentrain.families.vae.config import VAEConfig
 
 
 def _levels(side: int) -> int:

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from gentrain.families import DataInfo, PipelineForm
-from gentrain.families.vae.model import VAE, VAEConfig, kl_to_standard_normal
+from gentrain.families.vae.config import VAEConfig
+from gentrain.families.vae.model import VAE, kl_to_standard_normal
 from gentrain.families.vae.pipeline import vae_pipeline
 
 
