@@ -1,5 +1,8 @@
 """Strict validation: each problem is one line naming the field, exit 2, nothing started."""
 
+import subprocess
+import sys
+
 import pytest
 
 from conftest import JOBS, gentrain
@@ -98,6 +101,19 @@ def test_cli_validate_exit_codes_and_starts_nothing(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "train.workers" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_every_job_validates_without_importing_torch():
+    """Validation (every family's flavors, overrides and metrics) stays fast: torch, Ray and
+    MLflow take seconds to import, and bad input is refused before any of them."""
+    code = (
+        "import sys; from pathlib import Path; from gentrain import spec\n"
+        f"for path in sorted(Path({str(JOBS)!r}).rglob('*.yaml')): spec.load(path)\n"
+        "print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert shown.stdout.strip() == "[]"
 
 
 def test_cli_ls_lists_families_flavors_and_strategies(tmp_path):
