@@ -7,7 +7,9 @@ cores), and a 2-stage pipeline versus 1 worker with the same global batch.
 DDP keeps each worker's batch (2 workers train twice the global batch per step); the pipeline
 trains the same global batch as the one worker, cut into micro-batches that flow through both
 stages. Samples/s is gentrain's own `samples_per_sec` metric (training time only: evaluation and
-checkpoints excluded), the median over the logging windows after the first (warm-up).
+checkpoints excluded), the median over the logging windows after the first (warm-up). This
+machine's speed drifts by 10-20 % over minutes, so the runs go in rounds (1 worker, 2 workers,
+pipeline, one after the other) and each ratio is the median of the rounds' own ratios.
 """
 
 import argparse
@@ -78,11 +80,12 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8, help="GPT blocks (small: 4)")
     parser.add_argument("--batch", type=int, default=16, help="sequences per worker (DDP)")
     parser.add_argument("--microbatches", type=int, default=8)
-    parser.add_argument("--quick", action="store_true", help="30 steps of 4 blocks")
+    parser.add_argument("--rounds", type=int, default=3, help="each run once per round")
+    parser.add_argument("--quick", action="store_true", help="1 round of 30 steps of 4 blocks")
     parser.add_argument("--json", type=Path, help="also write the figures here (flat JSON)")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.layers = 30, 4
+        args.steps, args.layers, args.rounds = 30, 4, 1
 
     model = [f"model.overrides={{layers: {args.layers}}}"]
     runs = {
@@ -97,18 +100,23 @@ def main() -> None:
         ],
     }
     ceiling = hardware_ceiling()
-    rates = {}
-    for name, settings in runs.items():
-        with tempfile.TemporaryDirectory() as tmp:
-            rates[name] = samples_per_sec(Path(tmp), steps=args.steps, settings=model + settings)
+    rounds = []
+    for _ in range(args.rounds):
+        rates = {}
+        for name, settings in runs.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                rates[name] = samples_per_sec(
+                    Path(tmp), steps=args.steps, settings=model + settings
+                )
+        rounds.append(rates)
 
     print(f"GPT small with {args.layers} blocks, seq 128, 1 thread per worker, {args.steps} steps")
-    print(f"{'run':<22}{'samples/s':>10}")
-    for name, rate in rates.items():
-        print(f"{name:<22}{rate:>10.1f}")
-    ddp = rates["ddp, 2 workers"] / rates["ddp, 1 worker"]
-    pipeline = rates["pipeline, 2 stages"] / rates["ddp, 1 worker"]
-    print(f"DDP 2 workers / 1 worker: {ddp:.2f}  (target >= 1.8)")
+    print(f"{'run':<22}{'samples/s, round by round':>10}")
+    for name in runs:
+        print(f"{name:<22}" + "".join(f"{r[name]:>8.1f}" for r in rounds))
+    ddp = statistics.median(r["ddp, 2 workers"] / r["ddp, 1 worker"] for r in rounds)
+    pipeline = statistics.median(r["pipeline, 2 stages"] / r["ddp, 1 worker"] for r in rounds)
+    print(f"DDP 2 workers / 1 worker: {ddp:.2f}, median of {args.rounds} rounds (target >= 1.8)")
     print(f"  this machine's ceiling, 2 independent 1-thread matmul loops / 1: {ceiling:.2f}")
     print(f"pipeline 2 stages / 1 worker: {pipeline:.2f}  ({args.microbatches} micro-batches)")
     if args.json:
@@ -116,7 +124,10 @@ def main() -> None:
             "ratio": ddp,
             "pipeline_ratio": pipeline,
             "hardware_ceiling": ceiling,
-            **{f"samples_per_sec.{name}": rate for name, rate in rates.items()},
+            **{
+                f"samples_per_sec.{name}": statistics.median(r[name] for r in rounds)
+                for name in runs
+            },
         }
         args.json.write_text(json.dumps(figures, indent=2))
 

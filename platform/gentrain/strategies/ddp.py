@@ -1,5 +1,6 @@
 """Data parallel: torch DistributedDataParallel, one optimizer per network, autocast on GPU."""
 
+import math
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,7 +41,7 @@ class DDPStrategy(MicroBatched):
             self.scalers[name] = torch.amp.GradScaler(
                 self.device.type, enabled=self.amp_dtype is torch.float16
             )
-            self.wrapped[name] = DistributedDataParallel(model) if self.world > 1 else model
+            self.wrapped[name] = _data_parallel(model) if self.world > 1 else model
 
     @contextmanager
     def readable(self, name: str):
@@ -97,6 +98,17 @@ class DDPStrategy(MicroBatched):
             self.optimizers[name].load_state_dict(parts["optimizer"])
             self.schedules[name].load_state_dict(parts["schedule"])
             self.scalers[name].load_state_dict(parts["scaler"])
+
+
+def _data_parallel(model: nn.Module) -> DistributedDataParallel:
+    """DDP; on CPU with one bucket, all-reduced after the backward pass: there the all-reduce's
+    threads would take cores from the backward it overlaps (2 gloo processes of one thread each
+    training GPT small with 8 blocks: 1.68-1.76x one process's samples/s with DDP's 25 MB
+    buckets, 1.88-1.90x with one). On GPUs NCCL overlaps the backward: DDP's buckets stay."""
+    if next(model.parameters()).device.type != "cpu":
+        return DistributedDataParallel(model)
+    size_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    return DistributedDataParallel(model, bucket_cap_mb=math.ceil(size_mb) + 1)
 
 
 def _finite_gradients(model: nn.Module) -> bool:
