@@ -244,7 +244,8 @@ def _assert_same_history_as(finished, workdir: Path, run_id: str) -> None:
     """The run's losses are the uninterrupted `finished` run's, each step logged once."""
     client = _client(workdir)
     assert _steps(client, run_id, "loss") == list(range(5, 61, 5)), "each step once, none missing"
-    expected = _losses(_client(finished[0]), finished[2].info.run_id)
+    reference_dir, _, reference = finished
+    expected = _losses(_client(reference_dir), reference.info.run_id)
     actual = _losses(client, run_id)
     for step in expected:
         assert actual[step] == pytest.approx(expected[step], rel=1e-5), step
