@@ -111,7 +111,7 @@ def main() -> None:
         rounds.append(rates)
 
     print(f"GPT small with {args.layers} blocks, seq 128, 1 thread per worker, {args.steps} steps")
-    print(f"{'run':<22}{'samples/s, round by round':>10}")
+    print(f"{'run':<22}samples/s, round by round")
     for name in runs:
         print(f"{name:<22}" + "".join(f"{r[name]:>8.1f}" for r in rounds))
     ddp = statistics.median(r["ddp, 2 workers"] / r["ddp, 1 worker"] for r in rounds)
