@@ -15,6 +15,7 @@ import mlflow
 import pytest
 
 from conftest import GENTRAIN, JOBS, gentrain, wait_for
+from gentrain import tracking
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +42,7 @@ class TrackingServer:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, **tracking.SERVER_ENV},
             )
         ended = self.process.poll
         wait_for(lambda: self.answers() or ended() is not None, 120, "the MLflow server")

@@ -41,6 +41,17 @@ def test_ui_serves_the_local_store_on_loopback(tmp_path):
         ).stdout
         local_addresses = {line.split()[3] for line in listening.splitlines()}
         assert local_addresses == {f"127.0.0.1:{port}"}
+        assert not _job_consumers_under(ui.pid), "MLflow's GenAI job consumers were started"
     finally:
         os.killpg(ui.pid, 9)
         ui.wait()
+
+
+def _job_consumers_under(session: int) -> list[str]:
+    """The huey job consumers (MLflow's job execution) among the UI's processes."""
+    found = subprocess.run(["ps", "-o", "sid=,args=", "-e"], capture_output=True, text=True)
+    return [
+        line
+        for line in found.stdout.splitlines()
+        if line.split(maxsplit=1)[0] == str(session) and "huey" in line
+    ]

@@ -417,7 +417,7 @@ def ui(
     argv = tracking.ui_command(tracking.resolve_tracking_uri(), host=host, port=port)
     out.print(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)")
     sys.stdout.flush()
-    os.execv(argv[0], argv)
+    os.execve(argv[0], argv, {**tracking.SERVER_ENV, **os.environ})
 
 
 class _TrainingProgress:

@@ -468,8 +468,13 @@ def check_reachable(uri: str) -> None:
         raise GentrainError(f"tracking store {uri} is not usable: {err}") from None
 
 
+# MLflow's server starts a job runner and seven job consumers (about 25 s of CPU and their memory)
+# for its GenAI jobs (trace scorers, rollups), which gentrain never submits.
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 def ui_command(uri: str, *, host: str, port: int) -> list[str]:
-    """argv of the MLflow UI over `uri`."""
+    """argv of the MLflow UI over `uri` (run it with SERVER_ENV under the user's settings)."""
     import sys
 
     return [
