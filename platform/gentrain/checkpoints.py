@@ -1,7 +1,8 @@
 """A checkpoint is loaded only whole. Each rank seals the part it writes with a manifest (every
 file's size and SHA-256); Ray Train commits a checkpoint once every rank has reported its part,
 and loading verifies every rank's manifest. A checkpoint that fails verification (a torn upload,
-a file damaged in storage) gives way to the newest whole one before it."""
+a file damaged in storage) gives way to the newest whole one before it. A restart looks in the
+run's directory itself: Ray Train may not have registered the newest checkpoint there."""
 
 import hashlib
 import json
@@ -46,25 +47,23 @@ def problem(directory: Path) -> str | None:
     return None
 
 
+def newest_in(filesystem, run_path: str) -> Checkpoint | None:
+    """The newest checkpoint under a run's directory, whether Ray Train registered it or not."""
+    newest = next(iter(_checkpoint_paths(filesystem, run_path)), None)
+    return Checkpoint(newest, filesystem=filesystem) if newest else None
+
+
 def newest_whole(latest: Checkpoint) -> tuple[Checkpoint | None, list[str]]:
     """`latest` if it is whole, else the newest whole checkpoint saved before it in the same run
     directory (None if there is none), with one line for each checkpoint passed over."""
-    from pyarrow import fs as pafs
-
     skipped = []
     parent, name = latest.path.rsplit("/", 1)
-    found = latest.filesystem.get_file_info(pafs.FileSelector(parent))
-    earlier = sorted(
-        (info.path for info in found if info.type == pafs.FileType.Directory),
-        key=lambda path: path.rsplit("/", 1)[-1],
-        reverse=True,
-    )
-    candidates = [latest.path] + [
+    earlier = [
         path
-        for path in earlier
-        if path.rsplit("/", 1)[-1].startswith("checkpoint_") and path.rsplit("/", 1)[-1] < name
+        for path in _checkpoint_paths(latest.filesystem, parent)
+        if path.rsplit("/", 1)[-1] < name
     ]
-    for path in candidates:
+    for path in [latest.path, *earlier]:
         checkpoint = Checkpoint(path, filesystem=latest.filesystem)
         with checkpoint.as_directory() as local:
             reason = problem(Path(local))
@@ -73,6 +72,21 @@ def newest_whole(latest: Checkpoint) -> tuple[Checkpoint | None, list[str]]:
         skipped.append(f"{path.rsplit('/', 1)[-1]}: {reason}")
         log.warning("gentrain: not loading checkpoint %s: %s", path, reason)
     return None, skipped
+
+
+def _checkpoint_paths(filesystem, run_path: str) -> list[str]:
+    """The checkpoint directories in a run's directory, newest first (Ray Train names them
+    checkpoint_<date and time>)."""
+    from pyarrow import fs as pafs
+
+    found = filesystem.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
+    paths = [
+        info.path
+        for info in found
+        if info.type == pafs.FileType.Directory
+        and info.path.rsplit("/", 1)[-1].startswith("checkpoint_")
+    ]
+    return sorted(paths, key=lambda path: path.rsplit("/", 1)[-1], reverse=True)
 
 
 def _fingerprint(path: Path) -> dict[str, int | str]:
