@@ -19,10 +19,10 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/gentrain run jobs/dcgan_digits.yaml
 
-# Two processes (most of a test's time is Ray and Python starting up, one core at a time), then
-# the multi-node cluster tests alone: their `ray start` nodes and an embedded Ray would compete.
+# One process: a run's Ray workers already take both cores, and two test processes side by side
+# took 30 min where one takes 22. Then the multi-node cluster tests, with no embedded Ray left.
 test: setup
-	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not cluster" --durations=20
+	$(BIN)/pytest -q -m "not cluster" --durations=20
 	$(BIN)/pytest -q -m cluster
 
 bench: setup

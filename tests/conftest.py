@@ -16,20 +16,6 @@ JOBS = REPO / "jobs"
 GENTRAIN = [sys.executable, "-m", "gentrain.cli"]
 
 
-# `make test` runs the suite in two processes (pytest-xdist --dist loadfile: a module runs whole
-# in one process, sharing its Ray and runs), handing out modules in collection order: the longest
-# first, so that none of them is left to run alone at the end.
-LONGEST_FIRST = ("test_matrix_images", "test_run", "test_sweep", "test_matrix_text")
-
-
-def pytest_collection_modifyitems(items):
-    def rank(item) -> int:
-        name = item.module.__name__
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-
-    items.sort(key=rank)  # stable: each module keeps its own order
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _shared_cache(tmp_path_factory):
     """One gentrain cache (the digits classifier) for the whole session, never the user's."""

@@ -1,6 +1,6 @@
 """Every family under every strategy on a real local Ray with 2 gloo workers (debug flavors, a
 few steps): the loss falls, the run ends with its model in MLflow. The matrix's cells live in two
-test modules (image and text families), which `make test` runs in its two processes."""
+test modules, image and text families."""
 
 import math
 import subprocess

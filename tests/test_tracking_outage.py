@@ -19,7 +19,7 @@ from gentrain import tracking
 
 pytestmark = pytest.mark.slow
 
-STEPS = 300
+STEPS = 150  # about 12 s of training: it goes on while the server is away
 
 
 class TrackingServer:
@@ -70,8 +70,8 @@ class TrackingServer:
 
 def _port_the_kernel_never_picks() -> int:
     """A free port below the kernel's ephemeral range: no other process's bind(0) or outgoing
-    connection takes it while the server is away (the test's other half runs Ray jobs, which
-    open ports all the time), so the server gets it back when it starts again."""
+    connection takes it while the server is away (the job's Ray processes open ports all the
+    time), so the server gets it back when it starts again."""
     ephemeral_from = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for port in random.sample(range(10000, ephemeral_from), 500):
         with socket.socket() as sock:
