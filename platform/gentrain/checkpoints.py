@@ -47,10 +47,13 @@ def problem(directory: Path) -> str | None:
     return None
 
 
-def newest_in(filesystem, run_path: str) -> Checkpoint | None:
-    """The newest checkpoint under a run's directory, whether Ray Train registered it or not."""
+def newest_of_run(handed: Checkpoint | None, filesystem, run_path: str) -> Checkpoint | None:
+    """`handed` (Ray's latest registered checkpoint of the run), or a newer one in the run's
+    directory that Ray has not registered."""
     newest = next(iter(_checkpoint_paths(filesystem, run_path)), None)
-    return Checkpoint(newest, filesystem=filesystem) if newest else None
+    if newest is None or (handed and _name(handed.path) >= _name(newest)):
+        return handed
+    return Checkpoint(newest, filesystem=filesystem)
 
 
 def newest_whole(latest: Checkpoint) -> tuple[Checkpoint | None, list[str]]:
@@ -58,18 +61,14 @@ def newest_whole(latest: Checkpoint) -> tuple[Checkpoint | None, list[str]]:
     directory (None if there is none), with one line for each checkpoint passed over."""
     skipped = []
     parent, name = latest.path.rsplit("/", 1)
-    earlier = [
-        path
-        for path in _checkpoint_paths(latest.filesystem, parent)
-        if path.rsplit("/", 1)[-1] < name
-    ]
+    earlier = [path for path in _checkpoint_paths(latest.filesystem, parent) if _name(path) < name]
     for path in [latest.path, *earlier]:
         checkpoint = Checkpoint(path, filesystem=latest.filesystem)
         with checkpoint.as_directory() as local:
             reason = problem(Path(local))
         if reason is None:
             return checkpoint, skipped
-        skipped.append(f"{path.rsplit('/', 1)[-1]}: {reason}")
+        skipped.append(f"{_name(path)}: {reason}")
         log.warning("gentrain: not loading checkpoint %s: %s", path, reason)
     return None, skipped
 
@@ -83,10 +82,13 @@ def _checkpoint_paths(filesystem, run_path: str) -> list[str]:
     paths = [
         info.path
         for info in found
-        if info.type == pafs.FileType.Directory
-        and info.path.rsplit("/", 1)[-1].startswith("checkpoint_")
+        if info.type == pafs.FileType.Directory and _name(info.path).startswith("checkpoint_")
     ]
-    return sorted(paths, key=lambda path: path.rsplit("/", 1)[-1], reverse=True)
+    return sorted(paths, key=_name, reverse=True)
+
+
+def _name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
 
 
 def _fingerprint(path: Path) -> dict[str, int | str]:

@@ -55,20 +55,14 @@ class RayTrainSession:
         """Ray Train's latest checkpoint of this run, or a newer one in the run's directory: a
         worker that dies soon after reporting a checkpoint can die before Ray Train's
         controller collects the report, and Ray then hands back an older checkpoint, or none."""
-        handed = ray.train.get_checkpoint()
         storage = ray.train.get_context().get_storage()
-        newest = checkpoints.newest_in(storage.storage_filesystem, storage.experiment_fs_path)
-        if newest is None or (handed and _name(handed) >= _name(newest)):
-            return handed
-        return newest
+        return checkpoints.newest_of_run(
+            ray.train.get_checkpoint(), storage.storage_filesystem, storage.experiment_fs_path
+        )
 
     def report(self, metrics: dict[str, float], checkpoint: Path | None = None) -> None:
         saved = ray.train.Checkpoint.from_directory(checkpoint) if checkpoint else None
         ray.train.report(metrics, checkpoint=saved)
-
-
-def _name(checkpoint: Checkpoint) -> str:
-    return checkpoint.path.rsplit("/", 1)[-1]
 
 
 def train_fn(config: dict[str, Any]) -> None:
