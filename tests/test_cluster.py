@@ -96,7 +96,8 @@ def cluster(s3_server, tmp_path_factory):
         )
         client_env = {**auth, "AWS_ENDPOINT_URL": s3_server.env["AWS_ENDPOINT_URL"]}
         found = Cluster(f"http://127.0.0.1:{dashboard_port}", f"127.0.0.1:{gcs_port}", client_env)
-        wait_for(lambda: len(_alive_nodes(found)) == 2, 120, "both nodes")
+        # each `ray list` is a new process: asked every 3 s, not every second
+        wait_for(lambda: len(_alive_nodes(found)) == 2, 120, "both nodes", every=3)
         yield found
     finally:
         for node in reversed(nodes):

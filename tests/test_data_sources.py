@@ -16,10 +16,10 @@ from PIL import Image
 from conftest import gentrain
 from gentrain import spec as spec_module
 from gentrain.data import Dataset, ShardedBatches, augment, load_dataset
-from gentrain.data.storage import filesystem, read_bytes
 from gentrain.data.text import BPETokenizer, ByteTokenizer, builtin_corpus, split_text
 from gentrain.errors import GentrainError, SpecError
 from gentrain.spec import DataSection
+from gentrain.storage import filesystem, read_bytes
 
 RNG = np.random.default_rng(0)
 

@@ -1,5 +1,5 @@
 """Every family ships a job. (Each family's run end to end, metrics, samples and a model that
-samples in a fresh process, is the ddp cell of test_strategies.py's matrix.)"""
+samples in a fresh process, is the ddp cell of test_matrix.py.)"""
 
 from collections import defaultdict
 

@@ -1,5 +1,5 @@
 """Strategies: the DeepSpeed config a spec generates and how its checkpoints load (the families x
-strategies matrix is in test_matrix_images.py and test_matrix_text.py)."""
+strategies matrix is in test_matrix.py)."""
 
 import pickle
 

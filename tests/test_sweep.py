@@ -230,8 +230,8 @@ def test_asha_stops_the_clearly_worse_trials_early(local_ray, new_store, tmp_pat
 
 def test_a_failing_trial_ends_failed_and_the_sweep_goes_on(local_ray, new_store, tmp_path):
     new_store(tmp_path)
-    space = {"optim.lr": {"grid": [1e-3, 1e30]}}  # a learning rate of 1e30: a NaN loss at once
-    result = sweep.run(_spec(tmp_path, {"search": "grid", "space": space}))
+    space = {"optim.lr": {"grid": [1e30, 1e-3]}}  # a learning rate of 1e30: a NaN loss at once
+    result = sweep.run(_spec(tmp_path, {"search": "grid", "concurrency": 2, "space": space}))
     by_lr = {float(_sampled(r, "optim.lr")): r for r in _children(result)}
     failed, fine = by_lr[1e30], by_lr[1e-3]
     assert failed.info.status == "FAILED"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import ray
 
-from gentrain.data.storage import check_bucket
 from gentrain.errors import GentrainError, SpecError
+from gentrain.storage import check_bucket
 
 EMBEDDED_RAY_TRAIN_SETTINGS = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",

@@ -14,10 +14,10 @@ from ray.train.torch import TorchTrainer
 
 from gentrain import cluster, tracking
 from gentrain.data import check_source
-from gentrain.data.storage import check_bucket
 from gentrain.errors import GentrainError
 from gentrain.memory import is_out_of_memory, out_of_memory_message
 from gentrain.spec import JobSpec
+from gentrain.storage import check_bucket
 from gentrain.trainer import train_fn
 
 ProgressCallback = Callable[[int, dict[str, float]], None]

@@ -44,7 +44,7 @@ def load_dataset(data: DataSection | str) -> Dataset:
 
         return _text_dataset(builtin_corpus(location), data)
     if kind == "text":
-        from gentrain.data.storage import read_bytes
+        from gentrain.storage import read_bytes
 
         return _text_dataset(read_bytes(location).decode("utf-8", errors="replace"), data)
     if kind == "images":
@@ -86,7 +86,7 @@ def _split_images(images: torch.Tensor, where: str) -> Dataset:
 
 def _images_from_files(directory: str, data: DataSection) -> Dataset:
     from gentrain.data.images import IMAGE_SUFFIXES, decode_images
-    from gentrain.data.storage import list_files, read_files
+    from gentrain.storage import list_files, read_files
 
     files = list_files(directory, IMAGE_SUFFIXES)
     if not files:
@@ -129,7 +129,7 @@ def _parquet_dataset(path: str, data: DataSection) -> Dataset:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from gentrain.data.storage import filesystem
+    from gentrain.storage import filesystem
 
     fs, inner = filesystem(path)
     try:

@@ -1,10 +1,10 @@
 """Every family under every strategy on a real local Ray with 2 gloo workers (debug flavors, a
-few steps): the loss falls, the run ends with its model in MLflow. The matrix's cells live in two
-test modules, image and text families."""
+few steps): the loss falls, the run ends with its model in MLflow."""
 
 import math
 import subprocess
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -124,7 +124,7 @@ def _torch_threads_kept():
         torch.set_num_threads(threads)
 
 
-def train_cell(family: str, strategy: str, one_worker, tmp_path: Path) -> None:
+def train_cell(family: str, strategy: str, one_worker, fresh_process, tmp_path: Path) -> None:
     """One cell of the matrix: `family`'s debug flavor trained under `strategy` through
     launch.run (2 gloo workers on the embedded Ray); its loss falls, its run holds what it
     should, and where the family has no batch-dependent layers it follows one worker's loss."""
@@ -166,7 +166,7 @@ def train_cell(family: str, strategy: str, one_worker, tmp_path: Path) -> None:
         assert parts == {"pipeline_stage0.pt", "pipeline_stage1.pt"}
     if strategy == "ddp":  # the whole run, end to end
         _check_outputs(family, run, client)
-        _check_samples_in_a_fresh_process(family, result)
+        _check_samples_in_a_fresh_process(family, result, fresh_process)
 
 
 def _without_image_scores(family: str) -> str:
@@ -184,19 +184,55 @@ def _check_outputs(family: str, run, client) -> None:
     assert f"samples/step_{STEPS}.{suffix}" in samples  # (and step 5's, when stopped there)
 
 
-def _check_samples_in_a_fresh_process(family: str, result) -> None:
-    """The final model, loaded from MLflow and sampled in a fresh process."""
+@pytest.fixture(scope="module")
+def fresh_process():
+    """A process that trained nothing: each ddp cell's final model is loaded there from MLflow
+    and sampled. One such process for the whole matrix: each start costs seconds of imports."""
     code = """
 import sys, mlflow
-mlflow.set_tracking_uri(sys.argv[1])
-print("shape", tuple(mlflow.pytorch.load_model(f"runs:/{sys.argv[2]}/model").sample(2).shape))
+for line in sys.stdin:
+    uri, run_id = line.split()
+    mlflow.set_tracking_uri(uri)
+    try:
+        print("shape", tuple(mlflow.pytorch.load_model(f"runs:/{run_id}/model").sample(2).shape))
+    except Exception as err:
+        print("error", repr(err).replace("\\n", " "))
+    sys.stdout.flush()
 """
-    shown = subprocess.run(
-        [sys.executable, "-c", code, result.tracking_uri, result.run_id],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert shown.returncode == 0, shown.stderr[-2000:]
+    with tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+
+        def sample_shape(result) -> str:
+            process.stdin.write(f"{result.tracking_uri} {result.run_id}\n")
+            process.stdin.flush()
+            while answer := process.stdout.readline():
+                if answer.startswith(("shape ", "error ")):  # not whatever a library printed
+                    return answer.strip()
+            stderr.seek(0)
+            raise AssertionError(f"the sampling process ended: {stderr.read()[-2000:]}")
+
+        yield sample_shape
+        process.stdin.close()
+        process.wait(timeout=60)
+
+
+def _check_samples_in_a_fresh_process(family: str, result, fresh_process) -> None:
+    """The final model, loaded from MLflow and sampled in a process that trained nothing."""
     data = load_dataset(spec_module.load(JOBS / FAMILY_JOBS[family]).data)
-    assert f"shape {(2, *data.info.shape)}" in shown.stdout, family
+    assert fresh_process(result) == f"shape {(2, *data.info.shape)}", family
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", STRATEGY_SETTINGS)
+@pytest.mark.parametrize("family", FAMILY_JOBS)
+def test_family_trains_under_strategy(
+    family, strategy, one_worker, fresh_process, new_store, tmp_path
+):
+    new_store(tmp_path)
+    train_cell(family, strategy, one_worker, fresh_process, tmp_path)

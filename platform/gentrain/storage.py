@@ -1,4 +1,6 @@
-"""Reading user data from a local path or s3:// (pyarrow's filesystems).
+"""Files at a local path or s3:// (pyarrow's filesystems): user data, and the bucket behind
+storage.path. Outside the data package, so that the commands that only check a bucket never
+import torch.
 
 S3 takes the usual AWS settings from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 AWS_REGION) and AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL for an S3-compatible server such as MinIO.
