@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/gentrain run jobs/dcgan_digits.yaml
 
-# One process: a run's Ray workers already take both cores, and two test processes side by side
-# took 30 min where one takes 22. Then the multi-node cluster tests, with no embedded Ray left.
+# One process: a run's Ray workers already take both cores (two test processes side by side
+# were slower than one, measured one day). Then the multi-node cluster tests, without embedded Ray.
 test: setup
 	$(BIN)/pytest -q -m "not cluster" --durations=20
 	$(BIN)/pytest -q -m cluster

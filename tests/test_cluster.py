@@ -157,7 +157,7 @@ def _alive_nodes(cluster: Cluster) -> list[dict]:
 
 def _job_spec(workdir: Path, steps: int, tracking_uri: str | None = None) -> Path:
     spec = {
-        "name": "cluster-dcgan",
+        "name": f"cluster-{workdir.name}",  # one experiment per test on the shared server
         "model": {"family": "gan", "flavor": "debug"},
         "data": {"source": "builtin:digits", "batch_size": 16},
         "train": {
@@ -200,9 +200,9 @@ def _local_store(workdir: Path) -> str:
     return f"sqlite:///{workdir / 'mlflow.db'}"
 
 
-def _only_run(workdir: Path, tracking_uri: str | None = None):
-    client = mlflow.MlflowClient(tracking_uri or _local_store(workdir))
-    experiment = client.get_experiment_by_name("cluster-dcgan")
+def _only_run(workdir: Path, tracking_uri: str):
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(f"cluster-{workdir.name}")
     (run,) = client.search_runs([experiment.experiment_id])
     return run
 
@@ -232,8 +232,10 @@ def test_a_submitted_job_trains_on_both_nodes(cluster, s3_server, tracking_serve
     assert _checkpoints(s3_server, tmp_path)
 
 
-def test_a_stopped_job_ends_killed_and_resumes_from_its_s3_checkpoint(cluster, s3_server, tmp_path):
-    _job_spec(tmp_path, steps=100000)
+def test_a_stopped_job_ends_killed_and_resumes_from_its_s3_checkpoint(
+    cluster, s3_server, tracking_server, tmp_path
+):
+    _job_spec(tmp_path, steps=100000, tracking_uri=tracking_server)
     env = _client_env(cluster)
     submitted = gentrain("submit", "job.yaml", "--address", cluster.address, cwd=tmp_path, env=env)
     assert submitted.returncode == 0, submitted.stderr
@@ -253,10 +255,11 @@ def test_a_stopped_job_ends_killed_and_resumes_from_its_s3_checkpoint(cluster, s
     stopped = gentrain("jobs", "stop", job_id, "--address", cluster.address, cwd=tmp_path, env=env)
     assert stopped.returncode == 0, stopped.stderr
     wait_for(lambda: status() == "STOPPED", 120, "the job to stop")
-    wait_for(lambda: _only_run(tmp_path).info.status == "KILLED", 60, "the run to end KILLED")
+    killed = lambda: _only_run(tmp_path, tracking_server).info.status == "KILLED"  # noqa: E731
+    wait_for(killed, 60, "the run to end KILLED")
 
-    run_id = _only_run(tmp_path).info.run_id
-    stopped_at = max(_loss_steps(tmp_path, run_id))
+    run_id = _only_run(tmp_path, tracking_server).info.run_id
+    stopped_at = max(_loss_steps(tracking_server, run_id))
     end = stopped_at + 10
     resumed = gentrain(
         "submit",
@@ -272,11 +275,11 @@ def test_a_stopped_job_ends_killed_and_resumes_from_its_s3_checkpoint(cluster, s
         env=env,
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:]
-    run = _only_run(tmp_path)
+    run = _only_run(tmp_path, tracking_server)
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     resumed_from = int(run.data.tags["gentrain.resumed_from_step"])
     assert 10 <= resumed_from <= stopped_at and resumed_from % 10 == 0, "an S3 checkpoint's step"
-    assert _loss_steps(tmp_path, run_id) == list(range(5, end + 1, 5)), "each step once"
+    assert _loss_steps(tracking_server, run_id) == list(range(5, end + 1, 5)), "each step once"
 
 
 def _checkpoints(s3_server, workdir: Path) -> list[str]:
@@ -285,8 +288,8 @@ def _checkpoints(s3_server, workdir: Path) -> list[str]:
     return [key for key in keys if "checkpoint_" in key and key.endswith("state.json")]
 
 
-def _loss_steps(workdir: Path, run_id: str) -> list[int]:
-    client = mlflow.MlflowClient(_local_store(workdir))
+def _loss_steps(tracking_uri: str, run_id: str) -> list[int]:
+    client = mlflow.MlflowClient(tracking_uri)
     return sorted(m.step for m in client.get_metric_history(run_id, "loss"))
 
 
@@ -402,3 +405,16 @@ def test_bad_addresses_tokens_and_buckets_are_one_line_errors(
     assert local.returncode == 2, local.stderr
     assert local.stderr.startswith("error: storage.path: checkpoints is local to each node")
     assert not (tmp_path / "checkpoints").exists()
+    # nor can a local MLflow store take what rank 0 logs from whichever node it runs on
+    local_store = gentrain(
+        "run",
+        "job.yaml",
+        "--address",
+        cluster.gcs,
+        cwd=tmp_path,
+        env={**_client_env(cluster), **s3_server.env},
+    )
+    assert local_store.returncode == 2, local_store.stderr
+    assert local_store.stderr.startswith(
+        f"error: tracking.uri: {_local_store(tmp_path)} is a store local to each node"
+    )

@@ -133,6 +133,7 @@ def connect(spec: JobSpec, address: str | None, *, resume_run_id: str | None = N
         tracking.check_run_exists(resume_run_id, uri=uri)
     cluster.connect(address)
     cluster.check_storage(spec.storage)
+    cluster.check_tracking(uri)
     return uri
 
 
