@@ -71,31 +71,25 @@ def _join_or_start(address: str | None) -> None:
     ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, **common)
 
 
-def check_storage(storage) -> None:
-    """A local storage.path is each node's own disk: on a cluster of several nodes, Ray Train's
-    workers could not share checkpoints through it."""
-    nodes = _alive_nodes()
-    if nodes > 1 and "://" not in storage.path and not storage.shared:
+def check_multi_node(storage, tracking_uri: str) -> None:
+    """On a cluster of several nodes, each node's own disk can hold neither a local storage.path
+    (Ray Train's workers could not share checkpoints through it) nor a local MLflow store (rank 0
+    may run on a node that has no such store and cannot log to the run)."""
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    if nodes <= 1:
+        return
+    if "://" not in storage.path and not storage.shared:
         raise SpecError(
             f"storage.path: {storage.path} is local to each node and this cluster has "
             f"{nodes} nodes; use s3://BUCKET/PREFIX, or set storage.shared: true for a "
             "filesystem every node mounts"
         )
-
-
-def check_tracking(uri: str) -> None:
-    """A local MLflow store (SQLite or a directory) is each node's own file: on a cluster of
-    several nodes, rank 0 may run on a node that has no such store and cannot log to the run."""
-    nodes = _alive_nodes()
-    if nodes > 1 and uri.split("://")[0] in ("sqlite", "file"):
+    if tracking_uri.split("://")[0] in ("sqlite", "file"):
         raise SpecError(
-            f"tracking.uri: {uri} is a store local to each node and this cluster has {nodes} "
-            "nodes; use an MLflow server (tracking.uri or MLFLOW_TRACKING_URI: http://HOST:PORT)"
+            f"tracking.uri: {tracking_uri} is a store local to each node and this cluster has "
+            f"{nodes} nodes; use an MLflow server (tracking.uri or MLFLOW_TRACKING_URI: "
+            "http://HOST:PORT)"
         )
-
-
-def _alive_nodes() -> int:
-    return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 
 def available_cpus() -> int:

@@ -132,8 +132,7 @@ def connect(spec: JobSpec, address: str | None, *, resume_run_id: str | None = N
     if resume_run_id is not None:
         tracking.check_run_exists(resume_run_id, uri=uri)
     cluster.connect(address)
-    cluster.check_storage(spec.storage)
-    cluster.check_tracking(uri)
+    cluster.check_multi_node(spec.storage, uri)
     return uri
 
 
