@@ -150,7 +150,7 @@ def fit(
     train = spec.train
     threads = train.cpus_per_worker or max(1, cluster.available_cpus() // train.workers)
     board_name, board = _progress_board() if on_progress or on_warning else (None, None)
-    trainer = TorchTrainer(
+    trainer = _Trainer(
         train_fn,
         train_loop_config={
             "spec": spec.to_dict(),
@@ -182,6 +182,16 @@ def fit(
         if relay:
             relay.stop()
     return {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
+
+
+class _Trainer(TorchTrainer):
+    """Ray Train's TorchTrainer without its Ray Datasets callback: that callback starts a
+    DatasetManager actor (a process of its own, ~1 s of a run's start on 2 cores) for every run,
+    datasets or none, and gentrain's workers read their own shards (gentrain.data)."""
+
+    def _create_default_callbacks(self):
+        callbacks = super()._create_default_callbacks()
+        return [c for c in callbacks if type(c).__name__ != "DatasetsCallback"]
 
 
 def storage_path(spec: JobSpec) -> str:
