@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import mlflow
@@ -273,6 +274,7 @@ def test_distributed_trials_run_nested_ray_train_workers(local_ray, new_store, t
         "seed": 0,
         "space": {"optim.lr": {"loguniform": [1e-3, 1e-2]}},
     }
+    started = time.time()
     result = sweep.run(_spec(tmp_path, section, workers=2, max_steps=4))
     children = _children(result)
     assert len(children) == 1
@@ -282,6 +284,13 @@ def test_distributed_trials_run_nested_ray_train_workers(local_ray, new_store, t
         # the nested Ray Train run keeps its checkpoints under the child run's name, each rank's
         rng = {p.name for p in (tmp_path / "checkpoints" / run.info.run_id).rglob("rng_rank*.pt")}
         assert rng == {"rng_rank0.pt", "rng_rank1.pt"}
+    # Tune stops trials at will: a trial's run keeps Ray Train's placement group cleaner
+    assert "PlacementGroupCleaner" in _actors_started_since(started)
+
+
+def _actors_started_since(seconds: float) -> set[str]:
+    actors = ray._private.state.actors().values()
+    return {a["ActorClassName"] for a in actors if a["StartTime"] / 1000 >= seconds}
 
 
 def test_resume_after_the_sweep_driver_is_killed(new_store, tmp_path):

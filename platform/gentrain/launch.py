@@ -185,14 +185,21 @@ def fit(
 
 
 class _Trainer(TorchTrainer):
-    """Ray Train's TorchTrainer without its Ray Datasets callback: that callback starts a
-    DatasetManager actor (a process of its own, ~1 s of a run's start on 2 cores) for every run,
-    datasets or none, and gentrain's workers read their own shards (gentrain.data). The method
-    is Ray's own, not public: test_matrix fails if a Ray upgrade brings the actor back."""
+    """Ray Train's TorchTrainer without two of its default callbacks, each of which starts an
+    actor (a process of its own, importing Ray Train: ~1 s of a run's start on 2 cores):
+    - Ray Datasets': it runs for every run, datasets or none, and gentrain's workers read their
+      own shards (gentrain.data);
+    - the placement group cleaner, when the run is trained from a driver (a job, a test): it
+      frees the workers' placement group should the run's controller die abruptly, which the
+      driver's end does as well. A sweep's trial trains from an actor that Ray Tune stops at
+      will, while the sweep goes on: its runs keep the cleaner.
+    The method is Ray's own, not public: test_matrix fails if a Ray upgrade brings either back."""
 
     def _create_default_callbacks(self):
-        callbacks = super()._create_default_callbacks()
-        return [c for c in callbacks if type(c).__name__ != "DatasetsCallback"]
+        dropped = {"DatasetsCallback"}
+        if ray.get_runtime_context().get_actor_id() is None:
+            dropped.add("PlacementGroupCleanerCallback")
+        return [c for c in super()._create_default_callbacks() if type(c).__name__ not in dropped]
 
 
 def storage_path(spec: JobSpec) -> str:
