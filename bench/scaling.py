@@ -10,27 +10,35 @@ stages. Samples/s is gentrain's own `samples_per_sec` metric (training time only
 checkpoints excluded), the median over the logging windows after the first (warm-up). This
 machine's speed drifts by 10-20 % over minutes, so the runs go in rounds (1 worker, 2 workers,
 pipeline, one after the other) and each ratio is the median of the rounds' own ratios.
+
+Each round also trains DDP's two runs with the same training loop (gentrain.trainer) in plain
+processes joined by gloo, without Ray: the gap between the two ratios is what Ray's own
+processes (its daemons, Ray Train's controller and actors) take from the workers' 2 cores.
 """
 
 import argparse
 import json
 import multiprocessing
+import os
+import socket
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
 REPO = Path(__file__).resolve().parents[1]
 LOG_EVERY = 10
 
 
-def samples_per_sec(workdir: Path, *, steps: int, settings: list[str]) -> float:
-    import mlflow
+def _job(workdir: Path, *, steps: int, settings: list[str]):
+    from gentrain import spec
 
-    from gentrain import launch, spec
-
-    job = spec.load(
+    return spec.load(
         REPO / "jobs" / "gpt_python_docs.yaml",
         [
             "train.cpus_per_worker=1",
@@ -44,17 +52,71 @@ def samples_per_sec(workdir: Path, *, steps: int, settings: list[str]) -> float:
             *settings,
         ],
     )
-    result = launch.run(job)
-    client = mlflow.MlflowClient(result.tracking_uri)
-    history = sorted(
-        client.get_metric_history(result.run_id, "samples_per_sec"), key=lambda m: m.step
-    )
-    return statistics.median(m.value for m in history[1:])
+
+
+def _median_rate(uri: str, run_id: str) -> float:
+    import mlflow
+
+    history = mlflow.MlflowClient(uri).get_metric_history(run_id, "samples_per_sec")
+    return statistics.median(m.value for m in sorted(history, key=lambda m: m.step)[1:])
+
+
+def samples_per_sec(workdir: Path, *, steps: int, settings: list[str]) -> float:
+    from gentrain import launch
+
+    result = launch.run(_job(workdir, steps=steps, settings=settings))
+    return _median_rate(result.tracking_uri, result.run_id)
+
+
+class _PlainSession:
+    """A training process of its own, outside Ray: no checkpoint to resume, reports dropped."""
+
+    def __init__(self, rank: int, world: int):
+        self.rank, self.world, self.device = rank, world, torch.device("cpu")
+
+    def resume_from(self):
+        return None
+
+    def report(self, metrics, checkpoint=None):
+        pass
+
+
+def _plain_worker(rank: int, world: int, config: dict, port: int) -> None:
+    from gentrain import trainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        trainer.train(config, _PlainSession(rank, world))
+    finally:
+        dist.destroy_process_group()
+
+
+def samples_per_sec_without_ray(workdir: Path, *, steps: int, settings: list[str]) -> float:
+    """gentrain's same training loop in plain processes (torch.multiprocessing, one gloo process
+    group), without Ray: the gap to `samples_per_sec` is what Ray's processes and calls cost."""
+    from gentrain import tracking
+
+    job = _job(workdir, steps=steps, settings=settings)
+    uri = tracking.resolve_tracking_uri(job)
+    run_id = tracking.start_run(job, uri=uri)
+    config = {
+        "spec": job.to_dict(),
+        "run_id": run_id,
+        "tracking_uri": uri,
+        "outbox": str(workdir / "outbox"),
+        "progress": None,
+        "threads": 1,
+    }
+    with socket.socket() as probe:  # a free port for the process group's rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_plain_worker, args=(job.train.workers, config, port), nprocs=job.train.workers)
+    tracking.end_run(run_id, uri=uri, status="FINISHED")
+    return _median_rate(uri, run_id)
 
 
 def _matmuls_per_sec(seconds: float) -> float:
-    import torch
-
     torch.set_num_threads(1)
     a, b = torch.randn(512, 512), torch.randn(512, 512)
     start, done = time.perf_counter(), 0
@@ -88,40 +150,51 @@ def main() -> None:
         args.steps, args.layers, args.rounds = 30, 4, 1
 
     model = [f"model.overrides={{layers: {args.layers}}}"]
+    one = ["train.workers=1", f"data.batch_size={args.batch}"]
+    two = ["train.workers=2", f"data.batch_size={2 * args.batch}"]
+    pipeline = [
+        "train.workers=2",
+        "train.strategy=pipeline",
+        "train.pipeline.stages=2",
+        f"train.pipeline.microbatches={args.microbatches}",
+        f"data.batch_size={args.batch}",
+    ]
     runs = {
-        "ddp, 1 worker": ["train.workers=1", f"data.batch_size={args.batch}"],
-        "ddp, 2 workers": ["train.workers=2", f"data.batch_size={2 * args.batch}"],
-        "pipeline, 2 stages": [
-            "train.workers=2",
-            "train.strategy=pipeline",
-            "train.pipeline.stages=2",
-            f"train.pipeline.microbatches={args.microbatches}",
-            f"data.batch_size={args.batch}",
-        ],
+        "ddp, 1 worker": (samples_per_sec, one),
+        "ddp, 2 workers": (samples_per_sec, two),
+        "pipeline, 2 stages": (samples_per_sec, pipeline),
+        "no Ray, 1 process": (samples_per_sec_without_ray, one),
+        "no Ray, 2 processes": (samples_per_sec_without_ray, two),
     }
     ceiling = hardware_ceiling()
     rounds = []
     for _ in range(args.rounds):
         rates = {}
-        for name, settings in runs.items():
+        for name, (measure, settings) in runs.items():
             with tempfile.TemporaryDirectory() as tmp:
-                rates[name] = samples_per_sec(
-                    Path(tmp), steps=args.steps, settings=model + settings
-                )
+                rates[name] = measure(Path(tmp), steps=args.steps, settings=model + settings)
         rounds.append(rates)
 
+    def ratio(over: str, under: str) -> float:
+        return statistics.median(r[over] / r[under] for r in rounds)
+
+    ddp, plain = (
+        ratio("ddp, 2 workers", "ddp, 1 worker"),
+        ratio("no Ray, 2 processes", "no Ray, 1 process"),
+    )
     print(f"GPT small with {args.layers} blocks, seq 128, 1 thread per worker, {args.steps} steps")
     print(f"{'run':<22}samples/s, round by round")
     for name in runs:
         print(f"{name:<22}" + "".join(f"{r[name]:>8.1f}" for r in rounds))
-    ddp = statistics.median(r["ddp, 2 workers"] / r["ddp, 1 worker"] for r in rounds)
-    pipeline = statistics.median(r["pipeline, 2 stages"] / r["ddp, 1 worker"] for r in rounds)
     print(f"DDP 2 workers / 1 worker: {ddp:.2f}, median of {args.rounds} rounds (target >= 1.8)")
+    print(f"  the same loop without Ray, 2 processes / 1: {plain:.2f}")
     print(f"  this machine's ceiling, 2 independent 1-thread matmul loops / 1: {ceiling:.2f}")
+    pipeline = ratio("pipeline, 2 stages", "ddp, 1 worker")
     print(f"pipeline 2 stages / 1 worker: {pipeline:.2f}  ({args.microbatches} micro-batches)")
     if args.json:
         figures = {
             "ratio": ddp,
+            "ratio_without_ray": plain,
             "pipeline_ratio": pipeline,
             "hardware_ceiling": ceiling,
             **{
