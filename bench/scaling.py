@@ -68,26 +68,13 @@ def samples_per_sec(workdir: Path, *, steps: int, settings: list[str]) -> float:
     return _median_rate(result.tracking_uri, result.run_id)
 
 
-class _PlainSession:
-    """A training process of its own, outside Ray: no checkpoint to resume, reports dropped."""
-
-    def __init__(self, rank: int, world: int):
-        self.rank, self.world, self.device = rank, world, torch.device("cpu")
-
-    def resume_from(self):
-        return None
-
-    def report(self, metrics, checkpoint=None):
-        pass
-
-
 def _plain_worker(rank: int, world: int, config: dict, port: int) -> None:
     from gentrain import trainer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        trainer.train(config, _PlainSession(rank, world))
+        trainer.train(config, trainer.PlainSession(rank, world))
     finally:
         dist.destroy_process_group()
 

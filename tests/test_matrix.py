@@ -80,18 +80,6 @@ def _losses(result) -> list[float]:
     return [m.value for m in history]
 
 
-class _OneProcess:
-    """The training loop's session when it runs alone in this process (no Ray Train)."""
-
-    rank, world, device = 0, 1, torch.device("cpu")
-
-    def resume_from(self):
-        return None
-
-    def report(self, metrics, checkpoint=None):
-        pass
-
-
 @pytest.fixture(scope="module")
 def one_worker(tmp_path_factory, new_store):
     """The loss trajectory of one worker with the same global batch and seed, per family: the
@@ -107,7 +95,7 @@ def one_worker(tmp_path_factory, new_store):
             run_id = tracking.start_run(spec, uri=uri)
             config = {"spec": spec.to_dict(), "run_id": run_id, "tracking_uri": uri, "threads": 2}
             with _torch_threads_kept():
-                trainer.train(config, _OneProcess())
+                trainer.train(config, trainer.PlainSession())
             result = launch.RunResult(run_id, spec.experiment, uri, metrics={})
             cache[family] = _losses(result)
         return cache[family]

@@ -45,6 +45,20 @@ class Session(Protocol):
     def report(self, metrics: dict[str, float], checkpoint: Path | None = None) -> None: ...
 
 
+class PlainSession:
+    """A training process outside Ray (a benchmark's baseline, a test's reference run): no
+    checkpoint to resume, its reports dropped; the run's metrics still go to MLflow."""
+
+    def __init__(self, rank: int = 0, world: int = 1):
+        self.rank, self.world, self.device = rank, world, torch.device("cpu")
+
+    def resume_from(self) -> Checkpoint | None:
+        return None
+
+    def report(self, metrics: dict[str, float], checkpoint: Path | None = None) -> None:
+        pass
+
+
 class RayTrainSession:
     def __init__(self):
         context = ray.train.get_context()
