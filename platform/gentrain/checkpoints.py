@@ -60,9 +60,7 @@ def newest_whole(latest: Checkpoint) -> tuple[Checkpoint | None, list[str]]:
     """`latest` if it is whole, else the newest whole checkpoint saved before it in the same run
     directory (None if there is none), with one line for each checkpoint passed over."""
     skipped = []
-    parent, name = latest.path.rsplit("/", 1)
-    earlier = [path for path in _checkpoint_paths(latest.filesystem, parent) if _name(path) < name]
-    for path in [latest.path, *earlier]:
+    for path in _latest_then_earlier(latest):
         checkpoint = Checkpoint(path, filesystem=latest.filesystem)
         with checkpoint.as_directory() as local:
             reason = problem(Path(local))
@@ -71,6 +69,14 @@ def newest_whole(latest: Checkpoint) -> tuple[Checkpoint | None, list[str]]:
         skipped.append(f"{_name(path)}: {reason}")
         log.warning("gentrain: not loading checkpoint %s: %s", path, reason)
     return None, skipped
+
+
+def _latest_then_earlier(latest: Checkpoint):
+    """`latest`'s path, then (listed only if asked for: a listing is a request on S3) the run's
+    checkpoints saved before it, newest first."""
+    yield latest.path
+    parent, name = latest.path.rsplit("/", 1)
+    yield from (path for path in _checkpoint_paths(latest.filesystem, parent) if _name(path) < name)
 
 
 def _checkpoint_paths(filesystem, run_path: str) -> list[str]:
