@@ -14,6 +14,8 @@ pipeline, one after the other) and each ratio is the median of the rounds' own r
 Each round also trains DDP's two runs with the same training loop (gentrain.trainer) in plain
 processes joined by gloo, without Ray: the gap between the two ratios is what Ray's own
 processes (its daemons, Ray Train's controller and actors) take from the workers' 2 cores.
+And it trains two 1-process runs side by side, apart: what the machine gives this model from 2
+cores with no communication at all (shared caches and memory bandwidth), DDP's own ceiling.
 """
 
 import argparse
@@ -103,6 +105,28 @@ def samples_per_sec_without_ray(workdir: Path, *, steps: int, settings: list[str
     return _median_rate(uri, run_id)
 
 
+def _rate_without_ray_into(rates, steps: int, settings: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        rates.put(samples_per_sec_without_ray(Path(tmp), steps=steps, settings=settings))
+
+
+def samples_per_sec_side_by_side(workdir: Path, *, steps: int, settings: list[str]) -> float:
+    """Two runs of one process each at the same time, sharing nothing but the machine: what its
+    2 cores give this model with no communication at all, the most DDP could reach here."""
+    context = multiprocessing.get_context("spawn")
+    rates = context.Queue()
+    runs = [
+        context.Process(target=_rate_without_ray_into, args=(rates, steps, settings))
+        for _ in range(2)
+    ]
+    for run in runs:
+        run.start()
+    total = sum(rates.get() for _ in runs)
+    for run in runs:
+        run.join()
+    return total
+
+
 def _matmuls_per_sec(seconds: float) -> float:
     torch.set_num_threads(1)
     a, b = torch.randn(512, 512), torch.randn(512, 512)
@@ -152,6 +176,7 @@ def main() -> None:
         "pipeline, 2 stages": (samples_per_sec, pipeline),
         "no Ray, 1 process": (samples_per_sec_without_ray, one),
         "no Ray, 2 processes": (samples_per_sec_without_ray, two),
+        "no Ray, 2 x 1 apart": (samples_per_sec_side_by_side, one),
     }
     ceiling = hardware_ceiling()
     rounds = []
@@ -169,12 +194,14 @@ def main() -> None:
         ratio("ddp, 2 workers", "ddp, 1 worker"),
         ratio("no Ray, 2 processes", "no Ray, 1 process"),
     )
+    apart = ratio("no Ray, 2 x 1 apart", "no Ray, 1 process")
     print(f"GPT small with {args.layers} blocks, seq 128, 1 thread per worker, {args.steps} steps")
     print(f"{'run':<22}samples/s, round by round")
     for name in runs:
         print(f"{name:<22}" + "".join(f"{r[name]:>8.1f}" for r in rounds))
     print(f"DDP 2 workers / 1 worker: {ddp:.2f}, median of {args.rounds} rounds (target >= 1.8)")
     print(f"  the same loop without Ray, 2 processes / 1: {plain:.2f}")
+    print(f"  two 1-process runs side by side, no communication / 1: {apart:.2f}")
     print(f"  this machine's ceiling, 2 independent 1-thread matmul loops / 1: {ceiling:.2f}")
     pipeline = ratio("pipeline, 2 stages", "ddp, 1 worker")
     print(f"pipeline 2 stages / 1 worker: {pipeline:.2f}  ({args.microbatches} micro-batches)")
@@ -182,6 +209,7 @@ def main() -> None:
         figures = {
             "ratio": ddp,
             "ratio_without_ray": plain,
+            "ratio_side_by_side": apart,
             "pipeline_ratio": pipeline,
             "hardware_ceiling": ceiling,
             **{
