@@ -105,9 +105,9 @@ def samples_per_sec_without_ray(workdir: Path, *, steps: int, settings: list[str
     return _median_rate(uri, run_id)
 
 
-def _rate_without_ray_into(rates, steps: int, settings: list[str]) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        rates.put(samples_per_sec_without_ray(Path(tmp), steps=steps, settings=settings))
+def _rate_without_ray_into(rates, workdir: Path, steps: int, settings: list[str]) -> None:
+    workdir.mkdir()
+    rates.put(samples_per_sec_without_ray(workdir, steps=steps, settings=settings))
 
 
 def samples_per_sec_side_by_side(workdir: Path, *, steps: int, settings: list[str]) -> float:
@@ -116,8 +116,10 @@ def samples_per_sec_side_by_side(workdir: Path, *, steps: int, settings: list[st
     context = multiprocessing.get_context("spawn")
     rates = context.Queue()
     runs = [
-        context.Process(target=_rate_without_ray_into, args=(rates, steps, settings))
-        for _ in range(2)
+        context.Process(
+            target=_rate_without_ray_into, args=(rates, workdir / f"run{i}", steps, settings)
+        )
+        for i in range(2)
     ]
     for run in runs:
         run.start()
