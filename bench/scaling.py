@@ -189,8 +189,14 @@ def main() -> None:
                 rates[name] = measure(Path(tmp), steps=args.steps, settings=model + settings)
         rounds.append(rates)
 
+    def ratios(over: str, under: str) -> list[float]:
+        return [r[over] / r[under] for r in rounds]
+
     def ratio(over: str, under: str) -> float:
-        return statistics.median(r[over] / r[under] for r in rounds)
+        return statistics.median(ratios(over, under))
+
+    def by_round(over: str, under: str) -> str:
+        return ", ".join(f"{value:.2f}" for value in ratios(over, under))
 
     ddp, plain = (
         ratio("ddp, 2 workers", "ddp, 1 worker"),
@@ -201,12 +207,24 @@ def main() -> None:
     print(f"{'run':<22}samples/s, round by round")
     for name in runs:
         print(f"{name:<22}" + "".join(f"{r[name]:>8.1f}" for r in rounds))
-    print(f"DDP 2 workers / 1 worker: {ddp:.2f}, median of {args.rounds} rounds (target >= 1.8)")
-    print(f"  the same loop without Ray, 2 processes / 1: {plain:.2f}")
-    print(f"  two 1-process runs side by side, no communication / 1: {apart:.2f}")
+    print(
+        f"DDP 2 workers / 1 worker: {ddp:.2f}, median of {args.rounds} rounds "
+        f"({by_round('ddp, 2 workers', 'ddp, 1 worker')}; target >= 1.8)"
+    )
+    print(
+        f"  the same loop without Ray, 2 processes / 1: {plain:.2f} "
+        f"({by_round('no Ray, 2 processes', 'no Ray, 1 process')})"
+    )
+    print(
+        f"  two 1-process runs side by side, no communication / 1: {apart:.2f} "
+        f"({by_round('no Ray, 2 x 1 apart', 'no Ray, 1 process')})"
+    )
     print(f"  this machine's ceiling, 2 independent 1-thread matmul loops / 1: {ceiling:.2f}")
     pipeline = ratio("pipeline, 2 stages", "ddp, 1 worker")
-    print(f"pipeline 2 stages / 1 worker: {pipeline:.2f}  ({args.microbatches} micro-batches)")
+    print(
+        f"pipeline 2 stages / 1 worker: {pipeline:.2f} "
+        f"({by_round('pipeline, 2 stages', 'ddp, 1 worker')}; {args.microbatches} micro-batches)"
+    )
     if args.json:
         figures = {
             "ratio": ddp,
