@@ -189,48 +189,35 @@ def main() -> None:
                 rates[name] = measure(Path(tmp), steps=args.steps, settings=model + settings)
         rounds.append(rates)
 
-    def ratios(over: str, under: str) -> list[float]:
-        return [r[over] / r[under] for r in rounds]
+    compared = {  # JSON key: (over, under)
+        "ratio": ("ddp, 2 workers", "ddp, 1 worker"),
+        "ratio_without_ray": ("no Ray, 2 processes", "no Ray, 1 process"),
+        "ratio_side_by_side": ("no Ray, 2 x 1 apart", "no Ray, 1 process"),
+        "pipeline_ratio": ("pipeline, 2 stages", "ddp, 1 worker"),
+    }
+    by_round = {key: [r[a] / r[b] for r in rounds] for key, (a, b) in compared.items()}
+    ratio = {key: statistics.median(values) for key, values in by_round.items()}
 
-    def ratio(over: str, under: str) -> float:
-        return statistics.median(ratios(over, under))
+    def told(key: str) -> str:
+        """The median, then each round's ratio."""
+        return f"{ratio[key]:.2f} ({', '.join(f'{value:.2f}' for value in by_round[key])})"
 
-    def by_round(over: str, under: str) -> str:
-        return ", ".join(f"{value:.2f}" for value in ratios(over, under))
-
-    ddp, plain = (
-        ratio("ddp, 2 workers", "ddp, 1 worker"),
-        ratio("no Ray, 2 processes", "no Ray, 1 process"),
-    )
-    apart = ratio("no Ray, 2 x 1 apart", "no Ray, 1 process")
     print(f"GPT small with {args.layers} blocks, seq 128, 1 thread per worker, {args.steps} steps")
     print(f"{'run':<22}samples/s, round by round")
     for name in runs:
         print(f"{name:<22}" + "".join(f"{r[name]:>8.1f}" for r in rounds))
-    print(
-        f"DDP 2 workers / 1 worker: {ddp:.2f}, median of {args.rounds} rounds "
-        f"({by_round('ddp, 2 workers', 'ddp, 1 worker')}; target >= 1.8)"
-    )
-    print(
-        f"  the same loop without Ray, 2 processes / 1: {plain:.2f} "
-        f"({by_round('no Ray, 2 processes', 'no Ray, 1 process')})"
-    )
-    print(
-        f"  two 1-process runs side by side, no communication / 1: {apart:.2f} "
-        f"({by_round('no Ray, 2 x 1 apart', 'no Ray, 1 process')})"
-    )
+    rounds_told = f"median of {args.rounds} rounds"
+    print(f"DDP 2 workers / 1 worker: {told('ratio')}, {rounds_told} (target >= 1.8)")
+    print(f"  the same loop without Ray, 2 processes / 1: {told('ratio_without_ray')}")
+    print(f"  two 1-process runs side by side, no communication / 1: {told('ratio_side_by_side')}")
     print(f"  this machine's ceiling, 2 independent 1-thread matmul loops / 1: {ceiling:.2f}")
-    pipeline = ratio("pipeline, 2 stages", "ddp, 1 worker")
     print(
-        f"pipeline 2 stages / 1 worker: {pipeline:.2f} "
-        f"({by_round('pipeline, 2 stages', 'ddp, 1 worker')}; {args.microbatches} micro-batches)"
+        f"pipeline 2 stages / 1 worker: {told('pipeline_ratio')}  "
+        f"({args.microbatches} micro-batches)"
     )
     if args.json:
         figures = {
-            "ratio": ddp,
-            "ratio_without_ray": plain,
-            "ratio_side_by_side": apart,
-            "pipeline_ratio": pipeline,
+            **ratio,
             "hardware_ceiling": ceiling,
             **{
                 f"samples_per_sec.{name}": statistics.median(r[name] for r in rounds)
