@@ -9,7 +9,8 @@ trains the same global batch as the one worker, cut into micro-batches that flow
 stages. Samples/s is gentrain's own `samples_per_sec` metric (training time only: evaluation and
 checkpoints excluded), the median over the logging windows after the first (warm-up). This
 machine's speed drifts by 10-20 % over minutes, so the runs go in rounds (1 worker, 2 workers,
-pipeline, one after the other) and each ratio is the median of the rounds' own ratios.
+pipeline, one after the other; every other round in reverse order, so that a steady drift favours
+neither side of a ratio) and each ratio is the median of the rounds' own ratios.
 
 Each round also trains DDP's two runs with the same training loop (gentrain.trainer) in plain
 processes joined by gloo, without Ray: the gap between the two ratios is what Ray's own
@@ -155,7 +156,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8, help="GPT blocks (small: 4)")
     parser.add_argument("--batch", type=int, default=16, help="sequences per worker (DDP)")
     parser.add_argument("--microbatches", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3, help="each run once per round")
+    parser.add_argument("--rounds", type=int, default=4, help="each run once per round")
     parser.add_argument("--quick", action="store_true", help="1 round of 30 steps of 4 blocks")
     parser.add_argument("--json", type=Path, help="also write the figures here (flat JSON)")
     args = parser.parse_args()
@@ -182,9 +183,11 @@ def main() -> None:
     }
     ceiling = hardware_ceiling()
     rounds = []
-    for _ in range(args.rounds):
+    for number in range(args.rounds):
         rates = {}
-        for name, (measure, settings) in runs.items():
+        order = list(runs) if number % 2 == 0 else list(reversed(runs))
+        for name in order:
+            measure, settings = runs[name]
             with tempfile.TemporaryDirectory() as tmp:
                 rates[name] = measure(Path(tmp), steps=args.steps, settings=model + settings)
         rounds.append(rates)
