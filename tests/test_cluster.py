@@ -81,10 +81,8 @@ def cluster(s3_server, tmp_path_factory):
                     RAY,
                     "start",
                     f"--address=127.0.0.1:{gcs_port}",
-                    # a disk of its own, as a separate machine has: else this node would clean
-                    # up a job's working directory under the head's driver when its own
-                    # workers are done with it
-                    f"--temp-dir={tmp_path_factory.mktemp('ray-worker')}",
+                    # no --temp-dir: the head's, as a second `ray start` on one machine takes
+                    # it (both nodes' runtime-env agents unpack a job's files in one place)
                     *common,
                     *own_ports(),
                 ],
@@ -322,6 +320,50 @@ def test_a_submitted_sweep_runs_its_trials_on_both_nodes(
     # one CPU a node, two trials at once: one trial on each node
     trials = _ray_list(cluster, "actors", "--filter", "class_name=ImplicitFunc")
     assert len({actor["node_id"] for actor in trials}) == 2, trials
+
+
+def test_a_submitted_sweep_of_two_worker_trials_spreads_each_trial_over_both_nodes(
+    cluster, s3_server, tracking_server, tmp_path
+):
+    """Each trial is a Ray Train run of its own, nested in the Tune trial: its two workers take
+    the cluster's two CPUs, one a node, and end before the next trial starts."""
+    spec_path = _job_spec(tmp_path, steps=10, tracking_uri=tracking_server)
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["name"] = f"cluster-sweep2-{tmp_path.name}"
+    spec["train"] |= {"eval_every": 5, "checkpoint_every": 5}
+    spec["sweep"] = {
+        "search": "random",
+        "metric": "loss",
+        "trials": 2,
+        "concurrency": 1,
+        "space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}},
+    }
+    spec_path.write_text(yaml.safe_dump(spec))
+    result = _submit_and_follow(cluster, tmp_path)
+    assert "SUCCEEDED" in result.stdout, result.stdout[-3000:]
+    client = mlflow.MlflowClient(tracking_server)
+    experiment = client.get_experiment_by_name(spec["name"])
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [
+        run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    ]
+    assert parent.info.status == "FINISHED" and "best_loss" in parent.data.metrics
+    assert len(children) == 2 and all(run.info.status == "FINISHED" for run in children)
+    assert all(run.data.tags["gentrain.workers"] == "2" for run in children)
+    for child in children:  # each trial's own checkpoints, in S3
+        keys = _checkpoints(s3_server, tmp_path)
+        assert any(child.info.run_id in key for key in keys), (child.info.run_id, keys)
+    # one CPU a node, one trial at a time: each trial's two workers ran one on each node
+    job_id = _ray_job_id(cluster, result.stdout.split("submitted job ")[1].split()[0])
+    workers = _ray_list(cluster, "actors", "--filter", "class_name=RayTrainWorker")
+    of_sweep = [actor for actor in workers if actor["job_id"] == job_id]
+    assert len(of_sweep) == 4 and len({a["node_id"] for a in of_sweep}) == 2, of_sweep
+
+
+def _ray_job_id(cluster: Cluster, submission_id: str) -> str:
+    (job,) = [job for job in _ray_list(cluster, "jobs") if job["submission_id"] == submission_id]
+    return job["job_id"]
 
 
 def test_bad_addresses_tokens_and_buckets_are_one_line_errors(

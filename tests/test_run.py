@@ -178,12 +178,12 @@ def test_every_worker_reports_into_a_checkpoint_under_storage_path(finished):
     assert parts | {"manifest_rank1.json"} <= {p.name for p in last.iterdir()}
 
 
-def test_a_failing_job_ends_failed_with_its_reason(new_store, tmp_path):
+def test_a_failing_job_ends_failed_with_its_reason_and_traceback(new_store, tmp_path):
     new_store(tmp_path)
     # Only the workers find out, once they read it, that this parquet file holds text.
     texts = tmp_path / "texts.parquet"
     pq.write_table(pa.table({"text": ["not an image. " * 100] * 8}), texts)
-    result = gentrain(
+    failing = [
         "run",
         SPEC,
         *SMALL_JOB,
@@ -195,16 +195,29 @@ def test_a_failing_job_ends_failed_with_its_reason(new_store, tmp_path):
         "train.max_failures=0",
         "--set",
         "train.workers=1",  # the error is any worker's: one is enough
-        cwd=tmp_path,
-    )
+    ]
+    result = gentrain(*failing, cwd=tmp_path)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and "holds texts" in error_lines[0], result.stderr[-2000:]
     assert "gentrain.errors" not in error_lines[0]
+    assert error_lines[0].endswith("(gentrain --debug shows the traceback)")
     run = _only_run(tmp_path)
     assert run.info.status == "FAILED"
     assert "holds texts; family gan trains on images" in run.data.tags["gentrain.failure"]
+    # the whole traceback, the worker's own frames included, is the run's error.txt
+    error_file = _client(tmp_path).download_artifacts(run.info.run_id, "error.txt", str(tmp_path))
+    error = Path(error_file).read_text()
+    assert error.startswith("Traceback") and "holds texts" in error
+    assert "[Rank 0 Error Snippet]" in error and "gentrain/trainer.py" in error, "the worker's"
+
+    debug = gentrain("--debug", *failing, cwd=tmp_path)
+    assert debug.returncode == 1
+    assert debug.stderr.count("Traceback (most recent call last)") >= 1
+    assert "[Rank 0 Error Snippet]" in debug.stderr
+    last = debug.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: run ") and "holds texts" in last and "--debug" not in last
 
 
 def test_missing_inception_weights_stop_the_job_before_anything_starts(tmp_path):

@@ -21,7 +21,7 @@ from ray import tune
 from conftest import GENTRAIN, gentrain, wait_for
 from gentrain import spec as spec_module
 from gentrain import sweep, tracking
-from gentrain.errors import SpecError
+from gentrain.errors import GentrainError, SpecError
 from gentrain.spec import SweepSection
 
 STEPS = 6
@@ -238,8 +238,35 @@ def test_a_failing_trial_ends_failed_and_the_sweep_goes_on(local_ray, new_store,
     assert failed.info.status == "FAILED"
     assert "the loss became" in failed.data.tags["gentrain.failure"]
     assert "(train.on_nan: stop)" in failed.data.tags["gentrain.failure"]
+    error = _artifact_text(result.tracking_uri, failed.info.run_id, "error.txt", tmp_path)
+    assert error.startswith("Traceback") and "the loss became" in error
     assert fine.info.status == "FINISHED" and result.best_run_id == fine.info.run_id
     assert sorted(t.status for t in result.trials) == ["FAILED", "FINISHED"]
+
+
+def test_a_sweep_that_fails_beneath_gentrain_keeps_its_traceback(local_ray, new_store, tmp_path):
+    """The caller's own code fails (a closed pipe under `gentrain sweep | head`): the sweep ends
+    FAILED, and its parent run keeps the traceback (error.txt) beside the one-line reason."""
+    new_store(tmp_path)
+    spec = _spec(tmp_path, {"search": "grid", "space": {"optim.lr": {"grid": [1e-3]}}})
+
+    def closed_pipe(trial) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(GentrainError, match=r"^sweep \w+ failed: .*Broken pipe") as failed:
+        sweep.run(spec, on_trial=closed_pipe)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(spec.experiment)
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`gentrain.sweep` != ''")
+    assert parent.info.run_id in str(failed.value) and parent.info.status == "FAILED"
+    assert "Broken pipe" in parent.data.tags["gentrain.failure"]
+    error = _artifact_text(client.tracking_uri, parent.info.run_id, "error.txt", tmp_path)
+    assert "Traceback" in error and "BrokenPipeError" in error and "closed_pipe" in error
+
+
+def _artifact_text(uri: str, run_id: str, path: str, tmp_path: Path) -> str:
+    local = mlflow.MlflowClient(uri).download_artifacts(run_id, path, str(tmp_path))
+    return Path(local).read_text()
 
 
 def test_pbt_exploits_a_better_trials_checkpoint(local_ray, new_store, tmp_path):

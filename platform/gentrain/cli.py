@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from gentrain.errors import GentrainError, SpecError
+from gentrain.errors import GentrainError, SpecError, traceback_of
 from gentrain.redact import redact
 
 app = typer.Typer(
@@ -36,9 +36,45 @@ AddressOption = Annotated[
 ]
 
 
+@app.callback()
+def options(
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help="Print a failure's full traceback (or GENTRAIN_DEBUG=1)."),
+    ] = False,
+) -> None:
+    if debug:
+        os.environ["GENTRAIN_DEBUG"] = "1"
+
+
 def _fail(message: str, code: int) -> None:
     err.print(f"error: {redact(message)}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _fault(error: Exception) -> None:
+    """A runtime fault: one line, exit 1. When it comes from an error beneath gentrain's own
+    words, that error's traceback goes where a person looks next: the terminal with --debug or
+    GENTRAIN_DEBUG=1, and always a submitted job's log (the failed run's error.txt has it too)."""
+    hint = ""
+    if error.__cause__ is not None or not isinstance(error, GentrainError):
+        if _tracebacks_shown():
+            sys.stderr.write(redact(traceback_of(error)))
+        else:
+            hint = " (gentrain --debug shows the traceback)"
+    text = str(error) if isinstance(error, GentrainError) else _internal(error)
+    _fail(text + hint, 1)
+
+
+def _tracebacks_shown() -> bool:
+    from gentrain import cluster
+
+    return os.environ.get("GENTRAIN_DEBUG", "0") not in ("", "0") or cluster.in_submitted_job()
+
+
+def _internal(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return f"internal error: {type(error).__name__}" + (f": {lines[0][:300]}" if lines else "")
 
 
 def _check_run_id(run_id: str | None, option: str) -> None:
@@ -145,7 +181,7 @@ def run(
     except SpecError as error:
         _fail(str(error), 2)
     except GentrainError as error:
-        _fail(str(error), 1)
+        _fault(error)
     _print_summary(result)
     if result.kept_in:
         _warn(
@@ -197,7 +233,7 @@ def sweep(
     except SpecError as error:
         _fail(str(error), 2)
     except GentrainError as error:
-        _fail(str(error), 1)
+        _fault(error)
     out.print()
     out.print(
         f"[bold green]done[/]: sweep {result.parent_run_id} in experiment '{result.experiment}'"
@@ -315,7 +351,7 @@ def submit(
     except SpecError as error:
         _fail(str(error), 2)
     except GentrainError as error:
-        _fail(str(error), 1)
+        _fault(error)
     out.print(
         f"shipped {sent.shipped} ({sent.shipped_bytes / 2**20:.1f} MiB) without "
         f"{', '.join(sent.excluded)}",
@@ -348,7 +384,7 @@ def _jobs_client(address: str | None):
     except SpecError as error:
         _fail(str(error), 2)
     except GentrainError as error:
-        _fail(str(error), 1)
+        _fault(error)
 
 
 def _existing_job_status(client, job_id: str) -> str:
@@ -500,6 +536,11 @@ def main() -> None:
         app()
     except SystemExit as end:
         _exit(end.code)
+    except Exception as error:  # a fault gentrain did not foresee: still one line
+        try:
+            _fault(error)
+        except typer.Exit as end:
+            _exit(end.exit_code)
 
 
 def _exit(code: int | str | None) -> None:
@@ -512,7 +553,9 @@ def _exit(code: int | str | None) -> None:
         raise SystemExit(code)
     import logging
 
-    ray.shutdown()
+    from gentrain import cluster
+
+    cluster.shutdown()
     logging.shutdown()
     if isinstance(code, str):  # SystemExit's own convention: the message, then status 1
         print(code, file=sys.stderr)

@@ -1,9 +1,13 @@
 """Which Ray a job runs on (an embedded local one started by gentrain, or a running cluster), and
 the Jobs API that submits specs to a cluster and manages their jobs."""
 
+import json
 import logging
 import os
 import shlex
+import shutil
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +33,52 @@ def connect(address: str | None = None) -> None:
     to 127.0.0.1. Worker logs stay in Ray's log files: the driver shows progress instead."""
     if ray.is_initialized():
         return
+    _leave_unpacked_working_dir()
     _join_or_start(address)
     _stop_on_sigterm()
+
+
+_own_working_dir: Path | None = None
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # Ray's Jobs API sets it for a job's driver
+
+
+def in_submitted_job() -> bool:
+    """Whether this process is the driver of a job submitted to a cluster (`gentrain submit`,
+    a KubeRay RayJob): its output is the job's log."""
+    return JOB_CONFIG_ENV in os.environ
+
+
+def _leave_unpacked_working_dir() -> None:
+    """A submitted job's driver starts in the copy of the shipped directory that Ray unpacked on
+    its node, and Ray may unpack it there again while the job runs: another node's runtime-env
+    agent that shares this node's Ray temp dir (two `ray start` on one machine) replaces the
+    directory when its first worker needs it, and the driver is left in a deleted directory
+    (os.getcwd() fails: Ray Tune's end of a sweep calls it). The driver moves to a copy of its
+    own, hard links of the shipped files, for its lifetime (removed by `shutdown`)."""
+    global _own_working_dir
+    job_config = json.loads(os.environ.get(JOB_CONFIG_ENV) or "{}")
+    if _own_working_dir or not job_config.get("runtime_env", {}).get("working_dir"):
+        return
+    shipped = Path.cwd()
+    own = Path(tempfile.mkdtemp(prefix="gentrain-driver-"))
+    shutil.copytree(shipped, own, dirs_exist_ok=True, copy_function=_link_or_copy)
+    os.chdir(own)
+    sys.path[:] = [str(own) if entry == str(shipped) else entry for entry in sys.path]
+    _own_working_dir = own
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(source, target)
+
+
+def shutdown() -> None:
+    """Stop this process's Ray connection (or embedded Ray) and remove what `connect` made."""
+    ray.shutdown()
+    if _own_working_dir:
+        shutil.rmtree(_own_working_dir, ignore_errors=True)
 
 
 def _stop_on_sigterm() -> None:

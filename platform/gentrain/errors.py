@@ -1,5 +1,7 @@
 """The two kinds of failure gentrain tells apart: bad input (exit 2) and runtime faults (exit 1)."""
 
+import traceback
+
 
 class SpecError(ValueError):
     """Bad input: a spec, an override, a file or a setting the user can fix. The message is one line
@@ -8,3 +10,12 @@ class SpecError(ValueError):
 
 class GentrainError(RuntimeError):
     """A runtime fault reported plainly (a missing weights file, a failed run)."""
+
+
+ERROR_FILE = "error.txt"  # a failed run's (or sweep's) full traceback, an MLflow artifact
+
+
+def traceback_of(err: BaseException) -> str:
+    """The whole traceback of `err` and of the errors it came from, as Python prints it (a Ray
+    worker's error includes the worker's own traceback)."""
+    return "".join(traceback.format_exception(err))

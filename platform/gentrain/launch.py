@@ -14,7 +14,7 @@ from ray.train.torch import TorchTrainer
 
 from gentrain import cluster, tracking
 from gentrain.data import check_source
-from gentrain.errors import GentrainError
+from gentrain.errors import GentrainError, traceback_of
 from gentrain.memory import is_out_of_memory, out_of_memory_message
 from gentrain.spec import JobSpec
 from gentrain.storage import check_bucket
@@ -91,16 +91,18 @@ def run(
         reason = failure_reason(err)
         if is_out_of_memory(err) and not reason.startswith("out of memory"):  # Ray's monitor
             reason = out_of_memory_message(spec, where="on a worker (Ray stopped it)")
-        end_run(run_id, uri=uri, status="FAILED", reason=reason)
+        end_run(run_id, uri=uri, status="FAILED", reason=reason, error=traceback_of(err))
         raise GentrainError(f"run {run_id} failed: {reason}") from err
     kept_in = end_run(run_id, uri=uri, status="FINISHED")
     return RunResult(run_id, spec.experiment, uri, metrics=metrics, kept_in=kept_in)
 
 
-def end_run(run_id: str, *, uri: str, status: str, reason: str | None = None) -> Path | None:
-    """Close the run in the tracking store, after what rank 0 logged. When the store was away
-    at the end of training (rank 0 left its outbox on this machine for later), the end joins
-    the outbox instead, and its directory is returned."""
+def end_run(
+    run_id: str, *, uri: str, status: str, reason: str | None = None, error: str | None = None
+) -> Path | None:
+    """Close the run in the tracking store (`error`: the traceback of a failed one), after what
+    rank 0 logged. When the store was away at the end of training (rank 0 left its outbox on
+    this machine for later), the end joins the outbox instead, and its directory is returned."""
     from gentrain import outbox
 
     kept_in = tracking.outbox_dir(run_id)
@@ -108,12 +110,12 @@ def end_run(run_id: str, *, uri: str, status: str, reason: str | None = None) ->
         try:
             if kept_in.exists():  # rank 0 stopped before its outbox was sent (a failed worker)
                 outbox.upload(kept_in)
-            tracking.end_run(run_id, uri=uri, status=status, reason=reason)
+            tracking.end_run(run_id, uri=uri, status=status, reason=reason, error=error)
             return None
         except Exception:  # the store's own errors: it is away now
             if not kept_in.exists():
                 raise
-    outbox.keep_end(kept_in, status=status, reason=reason)
+    outbox.keep_end(kept_in, status=status, reason=reason, error=error)
     return kept_in
 
 

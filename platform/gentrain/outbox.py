@@ -173,7 +173,7 @@ def send(directory: Path, *, uri: str, run_id: str) -> None:
     """Send the outbox's unsent entries in order, recording how far the store got."""
     from mlflow.entities import Metric
 
-    from gentrain.tracking import client_for
+    from gentrain.tracking import client_for, end_run
 
     client = client_for(uri)
     batch: list[Metric] = []
@@ -205,9 +205,13 @@ def send(directory: Path, *, uri: str, run_id: str) -> None:
         elif "saved_model" in entry:
             _log_saved_model(directory / entry["saved_model"], uri=uri, run_id=run_id, **entry)
         elif "end" in entry:
-            if entry.get("reason"):
-                client.set_tag(run_id, "gentrain.failure", entry["reason"][:5000])
-            client.set_terminated(run_id, status=entry["end"])
+            end_run(
+                run_id,
+                uri=uri,
+                status=entry["end"],
+                reason=entry["reason"],
+                error=entry.get("error"),
+            )
         sent_through(offset)
     send_batch()
 
@@ -222,10 +226,10 @@ def _log_saved_model(path: Path, *, uri: str, run_id: str, register_as: str | No
     log_pytorch_model(module, signature, uri=uri, run_id=run_id, register_as=register_as)
 
 
-def keep_end(directory: Path, *, status: str, reason: str | None) -> None:
+def keep_end(directory: Path, *, status: str, reason: str | None, error: str | None) -> None:
     """The run's end, for the upload (the driver could not tell the store)."""
     with (directory / ENTRIES).open("a") as stream:
-        stream.write(json.dumps({"end": status, "reason": reason}) + "\n")
+        stream.write(json.dumps({"end": status, "reason": reason, "error": error}) + "\n")
 
 
 def upload(directory: Path) -> str:

@@ -15,7 +15,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTra
 from ray.tune.search import BasicVariantGenerator, Searcher
 
 from gentrain import cluster, launch, tracking
-from gentrain.errors import GentrainError, SpecError
+from gentrain.errors import GentrainError, SpecError, traceback_of
 from gentrain.spec import JobSpec, SweepSection, trial_spec
 
 TUNE_SETTINGS = {
@@ -95,16 +95,17 @@ def run(
             report=_TrialReport(spec, parent_id, uri),
         )
         tuner.fit()
+        comparison = tracking.compare(uri=uri, parent_id=parent_id)
+        tracking.log_sweep_outcome(parent_id, comparison, uri=uri)
     except KeyboardInterrupt:
         _close(parent_id, uri, "KILLED", "interrupted; `gentrain sweep SPEC --resume` goes on")
         raise
     except Exception as err:
-        _close(parent_id, uri, "FAILED", launch.failure_reason(err))
-        raise GentrainError(f"sweep {parent_id} failed: {launch.failure_reason(err)}") from err
+        reason = launch.failure_reason(err)
+        _close(parent_id, uri, "FAILED", reason, error=traceback_of(err))
+        raise GentrainError(f"sweep {parent_id} failed: {reason}") from err
     finally:
         _listeners.pop(parent_id, None)
-    comparison = tracking.compare(uri=uri, parent_id=parent_id)
-    tracking.log_sweep_outcome(parent_id, comparison, uri=uri)
     best = next((row for row in comparison.rows if sweep.metric in row), None)
     if best is None:
         reason = "no trial reported " + sweep.metric
@@ -122,9 +123,11 @@ def run(
     )
 
 
-def _close(parent_id: str, uri: str, status: str, reason: str | None) -> None:
+def _close(
+    parent_id: str, uri: str, status: str, reason: str | None, error: str | None = None
+) -> None:
     tracking.end_open_trials(parent_id, uri=uri, reason=reason or "the sweep ended")
-    tracking.end_run(parent_id, uri=uri, status=status, reason=reason)
+    tracking.end_run(parent_id, uri=uri, status=status, reason=reason, error=error)
 
 
 def _tuner(
@@ -290,7 +293,8 @@ def _trial(config: dict[str, Any], *, setup: dict[str, Any]) -> None:
     except SystemExit:  # a scheduler stopped the trial: the sweep's callback ends its run
         raise
     except BaseException as err:
-        launch.end_run(run_id, uri=uri, status="FAILED", reason=launch.failure_reason(err))
+        reason = launch.failure_reason(err)
+        launch.end_run(run_id, uri=uri, status="FAILED", reason=reason, error=traceback_of(err))
         raise
     launch.end_run(run_id, uri=uri, status="FINISHED")
 
@@ -349,14 +353,15 @@ class _TrialReport(tune.Callback):
         self._ended(trial, "KILLED", reason)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._ended(trial, "FAILED", _error_of(trial))
+        error = _error_file_of(trial)
+        self._ended(trial, "FAILED", _last_line(error) or "the trial failed", error)
 
-    def _ended(self, trial, status: str, reason: str) -> None:
+    def _ended(self, trial, status: str, reason: str, error: str | None = None) -> None:
         run_id = tracking.trial_run_id(self.parent_id, trial.trial_id, uri=self.uri)
         if run_id is not None:
             current = tracking.run_status(run_id, uri=self.uri)
-            if current == "RUNNING":
-                tracking.end_run(run_id, uri=self.uri, status=status, reason=reason)
+            if current == "RUNNING":  # the trial's process died before it could end its run
+                tracking.end_run(run_id, uri=self.uri, status=status, reason=reason, error=error)
             else:
                 status, reason = current, (reason if current == status else None)
         value = (trial.last_result or {}).get(self.spec.sweep.metric)
@@ -374,11 +379,14 @@ class _TrialReport(tune.Callback):
             on_trial(outcome)
 
 
-def _error_of(trial) -> str:
-    """The last line of the trial's error file, else a plain statement."""
-    path = getattr(trial, "error_file", None) or ""
+def _error_file_of(trial) -> str | None:
+    """What Ray Tune wrote of the trial's error (its traceback), if anything."""
     try:
-        lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+        return Path(getattr(trial, "error_file", None) or "").read_text()
     except OSError:
-        lines = []
-    return launch.failure_reason(RuntimeError(lines[-1])) if lines else "the trial failed"
+        return None
+
+
+def _last_line(error: str | None) -> str | None:
+    lines = [line for line in (error or "").splitlines() if line.strip()]
+    return launch.failure_reason(RuntimeError(lines[-1])) if lines else None

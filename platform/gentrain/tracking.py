@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from gentrain.errors import GentrainError, SpecError
+from gentrain.errors import ERROR_FILE, GentrainError, SpecError
 from gentrain.redact import redact_values
 from gentrain.spec import JobSpec, flatten
 
@@ -261,10 +261,15 @@ def log_sweep_outcome(parent_id: str, comparison: Comparison, *, uri: str) -> No
     client.set_tag(parent_id, "gentrain.best_config", json.dumps(config, sort_keys=True))
 
 
-def end_run(run_id: str, *, uri: str, status: str, reason: str | None = None) -> None:
+def end_run(
+    run_id: str, *, uri: str, status: str, reason: str | None = None, error: str | None = None
+) -> None:
+    """Close the run; a failed one keeps its reason (a tag) and its traceback (error.txt)."""
     client = client_for(uri)
     if reason:
         client.set_tag(run_id, "gentrain.failure", reason[:5000])
+    if error:
+        client.log_text(run_id, error, ERROR_FILE)
     client.set_terminated(run_id, status=status)
 
 
