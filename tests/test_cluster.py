@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -228,6 +230,34 @@ def test_a_submitted_job_trains_on_both_nodes(cluster, s3_server, tracking_serve
     workers = _ray_list(cluster, "actors", "--filter", "class_name=RayTrainWorker")
     assert len(workers) == 2 and len({a["node_id"] for a in workers}) == 2, workers
     assert _checkpoints(s3_server, tmp_path)
+
+
+def test_a_failed_jobs_traceback_is_in_its_log_and_its_run(cluster, tracking_server, tmp_path):
+    _job_spec(tmp_path, steps=10, tracking_uri=tracking_server)
+    # only a worker finds out, once it reads the data, that this parquet file holds text
+    pq.write_table(pa.table({"text": ["not an image. " * 100] * 8}), tmp_path / "texts.parquet")
+    env = _client_env(cluster)
+    failing = ["--set", "data.source=parquet:texts.parquet", "--set", "train.max_failures=0"]
+    result = gentrain(
+        "submit", "job.yaml", *failing, "--address", cluster.address, cwd=tmp_path, env=env
+    )
+    job_id = result.stdout.split("submitted job ")[1].split()[0]
+    status = ["jobs", "status", job_id, "--address", cluster.address]
+    ended = lambda: gentrain(*status, cwd=tmp_path, env=env).stdout.strip() == "FAILED"  # noqa: E731
+    wait_for(ended, 300, "the job to fail")
+    logs = gentrain("jobs", "logs", job_id, "--address", cluster.address, cwd=tmp_path, env=env)
+    assert "Traceback (most recent call last)" in logs.stdout, logs.stdout[-3000:]
+    assert "Error Snippet]:" in logs.stdout and "gentrain/trainer.py" in logs.stdout
+    last = [line for line in logs.stdout.splitlines() if line.strip()][-1]
+    assert last.startswith("error: run ") and last.endswith(
+        "holds texts; family gan trains on images"
+    )
+    run = _only_run(tmp_path, tracking_server)
+    assert run.info.status == "FAILED" and run.info.run_id in last
+    error = mlflow.MlflowClient(tracking_server).download_artifacts(
+        run.info.run_id, "error.txt", str(tmp_path)
+    )
+    assert "Error Snippet]:" in Path(error).read_text()
 
 
 def test_a_stopped_job_ends_killed_and_resumes_from_its_s3_checkpoint(

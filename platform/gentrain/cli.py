@@ -24,8 +24,10 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Train generative models on Ray, tracked in MLflow.",
 )
-out = Console()
-err = Console(stderr=True)
+# Lines are never wrapped at the console's width: piped to a file or a job's log (80 columns to
+# rich), a wrapped line splits a trial's values or a run id in two.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 SetOption = Annotated[
     list[str], typer.Option("--set", help="Override a spec key: --set optim.lr=3e-4 (repeatable).")
@@ -48,7 +50,7 @@ def options(
 
 
 def _fail(message: str, code: int) -> None:
-    err.print(f"error: {redact(message)}", markup=False, highlight=False, soft_wrap=True)
+    err.print(f"error: {redact(message)}", markup=False, highlight=False)
     raise typer.Exit(code)
 
 
@@ -123,7 +125,7 @@ def list_components() -> None:
         table.add_row(
             family.name, family.modality, ", ".join(family.flavors), ", ".join(family.eval_metrics)
         )
-    out.print(table)
+    out.print(table, soft_wrap=False)  # cells wrap within the table
     out.print(f"strategies:      {', '.join(STRATEGIES)}")
     builtin = ", ".join(f"builtin:{name}" for name in (*BUILTIN_IMAGES, *BUILTIN_CORPORA))
     out.print(f"data sources:    {builtin}, images:DIR, parquet:PATH, text:FILE (local or s3://)")
@@ -192,7 +194,7 @@ def run(
 
 
 def _warn(text: str) -> None:
-    err.print(f"warning: {redact(text)}", markup=False, highlight=False, soft_wrap=True)
+    err.print(f"warning: {redact(text)}", markup=False, highlight=False)
 
 
 @app.command()
@@ -244,7 +246,6 @@ def sweep(
     out.print(
         f"compare: gentrain runs compare {result.experiment} --parent {result.parent_run_id}",
         markup=False,
-        soft_wrap=True,
     )
 
 
@@ -322,7 +323,7 @@ def compare_runs(
         cells += [str(row.get(name, "")) for name in comparison.params]
         cells += [_short(row[name]) if name in row else "" for name in comparison.metrics]
         table.add_row(*cells)
-    out.print(table)
+    out.print(table, soft_wrap=False)  # cells wrap within the table
 
 
 @app.command()
@@ -356,7 +357,6 @@ def submit(
         f"shipped {sent.shipped} ({sent.shipped_bytes / 2**20:.1f} MiB) without "
         f"{', '.join(sent.excluded)}",
         markup=False,
-        soft_wrap=True,
     )
     out.print(f"submitted job {sent.job_id} (gentrain {command} {spec})", markup=False)
     if follow:
@@ -407,7 +407,7 @@ def jobs_list(address: AddressOption = None) -> None:
         table.add_row(
             info.submission_id or info.job_id or "", str(info.status.value), info.entrypoint
         )
-    out.print(table)
+    out.print(table, soft_wrap=False)  # cells wrap within the table
 
 
 @jobs_app.command("status")
@@ -528,7 +528,13 @@ def _print_summary(result) -> None:
     if final:
         out.print("final: " + "  ".join(f"{k} {v:.4g}" for k, v in final.items()), markup=False)
     out.print(f"tracking store: {redact(result.tracking_uri)}", markup=False)
-    out.print("look at it: gentrain ui   (then open http://127.0.0.1:5000)", markup=False)
+    if result.tracking_uri.startswith(("http://", "https://")):  # a server: its UI is there
+        from gentrain.tracking import run_url
+
+        page = run_url(result.run_id, uri=result.tracking_uri)
+        out.print(f"look at it: {redact(result.tracking_uri).rstrip('/')}/{page}", markup=False)
+    else:
+        out.print("look at it: gentrain ui   (then open http://127.0.0.1:5000)", markup=False)
 
 
 def main() -> None:

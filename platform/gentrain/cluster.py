@@ -165,6 +165,13 @@ def jobs_client(address: str | None):
             "--address: give the cluster's Jobs API, e.g. --address http://HOST:8265, "
             "or set RAY_ADDRESS"
         )
+    # Ray's client logs each file its packaging leaves out, the upload and the log stream's
+    # end: gentrain says what it shipped in one line and prints the job's own log.
+    from ray.dashboard.modules import dashboard_sdk
+    from ray.dashboard.modules.job import sdk
+
+    for logger in (logging.getLogger("ray._private.runtime_env"), dashboard_sdk.logger, sdk.logger):
+        logger.setLevel(logging.ERROR)
     try:
         return JobSubmissionClient(address)
     except Exception as err:  # Ray raises ConnectionError, RuntimeError or ValueError here
