@@ -27,15 +27,7 @@ def test_ui_serves_the_local_store_on_loopback(tmp_path):
         start_new_session=True,
     )
     try:
-        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10"
-        deadline, body = time.monotonic() + 120, None
-        while body is None and time.monotonic() < deadline:
-            try:
-                body = json.loads(urllib.request.urlopen(url, timeout=5).read())
-            except OSError:
-                time.sleep(0.5)
-        assert body is not None, "the UI did not come up"
-        assert "seen-in-ui" in {e["name"] for e in body["experiments"]}
+        assert "seen-in-ui" in _experiments_shown(port)
         listening = subprocess.run(
             ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True
         ).stdout
@@ -55,3 +47,50 @@ def _job_consumers_under(session: int) -> list[str]:
         for line in found.stdout.splitlines()
         if line.split(maxsplit=1)[0] == str(session) and "huey" in line
     ]
+
+
+def _experiments_shown(port: int) -> set[str]:
+    url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10"
+    deadline, body = time.monotonic() + 120, None
+    while body is None and time.monotonic() < deadline:
+        try:
+            body = json.loads(urllib.request.urlopen(url, timeout=5).read())
+        except OSError:
+            time.sleep(0.5)
+    assert body is not None, "the UI did not come up"
+    return {e["name"] for e in body["experiments"]}
+
+
+def test_processes_that_first_open_a_new_local_store_together_all_work(tmp_path):
+    """MLflow creates and migrates a new sqlite store on first use: two processes doing it at
+    once broke it for one of them ("Online migration expected to match one row")."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    port = free_port()
+    ui = subprocess.Popen(
+        [*GENTRAIN, "ui", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    lookups = [
+        subprocess.Popen(
+            [*GENTRAIN, "runs", "compare", "nothing-yet"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for lookup in lookups:
+            _, stderr = lookup.communicate(timeout=120)
+            assert lookup.returncode == 2, stderr
+            assert stderr.startswith("error: EXPERIMENT: no experiment 'nothing-yet'"), stderr
+        assert "Default" in _experiments_shown(port)
+    finally:
+        os.killpg(ui.pid, 9)
+        ui.wait()

@@ -450,7 +450,12 @@ def ui(
 
     if host != "127.0.0.1":
         err.print(f"warning: the MLflow UI listens on {host}: anyone who reaches it sees your runs")
-    argv = tracking.ui_command(tracking.resolve_tracking_uri(), host=host, port=port)
+    uri = tracking.resolve_tracking_uri()
+    try:
+        tracking.check_reachable(uri)  # a new local store is made here, never by two at once
+    except GentrainError as error:
+        _fault(error)
+    argv = tracking.ui_command(uri, host=host, port=port)
     out.print(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)")
     sys.stdout.flush()
     os.execve(argv[0], argv, {**tracking.SERVER_ENV, **os.environ})

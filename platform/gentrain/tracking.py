@@ -49,8 +49,29 @@ def client_for(uri: str):
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no store-migration chatter on the CLI
-
+    if uri.startswith("sqlite:///") and uri not in _opened_stores:
+        with _local_store_lock(Path(uri.removeprefix("sqlite:///"))):
+            mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        _opened_stores.add(uri)
     return mlflow.MlflowClient(tracking_uri=uri)
+
+
+_opened_stores: set[str] = set()  # local stores this process has opened: created and migrated
+
+
+@contextmanager
+def _local_store_lock(database: Path):
+    """One process at a time opens a local store first: MLflow creates and migrates a new sqlite
+    store on first use, and two processes doing it at once break it for one of them (a run and
+    `gentrain ui`, two runs). A lock on the store's directory: no file of its own."""
+    import fcntl
+
+    directory = os.open(database.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(directory, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(directory)  # releases the lock
 
 
 # MLflow's run ids (uuid hex); a run id also names its checkpoint directory under storage.path
