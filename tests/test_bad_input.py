@@ -187,6 +187,53 @@ SPEC_CASES = [
     (MINIMAL, ["data.source=images:/no/such/dir"], "data.source: /no/such/dir does not exist"),
     (IMAGES, [], "not a readable image"),
     (TEXT, [], "corpus.txt: the corpus is empty"),
+    # every field that names a place: only the forms gentrain supports (places.py)
+    (
+        MINIMAL,
+        ["data.source=parquet:gs://b/x.parquet"],
+        "data.source: gs:// is not supported; use a local path or s3://BUCKET/KEY",
+    ),
+    (MINIMAL, ["data.source=images:s3://"], "data.source: expected s3://BUCKET/KEY"),
+    (MINIMAL, ["data.source=images:s3://Big_Bucket/x"], "data.source: expected s3://BUCKET/KEY"),
+    (MINIMAL, ["data.source=images:job.yaml"], "data.source: job.yaml is not a directory"),
+    (GPT, ["data.source=text:pictures"], "data.source: pictures is a directory"),
+    (
+        MINIMAL,
+        ["storage.path=gs://bucket/checkpoints"],
+        "storage.path: gs:// is not supported; use a local directory or s3://BUCKET/PREFIX",
+    ),
+    (MINIMAL, ["storage.path=s3://"], "storage.path: expected s3://BUCKET/PREFIX"),
+    (MINIMAL, ["storage.path=job.yaml"], "storage.path: a file, not a directory"),
+    (MINIMAL, ["tracking.uri=foo://x"], "tracking.uri: foo:// is not supported; use http(s)://"),
+    (MINIMAL, ["tracking.uri=file:///tmp/mlruns"], "tracking.uri: file:// is not supported"),
+    (
+        MINIMAL,
+        ["tracking.uri=mlruns"],
+        "tracking.uri: a local store is a SQLite file ending in .db",
+    ),
+    (MINIMAL, ["tracking.uri=http://"], "tracking.uri: no host; use http://HOST"),
+    (
+        MINIMAL,
+        ["tracking.uri=sqlite:///"],
+        "tracking.uri: no path; a local store is sqlite:///PATH",
+    ),
+    (MINIMAL, ["tracking.register_as=team/gan"], "tracking.register_as: a registered model's name"),
+    (
+        MINIMAL,
+        ["model.init_from=s3://bucket/checkpoint_000001"],
+        "model.init_from: s3:// is not supported; expected runs:/RUN_ID/model, models:/",
+    ),
+    (MINIMAL, ["model.init_from=runs:/abc"], "model.init_from: an MLflow run's model is runs:/"),
+    (MINIMAL, ["model.init_from=models:/"], "model.init_from: a registered model is models:/"),
+    (
+        DEEPSPEED,
+        [
+            "train.deepspeed.zero_stage=3",
+            "train.deepspeed.offload_param=nvme",
+            "train.deepspeed.nvme_path=swap",
+        ],
+        "train.deepspeed.nvme_path: give an absolute local directory on the workers' machines",
+    ),
 ]
 
 
@@ -265,3 +312,21 @@ def test_resume_names_an_existing_run_never_a_path(
     )
     _assert_rejected(result, expected)
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("./mlruns", "MLFLOW_TRACKING_URI: a local store is a SQLite file ending in .db"),
+        ("gs://bucket/mlflow", "MLFLOW_TRACKING_URI: gs:// is not supported"),
+    ],
+)
+def test_a_tracking_uri_from_the_environment_is_checked_like_the_specs(
+    tmp_path, monkeypatch, uri, expected
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (tmp_path / "job.yaml").write_text(MINIMAL)
+    _assert_rejected(CliRunner().invoke(app, ["run", "job.yaml"]), expected)
+    assert not (tmp_path / "mlruns").exists()

@@ -10,11 +10,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
 from conftest import gentrain
 from gentrain import spec as spec_module
+from gentrain.cli import app
 from gentrain.data import Dataset, ShardedBatches, augment, load_dataset
 from gentrain.data.text import BPETokenizer, ByteTokenizer, builtin_corpus, split_text
 from gentrain.errors import GentrainError, SpecError
@@ -363,6 +366,26 @@ def test_missing_s3_objects_are_clear_errors(bucket, s3_env):
         _load("images:s3://gentrain-data/nothing-here")
     with pytest.raises(GentrainError, match="s3://no-such-bucket/x.parquet: cannot read parquet"):
         _load("parquet:s3://no-such-bucket/x.parquet")
+
+
+def test_missing_s3_data_is_refused_before_anything_starts(bucket, s3_env, tmp_path, monkeypatch):
+    """The CLI's check, before Ray or MLflow: exit 2, one line naming data.source."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    job = tmp_path / "job.yaml"
+    job.write_text("name: t\nmodel: {family: gan, flavor: debug}\n")
+    for source, expected in [
+        (
+            "images:s3://gentrain-data/nothing-here",
+            "s3://gentrain-data/nothing-here does not exist",
+        ),
+        ("images:s3://no-such-bucket/pictures", "bucket 'no-such-bucket' does not exist"),
+    ]:
+        result = CliRunner().invoke(app, ["run", str(job), "--set", f"data.source={source}"])
+        assert result.exit_code == 2, (result.stderr, result.exception)
+        assert result.stderr.startswith(f"error: data.source: {expected}"), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert not ray.is_initialized() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_s3_endpoint_comes_from_the_environment(bucket, s3_env, monkeypatch):

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from gentrain.errors import GentrainError, SpecError, traceback_of
+from gentrain.errors import GentrainError, SpecError, first_line, traceback_of
 from gentrain.redact import redact
 
 app = typer.Typer(
@@ -75,8 +75,8 @@ def _tracebacks_shown() -> bool:
 
 
 def _internal(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return f"internal error: {type(error).__name__}" + (f": {lines[0][:300]}" if lines else "")
+    said = f": {first_line(error)}" if str(error).strip() else ""
+    return f"internal error: {type(error).__name__}{said}"
 
 
 def _check_run_id(run_id: str | None, option: str) -> None:
@@ -90,13 +90,19 @@ def _check_run_id(run_id: str | None, option: str) -> None:
 
 
 def _check_data(job) -> None:
-    """Before Ray is imported (seconds): bad data is refused as quickly as a bad spec."""
-    from gentrain.data import check_source
+    """Before Ray is imported (seconds): bad data, or a bad MLFLOW_TRACKING_URI, is refused as
+    quickly as a bad spec."""
+    from gentrain.tracking import resolve_tracking_uri
 
     try:
+        resolve_tracking_uri(job)
+        from gentrain.data import check_source  # imports torch: after the quick checks
+
         check_source(job.data)
     except SpecError as error:
         _fail(str(error), 2)
+    except GentrainError as error:  # S3 did not answer, or refused these credentials
+        _fault(error)
 
 
 def _load(spec_path: str, sets: list[str]):
@@ -278,17 +284,12 @@ def upload_runs(
         try:
             run_id = outbox.upload(path)
         except Exception as error:  # the store's own errors: still away, refused...
-            problem = _first_line(error)[:160]
+            problem = first_line(error)[:160]
             _fail(
                 f"{path}: the store did not take it; nothing is lost, try again later ({problem})",
                 1,
             )
         out.print(f"uploaded run {run_id} from {path}", markup=False)
-
-
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:300]
 
 
 @runs_app.command("compare")
@@ -307,8 +308,8 @@ def compare_runs(
     from gentrain import tracking
 
     _check_run_id(parent, "--parent")
-    uri = tracking.resolve_tracking_uri(tracking_uri=tracking_uri)
     try:
+        uri = tracking.resolve_tracking_uri(tracking_uri=tracking_uri)
         comparison = tracking.compare(uri=uri, experiment=experiment, parent_id=parent)
     except SpecError as error:
         _fail(str(error), 2)
@@ -450,9 +451,11 @@ def ui(
 
     if host != "127.0.0.1":
         err.print(f"warning: the MLflow UI listens on {host}: anyone who reaches it sees your runs")
-    uri = tracking.resolve_tracking_uri()
     try:
+        uri = tracking.resolve_tracking_uri()
         tracking.check_reachable(uri)  # a new local store is made here, never by two at once
+    except SpecError as error:
+        _fail(str(error), 2)
     except GentrainError as error:
         _fault(error)
     argv = tracking.ui_command(uri, host=host, port=port)

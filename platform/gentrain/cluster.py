@@ -14,7 +14,7 @@ from pathlib import Path
 
 import ray
 
-from gentrain.errors import GentrainError, SpecError
+from gentrain.errors import GentrainError, SpecError, first_line
 from gentrain.storage import check_bucket
 
 EMBEDDED_RAY_TRAIN_SETTINGS = {
@@ -103,7 +103,7 @@ def _join_or_start(address: str | None) -> None:
             ray.init(address=address, **common)
         except Exception as err:  # ConnectionError, an auth error, a version mismatch...
             raise GentrainError(
-                f"--address {address}: cannot join the cluster: {_first_line(err)}"
+                f"--address {address}: cannot join the cluster: {first_line(err)}"
             ) from None
         return
     # The embedded Ray's processes inherit these: nothing preempts a single machine, and a short
@@ -273,7 +273,7 @@ def job_status(client, job_id: str) -> str:
     try:
         return str(client.get_job_status(job_id).value)
     except Exception as err:
-        raise SpecError(f"JOB_ID: no job '{job_id}' on this cluster ({_first_line(err)})") from None
+        raise SpecError(f"JOB_ID: no job '{job_id}' on this cluster ({first_line(err)})") from None
 
 
 def follow_logs(client, job_id: str, write) -> str:
@@ -286,8 +286,3 @@ def follow_logs(client, job_id: str, write) -> str:
 
     asyncio.run(tail())
     return job_status(client, job_id)
-
-
-def _first_line(err: Exception) -> str:
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    return lines[0][:300] if lines else type(err).__name__

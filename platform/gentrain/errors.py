@@ -19,3 +19,9 @@ def traceback_of(err: BaseException) -> str:
     """The whole traceback of `err` and of the errors it came from, as Python prints it (a Ray
     worker's error includes the worker's own traceback)."""
     return "".join(traceback.format_exception(err))
+
+
+def first_line(err: BaseException) -> str:
+    """An error's first non-empty line (at most 300 characters), else its class name."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[0].strip()[:300] if lines else type(err).__name__

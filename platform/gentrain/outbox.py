@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from gentrain.errors import first_line
+
 ENTRIES = "entries.jsonl"  # one JSON object per line: metrics, a tag, an artifact, a model, the end
 SENT = "sent"  # how many bytes of ENTRIES the store has
 RUN = "run.json"  # the run and its tracking store
@@ -109,7 +111,7 @@ class Outbox:
         if self.away_since is None:
             self.away_since = time.monotonic()
             self.warn(
-                f"tracking store {_shown(self.uri)} is not answering ({_first_line(err)}); "
+                f"tracking store {_shown(self.uri)} is not answering ({first_line(err)}); "
                 f"training goes on and what it logs waits in {self.directory} until it is back"
             )
 
@@ -245,8 +247,3 @@ def _shown(uri: str) -> str:
     from gentrain.redact import redact
 
     return redact(uri)
-
-
-def _first_line(err: Exception) -> str:
-    lines = str(err).strip().splitlines()
-    return (lines[0] if lines else type(err).__name__)[:200]

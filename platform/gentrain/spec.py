@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gentrain import places
 from gentrain.errors import SpecError
 
 DATA_SOURCE_KINDS = ("builtin", "parquet", "images", "text")
@@ -38,22 +39,22 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _place_check(field: str, check):
+    """A section's validator of a field that names a place (places.py); None stays None."""
+    return field_validator(field)(lambda value: None if value is None else check(value))
+
+
 class ModelSection(Section):
     family: str
     flavor: str = "small"
     overrides: dict[str, Any] = Field(default_factory=dict)
     init_from: str | None = None
 
+    _place = _place_check("init_from", places.check_init_from)
+
     @model_validator(mode="after")
     def _known_family_and_flavor(self) -> "ModelSection":
         from gentrain.families import get_family
-
-        if self.init_from is not None and not self.init_from.startswith(("runs:/", "models:/")):
-            if not Path(self.init_from).exists():
-                raise SpecError(
-                    f"model.init_from: {self.init_from} does not exist; expected runs:/<id>/model, "
-                    "models:/<name>/<version> or a gentrain checkpoint path"
-                )
 
         get_family(self.family).config(flavor=self.flavor, overrides=self.overrides)
         return self
@@ -81,12 +82,10 @@ class DataSection(Section):
         builtin = (*BUILTIN_IMAGES, *BUILTIN_CORPORA)
         if kind == "builtin" and rest not in builtin:
             raise ValueError(f"built-in datasets: {', '.join('builtin:' + b for b in builtin)}")
-        if kind == "builtin" or rest.startswith("s3://"):
+        if kind == "builtin":
             return source
-        if not Path(rest).exists():
-            raise ValueError(f"{rest} does not exist")
-        # absolute: Ray Train workers run in a working directory of their own
-        return f"{kind}:{Path(rest).resolve()}"
+        directory = {"images": True, "text": False}.get(kind)  # parquet: a file or a directory
+        return f"{kind}:{places.check_data_location(rest, directory=directory)}"
 
 
 Offload = Literal["none", "cpu", "nvme"]
@@ -99,6 +98,7 @@ class DeepSpeedSection(Section):
     offload_optimizer: Offload = "none"
     offload_param: Offload = "none"
     nvme_path: str | None = None  # where nvme offload swaps to
+    _place = _place_check("nvme_path", places.check_nvme_path)
     gradient_accumulation_steps: int = Field(1, ge=1)
     gradient_clipping: float | None = Field(None, gt=0, description="default: optim.grad_clip")
     config: dict[str, Any] = Field(default_factory=dict)  # raw DeepSpeed keys, merged on top
@@ -214,8 +214,18 @@ class EvalSection(Section):
 
 class TrackingSection(Section):
     uri: str | None = None
-    experiment: str | None = None
-    register_as: str | None = None
+    _place = _place_check("uri", places.check_tracking_uri)
+    experiment: str | None = Field(None, min_length=1, max_length=500)
+    register_as: str | None = None  # the registered model's name
+
+    @field_validator("register_as")
+    @classmethod
+    def _model_name(cls, name: str | None) -> str | None:
+        # MLflow's rules, checked now rather than when the trained model is registered
+        if name is not None and (not name.strip() or "/" in name or ":" in name or len(name) > 250):
+            raise ValueError("a registered model's name: 1-250 characters, no '/' or ':'")
+        return name
+
     # how long a finished run waits for a tracking store that is away before it leaves what
     # the store lacks in its outbox for `gentrain runs upload`
     wait_at_end: float = Field(120.0, ge=0)
@@ -227,6 +237,7 @@ class StorageSection(Section):
 
     path: str = ".gentrain/checkpoints"
     shared: bool = Field(False, description="path is on a filesystem every node mounts")
+    _place = _place_check("path", places.check_storage_path)
 
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")

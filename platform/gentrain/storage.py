@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs
 
-from gentrain.errors import GentrainError, SpecError
+from gentrain.errors import GentrainError, SpecError, first_line
 
 
 def filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
@@ -47,7 +47,7 @@ def read_files(uris: Sequence[str]) -> list[bytes]:
             with fs.open_input_stream(_inner_path(uri)) as stream:
                 contents.append(stream.read())
         except (OSError, pyarrow.ArrowException) as err:
-            raise GentrainError(f"{uri}: cannot read: {_first_line(err)}") from None
+            raise GentrainError(f"{uri}: cannot read: {first_line(err)}") from None
     return contents
 
 
@@ -58,7 +58,7 @@ def list_files(uri: str, suffixes: tuple[str, ...]) -> list[str]:
     try:
         infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True))
     except (OSError, pyarrow.ArrowException) as err:
-        raise GentrainError(f"{uri}: cannot list: {_first_line(err)}") from None
+        raise GentrainError(f"{uri}: cannot list: {first_line(err)}") from None
     prefix = "s3://" if uri.startswith("s3://") else ""
     return sorted(
         prefix + info.path
@@ -84,15 +84,24 @@ def check_bucket(uri: str, field: str) -> None:
                 f"{field}: S3 at {where} refused access to bucket '{bucket}': check the "
                 "credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
             ) from None
-        raise GentrainError(f"{field}: cannot reach S3 at {where}: {_first_line(err)}") from None
+        raise GentrainError(f"{field}: cannot reach S3 at {where}: {first_line(err)}") from None
     if not found:
         raise SpecError(f"{field}: bucket '{bucket}' does not exist at {where}; create it first")
+
+
+def check_exists(uri: str, field: str) -> None:
+    """Fail before anything starts when s3:// `uri` (an object, or a prefix with objects under
+    it) or its bucket is not there."""
+    check_bucket(uri, field)
+    fs, path = filesystem(uri)
+    try:
+        found = fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+    except (OSError, pyarrow.ArrowException) as err:
+        raise GentrainError(f"{field}: cannot reach {uri}: {first_line(err)}") from None
+    if not found:
+        raise SpecError(f"{field}: {uri} does not exist")
 
 
 def _inner_path(uri: str) -> str:
     """`bucket/key` for s3:// (taken as is: keys may hold '#' or '?'), else an absolute path."""
     return uri.removeprefix("s3://") if uri.startswith("s3://") else os.path.abspath(uri)
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]

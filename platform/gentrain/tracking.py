@@ -16,8 +16,9 @@ from typing import Any
 
 import yaml
 
-from gentrain.errors import ERROR_FILE, GentrainError, SpecError
-from gentrain.redact import redact_values
+from gentrain import places
+from gentrain.errors import ERROR_FILE, GentrainError, SpecError, first_line, traceback_of
+from gentrain.redact import redact, redact_values
 from gentrain.spec import JobSpec, flatten
 
 # MLflow prints run, experiment and model URLs with the tracking URI as given, a password in it
@@ -31,17 +32,19 @@ LOCAL_STORE = "mlflow.db"
 def resolve_tracking_uri(spec: JobSpec | None = None, *, tracking_uri: str | None = None) -> str:
     """`tracking_uri`, else the spec's `tracking.uri`, else MLFLOW_TRACKING_URI, else a SQLite
     store in the working directory. Local forms are made absolute: Ray workers run elsewhere."""
-    uri = (
-        tracking_uri
-        or (spec and spec.tracking.uri)
-        or os.environ.get("MLFLOW_TRACKING_URI")
-        or LOCAL_STORE
-    )
+    if spec and spec.tracking.uri:  # checked with the spec
+        uri = spec.tracking.uri
+    else:
+        setting = "--tracking-uri" if tracking_uri else "MLFLOW_TRACKING_URI"
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or LOCAL_STORE
+        try:
+            places.check_tracking_uri(uri)
+        except ValueError as err:
+            raise SpecError(f"{setting}: {err} (got {redact(uri)!r})") from None
     if uri.startswith("sqlite:///"):
         return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
-    if "://" not in uri and not uri.startswith("databricks"):
-        path = Path(uri).resolve()
-        return f"sqlite:///{path}" if path.suffix == ".db" else path.as_uri()
+    if places.scheme(uri) is None and uri != "databricks":  # a local SQLite file
+        return f"sqlite:///{Path(uri).resolve()}"
     return uri
 
 
@@ -115,9 +118,20 @@ def start_run(
     )
     run = client.create_run(experiment_id, tags={**_tags(spec), **(tags or {})}, run_name=name)
     run_id = run.info.run_id
+    try:
+        _log_spec(client, run_id, spec)
+    except Exception as err:  # the store refused what it was sent: the run ends, never RUNNING
+        reason = f"the tracking store did not take the spec: {first_line(err)}"
+        end_run(run_id, uri=uri, status="FAILED", reason=reason, error=traceback_of(err))
+        raise GentrainError(f"run {run_id} failed: {reason}") from err
+    return run_id
+
+
+def _log_spec(client, run_id: str, spec: JobSpec) -> None:
+    """The resolved spec as params (dotted keys) and as spec.yaml, a password in it masked."""
     from mlflow.entities import Param
 
-    shown = redact_values(spec.to_dict())  # e.g. a password in tracking.uri
+    shown = redact_values(spec.to_dict())
     params = [Param(key, _param_value(v)) for key, v in flatten(shown).items()]
     for start in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
         client.log_batch(run_id, params=params[start : start + 100])
@@ -125,7 +139,6 @@ def start_run(
         spec_file = Path(tmp) / "spec.yaml"
         spec_file.write_text(yaml.safe_dump(shown, sort_keys=False))
         client.log_artifact(run_id, str(spec_file))
-    return run_id
 
 
 # --- sweeps: a parent run, one child run per trial ------------------------------------------
@@ -290,7 +303,10 @@ def end_run(
     if reason:
         client.set_tag(run_id, "gentrain.failure", reason[:5000])
     if error:
-        client.log_text(run_id, error, ERROR_FILE)
+        try:
+            client.log_text(run_id, error, ERROR_FILE)
+        except Exception:  # an artifact store that takes nothing: the run still ends
+            pass
     client.set_terminated(run_id, status=status)
 
 
@@ -309,8 +325,12 @@ def _tags(spec: JobSpec) -> dict[str, str]:
     }
 
 
+PARAM_LENGTH = 6000  # MLflow's limit for a param's value; spec.yaml holds the whole spec
+
+
 def _param_value(value: Any) -> str:
-    return "" if value is None else str(list(value) if isinstance(value, tuple) else value)
+    text = "" if value is None else str(list(value) if isinstance(value, tuple) else value)
+    return text if len(text) <= PARAM_LENGTH else text[: PARAM_LENGTH - 3] + "..."
 
 
 def outbox_root() -> Path:
@@ -481,8 +501,9 @@ def load_model_state(model_uri: str, *, uri: str) -> dict:
     try:
         module = mlflow.pytorch.load_model(model_uri, map_location="cpu")
     except Exception as err:  # MLflow's errors vary by store and URI form
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise GentrainError(f"model.init_from: cannot load {model_uri}: {first_line}") from None
+        raise GentrainError(
+            f"model.init_from: cannot load {model_uri}: {first_line(err)}"
+        ) from None
     return module.state_dict()
 
 

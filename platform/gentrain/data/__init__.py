@@ -59,11 +59,18 @@ _checked: set[str] = set()  # the data sections this process has read whole
 def check_source(data: DataSection) -> None:
     """Read local user data once before anything starts, so that an unreadable image, an empty
     corpus or a missing column is bad input (exit 2), not a run that fails on its workers.
-    Built-in sets are known good; S3 data is checked where it is read. Once per process: the
+    Built-in sets are known good; S3 data is read by the workers (a missing bucket or object is
+    refused here, the rest where it is read). Once per process: the
     CLI checks before it imports Ray, and launch checks again for callers of its API."""
     kind, _, location = data.source.partition(":")
     key = data.model_dump_json()
-    if kind == "builtin" or location.startswith("s3://") or key in _checked:
+    if kind == "builtin" or key in _checked:
+        return
+    if location.startswith("s3://"):  # its workers read it: here only whether it is there
+        from gentrain.storage import check_exists
+
+        check_exists(location, "data.source")
+        _checked.add(key)
         return
     try:
         load_dataset(data)

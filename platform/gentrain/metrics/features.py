@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gentrain.errors import GentrainError, SpecError
+from gentrain.errors import GentrainError, SpecError, first_line
 from gentrain.spec import FEATURE_EXTRACTORS
 
 CACHE_DIR_ENV = "GENTRAIN_CACHE_DIR"
@@ -168,7 +168,7 @@ class InceptionFeatures(ImageFeatureExtractor):
             )
         except Exception as err:  # unpickling a foreign file can raise anything
             raise GentrainError(
-                f"could not load InceptionV3 weights from {weights_path}: {_first_line(err)}"
+                f"could not load InceptionV3 weights from {weights_path}: {first_line(err)}"
             ) from None
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -206,7 +206,7 @@ def _inception_weights() -> Path:
     except (OSError, http.client.HTTPException) as err:  # URLError and timeouts are OSErrors
         raise GentrainError(
             f"InceptionV3 weights are missing and could not be downloaded "
-            f"({_first_line(err)}): {where}"
+            f"({first_line(err)}): {where}"
         ) from None
     return hub_file
 
@@ -233,8 +233,3 @@ def _atomic_write(path: Path) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]
