@@ -330,3 +330,15 @@ def test_a_tracking_uri_from_the_environment_is_checked_like_the_specs(
     (tmp_path / "job.yaml").write_text(MINIMAL)
     _assert_rejected(CliRunner().invoke(app, ["run", "job.yaml"]), expected)
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_validate_reads_the_local_data_as_run_does(tmp_path, monkeypatch):
+    """What `validate` accepts, `run` does not refuse for a reason a check could have seen."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    _write_data(tmp_path)
+    (tmp_path / "job.yaml").write_text(IMAGES)
+    _assert_rejected(CliRunner().invoke(app, ["validate", "job.yaml"]), "not a readable image")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "./mlruns")
+    (tmp_path / "job.yaml").write_text(MINIMAL)
+    _assert_rejected(CliRunner().invoke(app, ["validate", "job.yaml"]), "MLFLOW_TRACKING_URI")

@@ -437,9 +437,9 @@ TEXT = {"source": "builtin:python_docs"}
         (_job("gpt", source="text:/no/such.txt"), "data.source: /no/such.txt does not exist"),
         (_job("gan", source="parquet:/no/x.parquet"), "data.source: /no/x.parquet does not exist"),
         (_job("gan", **TEXT), "data.source: builtin:python_docs holds texts; family gan trains"),
-        (_job("vae", source="text:s3://b/c.txt"), "data.source: text:s3://b/c.txt holds texts"),
+        (_job("vae", source="text:s3://bkt/c.txt"), "data.source: text:s3://bkt/c.txt holds texts"),
         (_job("gpt", source="builtin:digits"), "data.source: builtin:digits holds images"),
-        (_job("bert", source="images:s3://b/x"), "data.source: images:s3://b/x holds images"),
+        (_job("bert", source="images:s3://bkt/x"), "data.source: images:s3://bkt/x holds images"),
         (_job("gpt", **TEXT, augment=["hflip"]), "data.augment: augmentations apply to images"),
     ],
 )
@@ -454,10 +454,10 @@ def test_good_data_sections(tmp_path, monkeypatch):
     job = spec_module.validate(_job("gpt", **TEXT, tokenizer="bpe", vocab_size=512, seq_len=32))
     assert (job.data.tokenizer, job.data.vocab_size, job.data.seq_len) == ("bpe", 512, 32)
     images = spec_module.validate(
-        _job("gan", source="images:s3://b/x", image_size=32, channels=1, augment=["color_jitter"])
+        _job("gan", source="images:s3://bkt/x", image_size=32, channels=1, augment=["color_jitter"])
     )
-    assert images.data.source == "images:s3://b/x", "s3:// is not checked at validation"
-    assert spec_module.validate(_job("flow", source="parquet:s3://b/p", column="img")).data.column
+    assert images.data.source == "images:s3://bkt/x", "S3 is looked at by run, not by the spec"
+    assert spec_module.validate(_job("flow", source="parquet:s3://bkt/p", column="img")).data.column
 
     (tmp_path / "imgs").mkdir()
     monkeypatch.chdir(tmp_path)

@@ -41,7 +41,7 @@ def test_out_of_memory_names_the_strategies_that_fit(new_store, tmp_path):
     assert "out of memory on worker rank" in line and "gpt small (3224.8M parameters)" in line
     assert "train.strategy: deepspeed with train.deepspeed.zero_stage: 3" in line
     assert "train.strategy: pipeline with train.pipeline.stages: 2" in line
-    assert line.endswith("or give the workers more memory")
+    assert line.endswith("or give the workers more memory (gentrain --debug shows the traceback)")
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "FAILED"

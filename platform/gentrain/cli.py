@@ -89,16 +89,19 @@ def _check_run_id(run_id: str | None, option: str) -> None:
             _fail(str(error), 2)
 
 
-def _check_data(job) -> None:
+def _check_data(job, *, on_s3: bool = True) -> None:
     """Before Ray is imported (seconds): bad data, or a bad MLFLOW_TRACKING_URI, is refused as
-    quickly as a bad spec."""
+    quickly as a bad spec. `on_s3`: whether S3 data is looked for too (this machine's
+    credentials may not be the ones that read it)."""
     from gentrain.tracking import resolve_tracking_uri
 
+    kind, _, location = job.data.source.partition(":")
     try:
         resolve_tracking_uri(job)
-        from gentrain.data import check_source  # imports torch: after the quick checks
+        if kind != "builtin" and (on_s3 or not location.startswith("s3://")):
+            from gentrain.data import check_source  # imports torch: after the quick checks
 
-        check_source(job.data)
+            check_source(job.data)
     except SpecError as error:
         _fail(str(error), 2)
     except GentrainError as error:  # S3 did not answer, or refused these credentials
@@ -143,8 +146,9 @@ def list_components() -> None:
 
 @app.command()
 def validate(spec: str, sets: SetOption = []) -> None:  # noqa: B006  (typer reads the default)
-    """Validate a job spec; starts nothing."""
+    """Validate a job spec and the local data it names; starts nothing."""
     job = _load(spec, sets)
+    _check_data(job, on_s3=False)
     sweep = job.sweep
     searched = ""
     if sweep is not None:
