@@ -541,10 +541,8 @@ def _print_summary(result) -> None:
         out.print("final: " + "  ".join(f"{k} {v:.4g}" for k, v in final.items()), markup=False)
     out.print(f"tracking store: {redact(result.tracking_uri)}", markup=False)
     if result.tracking_uri.startswith(("http://", "https://")):  # a server: its UI is there
-        from gentrain.tracking import run_url
-
-        page = run_url(result.run_id, uri=result.tracking_uri)
-        out.print(f"look at it: {redact(result.tracking_uri).rstrip('/')}/{page}", markup=False)
+        server = redact(result.tracking_uri).rstrip("/")
+        out.print(f"look at it: {server}/#/runs/{result.run_id}", markup=False)
     else:
         out.print("look at it: gentrain ui   (then open http://127.0.0.1:5000)", markup=False)
 

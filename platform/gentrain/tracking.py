@@ -310,12 +310,6 @@ def end_run(
     client.set_terminated(run_id, status=status)
 
 
-def run_url(run_id: str, *, uri: str) -> str:
-    client = client_for(uri)
-    run = client.get_run(run_id)
-    return f"#/experiments/{run.info.experiment_id}/runs/{run_id}"
-
-
 def _tags(spec: JobSpec) -> dict[str, str]:
     return {
         "gentrain.family": spec.model.family,
