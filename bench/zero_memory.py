@@ -93,7 +93,8 @@ def measure(module: torch.nn.Module, zero_optimizer, optimizer) -> dict[str, int
 
 def worker(rank: int, world: int, port: int, overrides: list[str], flavor: str, results) -> None:
     from gentrain import spec as spec_module
-    from gentrain.data import ShardedBatches, load_dataset
+    from gentrain.data import load_dataset
+    from gentrain.data.batches import ShardedBatches
     from gentrain.families import get_family
     from gentrain.noise import DrawPlan
     from gentrain.strategies import make_strategy

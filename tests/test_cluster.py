@@ -216,6 +216,7 @@ def test_a_submitted_job_trains_on_both_nodes(cluster, s3_server, tracking_serve
     assert "/mlflow.db" in result.stdout
     run = _only_run(tmp_path, tracking_server)
     assert run.info.status == "FINISHED"
+    assert f"look at it: {tracking_server}/#/runs/{run.info.run_id}\n" in result.stdout
     assert not (tmp_path / "mlruns").exists(), "tracked by the server, nothing local"
     # its artifacts went through the server to S3
     listed = s3_server.client().list_objects_v2(Bucket=ARTIFACTS)

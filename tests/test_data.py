@@ -1,6 +1,7 @@
 import torch
 
-from gentrain.data import ShardedBatches, augment, load_dataset
+from gentrain.data import load_dataset
+from gentrain.data.batches import ShardedBatches, augment
 from gentrain.data.digits import load_digits
 
 

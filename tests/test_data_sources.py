@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from conftest import gentrain
 from gentrain import spec as spec_module
 from gentrain.cli import app
-from gentrain.data import Dataset, ShardedBatches, augment, load_dataset
+from gentrain.data import Dataset, load_dataset
+from gentrain.data.batches import ShardedBatches, augment
 from gentrain.data.text import BPETokenizer, ByteTokenizer, builtin_corpus, split_text
 from gentrain.errors import GentrainError, SpecError
 from gentrain.spec import DataSection

@@ -17,7 +17,8 @@ import torch
 from ray.train import Checkpoint
 
 from gentrain import checkpoints
-from gentrain.data import Dataset, ShardedBatches, augment, load_dataset
+from gentrain.data import Dataset, load_dataset
+from gentrain.data.batches import ShardedBatches, augment
 from gentrain.errors import GentrainError
 from gentrain.families import FamilyStep, get_family
 from gentrain.memory import is_out_of_memory, out_of_memory_message

@@ -1,18 +1,21 @@
-"""Datasets named by `data.source`, their deterministic sharding across workers, augmentations.
+"""Datasets named by `data.source` (their batches and augmentations: data.batches).
 
-Images are float (N, C, H, W) in [-1, 1]; text is int64 token windows (N, seq_len).
+Images are float (N, C, H, W) in [-1, 1]; text is int64 token windows (N, seq_len). torch is
+imported where a dataset is built, not with this module: a bad local image is refused before
+torch loads (seconds), as quickly as a bad spec (bench/bad_input.py).
 """
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from gentrain.errors import GentrainError, SpecError
 from gentrain.families import DataInfo
 from gentrain.spec import DataSection
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_HELDOUT_FRACTION = 0.1
 SPLIT_SEED = 0
@@ -84,6 +87,8 @@ def _image_dataset(train: torch.Tensor, heldout: torch.Tensor) -> Dataset:
 
 
 def _split_images(images: torch.Tensor, where: str) -> Dataset:
+    import torch
+
     if len(images) < 2:
         raise GentrainError(f"{where}: found {len(images)} image(s); need at least 2")
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
@@ -167,88 +172,3 @@ def _parquet_dataset(path: str, data: DataSection) -> Dataset:
     raise GentrainError(
         f"{path}: column {column!r} is {values.type}; expected encoded image bytes or text"
     )
-
-
-class ShardedBatches:
-    """The batch each worker trains on at each step, as a pure function of (seed, step, rank).
-
-    Every epoch is a seeded permutation cut into global batches; worker `rank` trains on rows
-    [rank * batch_size, (rank + 1) * batch_size) of each (its own part of every epoch). So a
-    resumed run sees exactly the batches an uninterrupted one would have seen, and the global batch
-    of a step is the same for any number of workers.
-    """
-
-    def __init__(
-        self, examples: torch.Tensor, *, batch_size: int, rank: int, world: int, seed: int
-    ):
-        self.examples = examples
-        self.batch_size = batch_size  # per worker
-        self.rank, self.world, self.seed = rank, world, seed
-        self.per_epoch = len(examples) // (batch_size * world)
-        if self.per_epoch == 0:  # user data can be small
-            raise GentrainError(
-                f"data.batch_size: {batch_size * world} is more than the {len(examples)} training "
-                "examples; lower it or add data"
-            )
-
-    def at(self, step: int) -> torch.Tensor:
-        """The batch of the 1-based optimizer `step`."""
-        epoch, index = divmod(step - 1, self.per_epoch)
-        order = torch.randperm(
-            len(self.examples),
-            generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch),
-        )
-        first = index * self.batch_size * self.world + self.first_row
-        return self.examples[order[first : first + self.batch_size]]
-
-    @property
-    def first_row(self) -> int:
-        """Where this worker's rows start in the global batch."""
-        return self.rank * self.batch_size
-
-
-def augment(images: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
-    """Random augmentations of a batch (B, C, H, W) in [-1, 1], drawn from torch's global RNG."""
-    for name in names:
-        if name == "hflip":
-            flip = torch.rand(images.shape[0], device=images.device) < 0.5
-            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-        elif name == "random_crop":
-            images = _random_crop(images, pad=max(1, images.shape[-1] // 8))
-        elif name == "color_jitter":
-            images = _color_jitter(images)
-        elif name == "noise":
-            images = (images + 0.05 * torch.randn_like(images)).clamp(-1, 1)
-        else:
-            raise AssertionError(f"unknown augmentation {name}")
-    return images
-
-
-def _random_crop(images: torch.Tensor, *, pad: int) -> torch.Tensor:
-    """Shift each image by up to `pad` pixels (reflect padding, then a crop back to size)."""
-    batch, _, height, width = images.shape
-    padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
-    dy = torch.randint(0, 2 * pad + 1, (batch,)).tolist()
-    dx = torch.randint(0, 2 * pad + 1, (batch,)).tolist()
-    return torch.stack(
-        [
-            padded[i, :, y : y + height, x : x + width]
-            for i, (y, x) in enumerate(zip(dy, dx, strict=True))
-        ]
-    )
-
-
-def _color_jitter(images: torch.Tensor, strength: float = 0.2) -> torch.Tensor:
-    """Random brightness, contrast and (RGB only) saturation per image, each by up to `strength`."""
-    batch = images.shape[0]
-
-    def factor() -> torch.Tensor:
-        return 1 + strength * (2 * torch.rand(batch, 1, 1, 1, device=images.device) - 1)
-
-    images = (images + 1) * factor() - 1  # brightness: scale intensities in [0, 2]
-    mean = images.mean(dim=(1, 2, 3), keepdim=True)
-    images = (images - mean) * factor() + mean  # contrast
-    if images.shape[1] == 3:
-        gray = images.mean(dim=1, keepdim=True)
-        images = (images - gray) * factor() + gray  # saturation
-    return images.clamp(-1, 1)

@@ -1,12 +1,17 @@
 """User images: encoded files (PNG/JPEG) decoded into one (N, C, H, W) tensor in [-1, 1]."""
 
+from __future__ import annotations
+
 import io
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from gentrain.errors import GentrainError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -37,6 +42,8 @@ def decode_images(
             )
         array = np.asarray(image, dtype=np.float32)
         arrays.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
+    import torch  # after every image is read: a bad one is refused before torch loads
+
     if not arrays:  # the caller says how many it needs
         return torch.empty(0, channels, size or 0, size or 0)
     return torch.from_numpy(np.stack(arrays)) / 127.5 - 1.0
