@@ -165,17 +165,21 @@ def jobs_client(address: str | None):
             "--address: give the cluster's Jobs API, e.g. --address http://HOST:8265, "
             "or set RAY_ADDRESS"
         )
-    # Ray's client logs each file its packaging leaves out, the upload and the log stream's
-    # end: gentrain says what it shipped in one line and prints the job's own log.
+    _quiet_ray_client_logs()
+    try:
+        return JobSubmissionClient(address)
+    except Exception as err:  # Ray raises ConnectionError, RuntimeError or ValueError here
+        raise GentrainError(f"--address {address}: {_jobs_api_problem(err)}") from None
+
+
+def _quiet_ray_client_logs() -> None:
+    """Ray's client logs each file its packaging leaves out, the upload and the log stream's end:
+    gentrain says what it shipped in one line and prints the job's own log."""
     from ray.dashboard.modules import dashboard_sdk
     from ray.dashboard.modules.job import sdk
 
     for logger in (logging.getLogger("ray._private.runtime_env"), dashboard_sdk.logger, sdk.logger):
         logger.setLevel(logging.ERROR)
-    try:
-        return JobSubmissionClient(address)
-    except Exception as err:  # Ray raises ConnectionError, RuntimeError or ValueError here
-        raise GentrainError(f"--address {address}: {_jobs_api_problem(err)}") from None
 
 
 def _jobs_api_problem(err: Exception) -> str:
@@ -193,6 +197,7 @@ def shipped_directory(root: Path, storage_path: str) -> tuple[list[str], int]:
     directory too), and the bytes left to ship; more than Ray's upload limit is a SpecError."""
     from ray._private.runtime_env import packaging  # Ray's own walk: what it would upload
 
+    _quiet_ray_client_logs()
     excludes = list(EXCLUDED)
     storage = Path(storage_path).resolve()
     if "://" not in storage_path and storage.is_relative_to(root) and storage != root:
