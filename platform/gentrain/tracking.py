@@ -32,8 +32,8 @@ LOCAL_STORE = "mlflow.db"
 def resolve_tracking_uri(spec: JobSpec | None = None, *, tracking_uri: str | None = None) -> str:
     """`tracking_uri`, else the spec's `tracking.uri`, else MLFLOW_TRACKING_URI, else a SQLite
     store in the working directory. Local forms are made absolute: Ray workers run elsewhere."""
-    if spec and spec.tracking.uri:  # checked with the spec
-        uri = spec.tracking.uri
+    if not tracking_uri and spec and spec.tracking.uri:
+        uri = spec.tracking.uri  # checked with the spec
     else:
         setting = "--tracking-uri" if tracking_uri else "MLFLOW_TRACKING_URI"
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or LOCAL_STORE
