@@ -338,19 +338,24 @@ def test_a_submitted_sweep_runs_its_trials_on_both_nodes(
     spec_path.write_text(yaml.safe_dump(spec))
     result = _submit_and_follow(cluster, tmp_path)
     assert "(gentrain sweep job.yaml)" in result.stdout and "SUCCEEDED" in result.stdout
-    client = mlflow.MlflowClient(tracking_server)
-    experiment = client.get_experiment_by_name(spec["name"])
-    runs = client.search_runs([experiment.experiment_id])
-    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
-    children = [
-        run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-    ]
+    parent, children = _sweep_runs(tracking_server, spec["name"])
     assert parent.info.status == "FINISHED" and "best_loss" in parent.data.metrics
     assert sorted(run.data.params["optim.lr"] for run in children) == ["0.001", "0.002"]
     assert all(run.info.status == "FINISHED" for run in children)
     # one CPU a node, two trials at once: one trial on each node
     trials = _ray_list(cluster, "actors", "--filter", "class_name=ImplicitFunc")
     assert len({actor["node_id"] for actor in trials}) == 2, trials
+
+
+def _sweep_runs(tracking_uri: str, experiment: str):
+    """The sweep's parent run and its trials' child runs."""
+    client = mlflow.MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [
+        run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    ]
+    return parent, children
 
 
 def test_a_submitted_sweep_of_two_worker_trials_spreads_each_trial_over_both_nodes(
@@ -372,13 +377,7 @@ def test_a_submitted_sweep_of_two_worker_trials_spreads_each_trial_over_both_nod
     spec_path.write_text(yaml.safe_dump(spec))
     result = _submit_and_follow(cluster, tmp_path)
     assert "SUCCEEDED" in result.stdout, result.stdout[-3000:]
-    client = mlflow.MlflowClient(tracking_server)
-    experiment = client.get_experiment_by_name(spec["name"])
-    runs = client.search_runs([experiment.experiment_id])
-    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
-    children = [
-        run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-    ]
+    parent, children = _sweep_runs(tracking_server, spec["name"])
     assert parent.info.status == "FINISHED" and "best_loss" in parent.data.metrics
     assert len(children) == 2 and all(run.info.status == "FINISHED" for run in children)
     assert all(run.data.tags["gentrain.workers"] == "2" for run in children)

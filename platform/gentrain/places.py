@@ -30,12 +30,8 @@ def check_data_location(location: str, *, directory: bool | None) -> str:
     """A data source's file (directory False), directory (True) or either (None): s3://BUCKET/KEY,
     or a local path that exists (made absolute: Ray Train workers run in a working directory of
     their own)."""
-    kind = scheme(location)
-    if kind == "s3":
-        _check_s3(location, "s3://BUCKET/KEY")
+    if _is_s3(location, local="a local path", s3_form="s3://BUCKET/KEY"):
         return location
-    if kind is not None:
-        raise ValueError(f"{kind}:// is not supported; use a local path or s3://BUCKET/KEY")
     path = Path(location)
     if not path.exists():
         raise ValueError(f"{location} does not exist")
@@ -46,15 +42,22 @@ def check_data_location(location: str, *, directory: bool | None) -> str:
 
 def check_storage_path(path: str) -> str:
     """storage.path: s3://BUCKET[/PREFIX], or a local directory (or one to create)."""
-    kind = scheme(path)
-    if kind == "s3":
-        _check_s3(path, "s3://BUCKET/PREFIX")
-        return path
-    if kind is not None:
-        raise ValueError(f"{kind}:// is not supported; use a local directory or s3://BUCKET/PREFIX")
-    if Path(path).is_file():
-        raise ValueError("a file, not a directory: give a directory for checkpoints")
+    if not _is_s3(path, local="a local directory", s3_form="s3://BUCKET/PREFIX"):
+        if Path(path).is_file():
+            raise ValueError("a file, not a directory: give a directory for checkpoints")
     return path
+
+
+def _is_s3(value: str, *, local: str, s3_form: str) -> bool:
+    """Whether `value` is a well-formed S3 URI (False: a local path); other schemes are refused."""
+    kind = scheme(value)
+    if kind not in (None, "s3"):
+        raise ValueError(f"{kind}:// is not supported; use {local} or {s3_form}")
+    if kind == "s3" and not S3_URI.match(value):
+        raise ValueError(
+            f"expected {s3_form} (a bucket name of 3-63 lowercase letters, digits, '.' or '-')"
+        )
+    return kind == "s3"
 
 
 def check_tracking_uri(uri: str) -> str:
@@ -100,10 +103,3 @@ def check_nvme_path(path: str) -> str:
     if scheme(path) is not None or not Path(path).is_absolute():
         raise ValueError("give an absolute local directory on the workers' machines")
     return path
-
-
-def _check_s3(uri: str, form: str) -> None:
-    if not S3_URI.match(uri):
-        raise ValueError(
-            f"expected {form} (a bucket name of 3-63 lowercase letters, digits, '.' or '-')"
-        )
