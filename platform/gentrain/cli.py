@@ -130,11 +130,15 @@ def list_components() -> None:
     table = Table(title="model families", title_justify="left")
     for column in ("family", "modality", "flavors", "eval metrics"):
         table.add_column(column)
-    for family in all_families().values():
-        table.add_row(
-            family.name, family.modality, ", ".join(family.flavors), ", ".join(family.eval_metrics)
-        )
+    try:
+        families = all_families(installed=True)
+    except SpecError as error:  # an installed package's family that does not load
+        _fail(str(error), 2)
+    for name, family in families.items():
+        metrics = ", ".join(family.eval_metrics)
+        table.add_row(name, family.modality, ", ".join(family.flavors), metrics)
     out.print(table, soft_wrap=False)  # cells wrap within the table
+    out.print("your own:        model.family: package.module:NAME (a FamilySpec; see README)")
     out.print(f"strategies:      {', '.join(STRATEGIES)}")
     builtin = ", ".join(f"builtin:{name}" for name in (*BUILTIN_IMAGES, *BUILTIN_CORPORA))
     out.print(f"data sources:    {builtin}, images:DIR, parquet:PATH, text:FILE (local or s3://)")
@@ -363,6 +367,9 @@ def submit(
         f"{', '.join(sent.excluded)}",
         markup=False,
     )
+    if sent.family_code:
+        how = "as a py_module" if sent.family_code_apart else "in the working directory"
+        out.print(f"shipped family {job.model.family}: {sent.family_code} ({how})", markup=False)
     out.print(f"submitted job {sent.job_id} (gentrain {command} {spec})", markup=False)
     if follow:
         _follow(address, sent.job_id)

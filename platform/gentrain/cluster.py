@@ -15,6 +15,7 @@ from pathlib import Path
 import ray
 
 from gentrain.errors import GentrainError, SpecError, first_line
+from gentrain.families.user import code_to_ship
 from gentrain.storage import check_bucket
 
 EMBEDDED_RAY_TRAIN_SETTINGS = {
@@ -28,13 +29,17 @@ def is_embedded(address: str | None) -> bool:
     return not (address or os.environ.get("RAY_ADDRESS"))
 
 
-def connect(address: str | None = None) -> None:
+def connect(address: str | None = None, *, py_modules: list[Path] = ()) -> None:
     """Join the Ray at `address` (or RAY_ADDRESS); without one, start an embedded local Ray bound
-    to 127.0.0.1. Worker logs stay in Ray's log files: the driver shows progress instead."""
+    to 127.0.0.1. Worker logs stay in Ray's log files: the driver shows progress instead.
+    `py_modules` (the user's family code) is importable in every worker of this driver's job."""
     if ray.is_initialized():
         return
     _leave_unpacked_working_dir()
-    _join_or_start(address)
+    if _job_runtime_env().get("py_modules"):
+        py_modules = []  # `gentrain submit` shipped them with the job: its workers have them
+    runtime_env = {"py_modules": [str(path) for path in py_modules]} if py_modules else None
+    _join_or_start(address, runtime_env)
     _stop_on_sigterm()
 
 
@@ -56,8 +61,7 @@ def _leave_unpacked_working_dir() -> None:
     (os.getcwd() fails: Ray Tune's end of a sweep calls it). The driver moves to a copy of its
     own, hard links of the shipped files, for its lifetime (removed by `shutdown`)."""
     global _own_working_dir
-    job_config = json.loads(os.environ.get(JOB_CONFIG_ENV) or "{}")
-    if _own_working_dir or not job_config.get("runtime_env", {}).get("working_dir"):
+    if _own_working_dir or not _job_runtime_env().get("working_dir"):
         return
     shipped = Path.cwd()
     own = Path(tempfile.mkdtemp(prefix="gentrain-driver-"))
@@ -65,6 +69,11 @@ def _leave_unpacked_working_dir() -> None:
     os.chdir(own)
     sys.path[:] = [str(own) if entry == str(shipped) else entry for entry in sys.path]
     _own_working_dir = own
+
+
+def _job_runtime_env() -> dict:
+    """The runtime_env a submitted job was given ({} outside one)."""
+    return json.loads(os.environ.get(JOB_CONFIG_ENV) or "{}").get("runtime_env") or {}
 
 
 def _link_or_copy(source: str, target: str) -> None:
@@ -95,9 +104,14 @@ def _stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, interrupt)
 
 
-def _join_or_start(address: str | None) -> None:
+def _join_or_start(address: str | None, runtime_env: dict | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
-    common = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
+    common = {
+        "log_to_driver": False,
+        "logging_level": logging.WARNING,
+        "configure_logging": True,
+        "runtime_env": runtime_env,
+    }
     if address:
         try:
             ray.init(address=address, **common)
@@ -192,9 +206,12 @@ def _jobs_api_problem(err: Exception) -> str:
     return f"cannot reach the Ray Jobs API ({text[:300]})"
 
 
-def shipped_directory(root: Path, storage_path: str) -> tuple[list[str], int]:
+def shipped_directory(
+    root: Path, storage_path: str, *, wanted: Path | None = None
+) -> tuple[list[str], int, bool]:
     """The exclude patterns `submit` ships the working directory with (the local checkpoint
-    directory too), and the bytes left to ship; more than Ray's upload limit is a SpecError."""
+    directory too), the bytes left to ship (more than Ray's upload limit is a SpecError), and
+    whether `wanted` (a file, or a directory's files) ships with it."""
     from ray._private.runtime_env import packaging  # Ray's own walk: what it would upload
 
     _quiet_ray_client_logs()
@@ -202,11 +219,12 @@ def shipped_directory(root: Path, storage_path: str) -> tuple[list[str], int]:
     storage = Path(storage_path).resolve()
     if "://" not in storage_path and storage.is_relative_to(root) and storage != root:
         excludes.append(f"/{storage.relative_to(root).as_posix()}")
-    size = 0
+    size, found = 0, False
 
     def add(path: Path) -> None:
-        nonlocal size
+        nonlocal size, found
         size += path.stat().st_size if path.is_file() else 0
+        found = found or (wanted is not None and path.is_file() and path.is_relative_to(wanted))
 
     packaging._dir_travel(root, [packaging._get_excludes(root, excludes)], add, True)
     if size > packaging.GCS_STORAGE_MAX_SIZE:
@@ -214,7 +232,7 @@ def shipped_directory(root: Path, storage_path: str) -> tuple[list[str], int]:
             f"working directory {root}: {size / 2**20:.0f} MiB to ship is over Ray's upload limit "
             f"of {packaging.GCS_STORAGE_MAX_SIZE / 2**20:.0f} MiB; move data to s3:// or elsewhere"
         )
-    return excludes, size
+    return excludes, size, found
 
 
 @dataclass(frozen=True)
@@ -223,6 +241,8 @@ class Submission:
     shipped: Path  # the working directory, shipped as the job's working_dir
     shipped_bytes: int
     excluded: list[str]  # gitignore patterns left out of it
+    family_code: Path | None = None  # the user's family module, in the working directory or not
+    family_code_apart: bool = False  # shipped as a py_module of its own (outside the directory)
 
 
 def submit(
@@ -244,7 +264,14 @@ def submit(
     job = spec_module.load(spec_file, sets)
     if _has_s3_credentials():  # else only the cluster's own environment can tell
         check_bucket(job.storage.path, "storage.path")
-    excludes, size = shipped_directory(root, job.storage.path)
+    family_code = code_to_ship(job.model.family)
+    excludes, size, in_working_dir = shipped_directory(
+        root, job.storage.path, wanted=family_code.resolve() if family_code else None
+    )
+    runtime_env = {"working_dir": str(root), "excludes": excludes}
+    apart = bool(family_code and not in_working_dir)
+    if apart:
+        runtime_env["py_modules"] = [str(family_code)]
     argv = ["gentrain", command, str(spec_file.relative_to(root))]
     for item in sets:
         argv += ["--set", item]
@@ -257,10 +284,10 @@ def submit(
         try:
             job_id = client.submit_job(
                 entrypoint=shlex.join(argv),
-                runtime_env={"working_dir": str(root), "excludes": excludes, "env_vars": env},
+                runtime_env={**runtime_env, "env_vars": env},
                 metadata={"gentrain.spec": job.name},
             )
-            return Submission(job_id, root, size, excludes)
+            return Submission(job_id, root, size, excludes, family_code, apart)
         except Exception as err:
             # a cluster that has just started may have no job agent ready yet: Ray says so
             if "try again later" not in str(err) or time.monotonic() > deadline:

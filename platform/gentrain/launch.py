@@ -15,6 +15,7 @@ from ray.train.torch import TorchTrainer
 from gentrain import cluster, tracking
 from gentrain.data import check_source
 from gentrain.errors import GentrainError, traceback_of
+from gentrain.families.user import code_to_ship
 from gentrain.memory import is_out_of_memory, out_of_memory_message
 from gentrain.spec import JobSpec
 from gentrain.storage import check_bucket
@@ -133,7 +134,8 @@ def connect(spec: JobSpec, address: str | None, *, resume_run_id: str | None = N
     tracking.check_reachable(uri)
     if resume_run_id is not None:
         tracking.check_run_exists(resume_run_id, uri=uri)
-    cluster.connect(address)
+    user_code = code_to_ship(spec.model.family)
+    cluster.connect(address, py_modules=[user_code] if user_code else [])
     cluster.check_multi_node(spec.storage, uri)
     return uri
 

@@ -381,6 +381,11 @@ class JobSpec(Section):
                 f"data.batch_size: {self.data.batch_size} must be a multiple of {by} ({parts})"
             )
         family = get_family(self.model.family)
+        if self.train.strategy == "pipeline" and family.lacks("pipeline"):
+            raise SpecError(
+                f"train.strategy: pipeline needs {family.name}'s step to define pipeline(); "
+                "ddp and deepspeed work without it"
+            )
         _check_data_fits(self.data, family.name, family.modality)
         for metric in self.eval.metrics or ():
             if metric not in family.eval_metrics:
@@ -505,8 +510,11 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
     """Read, override and validate a spec; any problem raises a one-line SpecError."""
+    from gentrain.families.user import search_in
+
     path = Path(path)
     raw = _read_yaml(path)
+    search_in(path.parent, Path.cwd())  # where `model.family: package.module:NAME` is found
     for item in overrides:
         _apply_override(raw, item)
     return validate(raw, source=str(path))

@@ -395,7 +395,9 @@ class RunLogger:
         module, example_input = module.cpu().eval(), example_input.cpu()
         with torch.no_grad():
             output = module(example_input)
-        signature = infer_signature(example_input.numpy(), output.numpy())
+        signature = None  # a module that returns several tensors is logged without one
+        if isinstance(output, torch.Tensor):
+            signature = infer_signature(example_input.numpy(), output.numpy())
 
         def log() -> None:
             log_pytorch_model(
@@ -406,7 +408,9 @@ class RunLogger:
             import mlflow
 
             with _no_requirement_scan():
-                mlflow.pytorch.save_model(module, str(path), signature=signature, **_model_format())
+                mlflow.pytorch.save_model(
+                    module, str(path), signature=signature, **_model_format(module)
+                )
             return {"saved_model": path.name, "register_as": register_as}
 
         self.outbox.put_model(log, save)
@@ -421,14 +425,20 @@ def _log_warning(text: str) -> None:
     logging.getLogger("gentrain").warning("gentrain: %s", text)
 
 
-def _model_format() -> dict:
-    """How gentrain saves and logs a model: pickled with gentrain's code, torch pinned."""
+def _model_format(module) -> dict:
+    """How gentrain saves and logs a model: pickled with gentrain's code (and the user's, for a
+    family of their own), torch pinned."""
     import torch
 
     import gentrain
+    from gentrain.families.user import code_to_ship
 
+    code = [str(Path(gentrain.__file__).parent)]
+    user_code = code_to_ship(f"{type(module).__module__}:_")
+    if user_code:
+        code.append(str(user_code))
     return {
-        "code_paths": [str(Path(gentrain.__file__).parent)],
+        "code_paths": code,
         "pip_requirements": [f"torch=={torch.__version__.split('+')[0]}"],
         "serialization_format": "pickle",  # keeps the module whole: sample() and all
     }
@@ -463,7 +473,7 @@ def log_pytorch_model(module, signature, *, uri: str, run_id: str, register_as: 
             name="model",
             signature=signature,
             registered_model_name=register_as,
-            **_model_format(),
+            **_model_format(module),
         )
 
 

@@ -3,8 +3,11 @@
 A family supplies its networks, the loss of each update phase, sampling and the module to export;
 the platform (trainer.py) owns the loop, optimizers, checkpoints, metrics and reporting.
 
+Families are the built-in ones, those installed packages offer through the entry-point group
+`gentrain.families`, and the user's own, named `package.module:NAME` (families/user.py).
+
 The registry imports no torch: a spec is validated (flavors, overrides, metrics) without it, and
-a family's step, which needs torch, is imported only when a step is made.
+a built-in family's step, which needs torch, is imported only when a step is made.
 """
 
 from __future__ import annotations
@@ -52,9 +55,15 @@ def run_blocks(blocks: Sequence[nn.Module], args: tuple[torch.Tensor, ...]) -> A
     return args if len(args) > 1 else args[0]
 
 
+REQUIRED_METHODS = ("build", "loss", "sample")
+OPTIONAL_METHODS = ("pipeline", "preview", "evaluate", "after_update", "export")
+
+
 class FamilyStep(Protocol):
     """What the trainer calls. `phases` names the networks updated each step, in order: the trainer
-    gives each its own optimizer and, for each phase, backpropagates `loss(..., phase=)` into it."""
+    gives each its own optimizer and, for each phase, backpropagates `loss(..., phase=)` into it.
+    A step must define `phases`, `build`, `loss` and `sample`; the rest is optional (the defaults
+    are in families/defaults.py; only train.strategy: pipeline needs `pipeline`)."""
 
     phases: tuple[str, ...]
 
@@ -97,19 +106,36 @@ class FamilyStep(Protocol):
         ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FamilySpec:
     name: str
     modality: Literal["image", "text"]
     config_cls: type  # a dataclass of the model's hyperparameters
     flavors: Mapping[str, Mapping[str, Any]]  # flavor -> config values
-    eval_metrics: tuple[str, ...]  # what `eval.metrics` may name for this family
-    default_source: str  # the built-in data its jobs and tests use by default
-    step: str  # "module:Class" of its FamilyStep
+    step: str | type  # its FamilyStep class, or "module:Class" (imported when a step is made)
+    # what `eval.metrics` may name; image families' fid and is come from `sample`
+    eval_metrics: tuple[str, ...] = ()
+    default_source: str | None = None  # the data a spec without data.source trains on
+
+    def __post_init__(self):
+        if self.default_source is None:
+            default = "builtin:digits" if self.modality == "image" else "builtin:python_docs"
+            object.__setattr__(self, "default_source", default)
+
+    def step_class(self) -> type:
+        if isinstance(self.step, type):
+            return self.step
+        module, name = self.step.split(":")
+        return getattr(importlib.import_module(module), name)
 
     def make_step(self) -> FamilyStep:
-        module, name = self.step.split(":")
-        return getattr(importlib.import_module(module), name)()
+        """The family's step, with the optional methods it leaves out filled in."""
+        from gentrain.families.defaults import with_defaults
+
+        return with_defaults(self.step_class()(), modality=self.modality)
+
+    def lacks(self, method: str) -> bool:
+        return not callable(getattr(self.step_class(), method, None))
 
     def config(self, *, flavor: str, overrides: Mapping[str, Any]) -> Any:
         if flavor not in self.flavors:
@@ -150,15 +176,35 @@ def register(family: FamilySpec) -> FamilySpec:
 
 
 def get_family(name: str) -> FamilySpec:
+    """A built-in family by name, an installed package's (entry point) by its name, or the
+    user's `package.module:NAME`."""
+    from gentrain.families import user
+
     _load_builtin_families()
-    if name not in _REGISTRY:
-        raise SpecError(f"model.family: unknown family '{name}'; allowed: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if ":" in name:
+        return user.load_reference(name)
+    installed = user.installed_families()
+    if name in installed:
+        return user.load_installed(name, installed[name])
+    allowed = ", ".join([*_REGISTRY, *installed])
+    raise SpecError(
+        f"model.family: unknown family '{name}'; allowed: {allowed}, or package.module:NAME "
+        "naming a FamilySpec in your own code"
+    )
 
 
-def all_families() -> dict[str, FamilySpec]:
+def all_families(*, installed: bool = False) -> dict[str, FamilySpec]:
+    """The built-in families, and with `installed` those of installed packages too."""
+    from gentrain.families import user
+
     _load_builtin_families()
-    return dict(_REGISTRY)
+    families = dict(_REGISTRY)
+    if installed:
+        for name, value in user.installed_families().items():
+            families[name] = user.load_installed(name, value)
+    return families
 
 
 def _load_builtin_families() -> None:

@@ -115,6 +115,11 @@ class PipelineStrategy:
 
     def prepare(self, models: dict[str, nn.Module], step_fn: FamilyStep) -> None:
         self.step_fn = step_fn
+        if not callable(getattr(step_fn, "pipeline", None)):  # a sweep's trial may choose it
+            raise GentrainError(
+                f"train.strategy: pipeline needs {self.spec.model.family}'s step to define "
+                "pipeline(); ddp and deepspeed work without it"
+            )
         for model in models.values():
             model.to(self.device)
         self.models = models
