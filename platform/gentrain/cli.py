@@ -26,8 +26,9 @@ app = typer.Typer(
 )
 # Lines are never wrapped at the console's width: piped to a file or a job's log (80 columns to
 # rich), a wrapped line splits a trial's values or a run id in two.
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# emoji off: a family's package.module:NAME must not turn into a pictogram (":X:")
+out = Console(soft_wrap=True, emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 SetOption = Annotated[
     list[str], typer.Option("--set", help="Override a spec key: --set optim.lr=3e-4 (repeatable).")
@@ -146,6 +147,48 @@ def list_components() -> None:
     sweep = SweepSection.model_fields
     out.print(f"searches:        {', '.join(get_args(sweep['search'].annotation))}")
     out.print(f"schedulers:      {', '.join(get_args(sweep['scheduler'].annotation))}")
+
+
+@app.command()
+def check(
+    family: str,
+    flavor: Annotated[
+        str | None, typer.Option("--flavor", help="Default: debug, else the first flavor.")
+    ] = None,
+) -> None:
+    """Run the conformance checks on a family (built-in, installed, or package.module:NAME from
+    the working directory) on the CPU, and say which strategies it supports."""
+    from gentrain.families import get_family
+    from gentrain.families.user import search_in
+
+    search_in(Path.cwd())
+    try:
+        spec = get_family(family)
+        flavor = flavor or spec.smallest_flavor
+        spec.config(flavor=flavor, overrides={})
+    except SpecError as error:
+        _fail(f"FAMILY {family}: {str(error).split(': ', 1)[1]}", 2)
+    from gentrain import conformance
+
+    outcomes = conformance.run_checks(spec, flavor=flavor)
+    table = Table(title=f"{family} ({flavor}): conformance", title_justify="left")
+    for column in ("check", "result", "detail", "seconds"):
+        table.add_column(column)
+    for outcome in outcomes:
+        table.add_row(outcome.check, outcome.result, outcome.detail, f"{outcome.seconds:.2f}")
+    out.print(table, soft_wrap=False)
+    table = Table(title="strategies", title_justify="left")
+    for column in ("strategy", "supported", "why"):
+        table.add_column(column)
+    for strategy, supported, why in conformance.strategy_support(spec, outcomes):
+        table.add_row(strategy, "yes" if supported else "no", why)
+    out.print(table, soft_wrap=False)
+    failed = [outcome.check for outcome in outcomes if outcome.result == "FAIL"]
+    passed = sum(outcome.result == "pass" for outcome in outcomes)
+    total = sum(outcome.seconds for outcome in outcomes)
+    if failed:
+        _fail(f"{family}: {len(failed)} checks failed: {', '.join(failed)}", 1)
+    out.print(f"ok: {family} passes {passed} checks in {total:.1f} s", markup=False)
 
 
 @app.command()

@@ -122,6 +122,11 @@ class FamilySpec:
             default = "builtin:digits" if self.modality == "image" else "builtin:python_docs"
             object.__setattr__(self, "default_source", default)
 
+    @property
+    def smallest_flavor(self) -> str:
+        """What checks and tests build: `debug` where there is one, else the first flavor."""
+        return "debug" if "debug" in self.flavors else next(iter(self.flavors))
+
     def step_class(self) -> type:
         if isinstance(self.step, type):
             return self.step

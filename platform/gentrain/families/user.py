@@ -95,7 +95,7 @@ def _import(module_name: str, *, field: str) -> types.ModuleType:
         if err.name and module_name.startswith(err.name):
             raise SpecError(
                 f"{field}: no module {module_name} in the spec's directory, the working "
-                "directory or the installed packages"
+                "directory or an installed package"
             ) from None
         raise SpecError(f"{field}: importing {module_name} failed: {_where(err)}") from None
     except Exception as err:  # whatever the user's module raises while it is imported
