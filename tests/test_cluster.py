@@ -5,6 +5,7 @@ checkpoints in a real S3-compatible server (moto), and the `gentrain jobs` comma
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -389,6 +390,41 @@ def test_a_submitted_sweep_of_two_worker_trials_spreads_each_trial_over_both_nod
     workers = _ray_list(cluster, "actors", "--filter", "class_name=RayTrainWorker")
     of_sweep = [actor for actor in workers if actor["job_id"] == job_id]
     assert len(of_sweep) == 4 and len({a["node_id"] for a in of_sweep}) == 2, of_sweep
+
+
+def test_a_users_own_family_ships_with_the_job_and_trains_on_both_nodes(
+    cluster, s3_server, tracking_server, tmp_path
+):
+    """README's example family, next to its spec in the working directory (shipped with it),
+    then from a directory outside it on PYTHONPATH (shipped as a py_module)."""
+    example = REPO / "examples" / "tiny_vae.py"
+    spec = yaml.safe_load(_job_spec(tmp_path, steps=10, tracking_uri=tracking_server).read_text())
+    spec["model"] = {"family": "tiny_vae:FAMILY", "flavor": "debug"}
+    (tmp_path / "models").mkdir()
+    shutil.copy(example, tmp_path / "models" / "tiny_vae.py")
+    (tmp_path / "models" / "job.yaml").write_text(yaml.safe_dump(spec))
+    env = _client_env(cluster)
+    submit = ["--address", cluster.address, "--follow"]
+    result = gentrain("submit", "models/job.yaml", *submit, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    shipped = f"shipped family tiny_vae:FAMILY: {tmp_path / 'models' / 'tiny_vae.py'} (in the"
+    assert shipped in result.stdout
+
+    outside = tmp_path.parent / f"{tmp_path.name}-code"
+    outside.mkdir()
+    shutil.copy(example, outside / "tiny_vae.py")
+    (tmp_path / "models" / "tiny_vae.py").unlink()
+    env["PYTHONPATH"] = str(outside)
+    result = gentrain("submit", "models/job.yaml", *submit, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert f"shipped family tiny_vae:FAMILY: {outside / 'tiny_vae.py'} (as a py_module)" in (
+        result.stdout
+    )
+    client = mlflow.MlflowClient(tracking_server)
+    experiment = client.get_experiment_by_name(spec["name"])
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 2 and all(run.info.status == "FINISHED" for run in runs)
+    assert all("recon" in run.data.metrics for run in runs)
 
 
 def _ray_job_id(cluster: Cluster, submission_id: str) -> str:

@@ -270,24 +270,40 @@ def submit(
     )
     runtime_env = {"working_dir": str(root), "excludes": excludes}
     apart = bool(family_code and not in_working_dir)
-    if apart:
-        runtime_env["py_modules"] = [str(family_code)]
-    argv = ["gentrain", command, str(spec_file.relative_to(root))]
-    for item in sets:
-        argv += ["--set", item]
-    if resume_run_id:
-        argv += ["--resume", resume_run_id]
+    with tempfile.TemporaryDirectory(prefix="gentrain-ship-") as packed:
+        if apart:
+            runtime_env["py_modules"] = [_as_package(family_code, Path(packed))]
+        argv = ["gentrain", command, str(spec_file.relative_to(root))]
+        for item in sets:
+            argv += ["--set", item]
+        if resume_run_id:
+            argv += ["--resume", resume_run_id]
+        job_id = _submit_job(address, argv, runtime_env, metadata={"gentrain.spec": job.name})
+    return Submission(job_id, root, size, excludes, family_code, apart)
+
+
+def _as_package(module: Path, directory: Path) -> str:
+    """A module as the Jobs API ships py_modules: a directory (a one-file module becomes a
+    package of the same name whose __init__.py is that file)."""
+    if module.is_dir():
+        return str(module)
+    package = directory / module.stem
+    package.mkdir()
+    shutil.copy(module, package / "__init__.py")
+    return str(package)
+
+
+def _submit_job(address: str | None, argv: list[str], runtime_env: dict, metadata: dict) -> str:
     env = {name: os.environ[name] for name in CARRIED_ENV if os.environ.get(name)}
     client = jobs_client(address)
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
         try:
-            job_id = client.submit_job(
+            return client.submit_job(
                 entrypoint=shlex.join(argv),
                 runtime_env={**runtime_env, "env_vars": env},
-                metadata={"gentrain.spec": job.name},
+                metadata=metadata,
             )
-            return Submission(job_id, root, size, excludes, family_code, apart)
         except Exception as err:
             # a cluster that has just started may have no job agent ready yet: Ray says so
             if "try again later" not in str(err) or time.monotonic() > deadline:
