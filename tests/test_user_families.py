@@ -256,3 +256,9 @@ def test_a_sweep_over_the_example_family_tracks_a_child_run_per_trial(tmp_path):
     assert len(runs) == 3 and len(children) == 2
     assert {r.data.params["optim.lr"] for r in children} == {"0.001", "0.003"}
     assert all(r.info.status == "FINISHED" and "recon" in r.data.metrics for r in children)
+
+
+def test_readme_shows_the_example_family_as_it_is_in_the_repo():
+    example = (EXAMPLES / "tiny_vae.py").read_text()
+    assert f"```python\n{example}```" in (REPO / "README.md").read_text()
+    assert len(example.splitlines()) < 80
