@@ -16,7 +16,7 @@ import torch
 
 from gentrain import noise
 from gentrain.data import Dataset, load_dataset
-from gentrain.families import FamilySpec, FamilyStep, run_blocks
+from gentrain.families import FamilySpec, FamilyStep, PipelineUnsupported, run_blocks
 from gentrain.noise import DrawPlan
 from gentrain.optim import build_optimizer
 from gentrain.spec import OptimSection
@@ -200,7 +200,10 @@ def pipeline_composes(subject: Subject) -> str:
         plan = dict(seed=0, step=1, phase=phase, first_row=0, global_rows=len(batch))
         with noise.planned(DrawPlan(**plan)):
             expected, expected_terms = step.loss(subject.models, batch, phase=phase)
-        form = step.pipeline(subject.models, phase=phase)
+        try:
+            form = step.pipeline(subject.models, phase=phase)
+        except PipelineUnsupported as unsupported:
+            raise CheckSkipped(str(unsupported)) from None
         with noise.planned(DrawPlan(**plan)):
             args, target = form.inputs(batch)
         loss, terms = form.loss(run_blocks(form.blocks, args), target)
@@ -257,11 +260,14 @@ def run_checks(family: FamilySpec, *, flavor: str) -> list[Outcome]:
 def strategy_support(family: FamilySpec, outcomes: list[Outcome]) -> list[tuple[str, bool, str]]:
     """(strategy, supported, why) for each strategy gentrain has."""
     passed = {o.check: o.result == "pass" for o in outcomes}
+    pipeline = next(o for o in outcomes if o.check == "pipeline composes")
     step = family.step_class().__name__
     support = []
     for strategy in STRATEGIES:
         if strategy == "pipeline" and family.lacks("pipeline"):
             support.append((strategy, False, f"{step} defines no pipeline()"))
+        elif strategy == "pipeline" and pipeline.result == "skip":
+            support.append((strategy, False, pipeline.detail))
         elif strategy == "pipeline" and not passed["pipeline composes"]:
             support.append((strategy, False, "its pipeline blocks do not compose to loss()"))
         elif not passed["finite loss"]:

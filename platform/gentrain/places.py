@@ -103,3 +103,25 @@ def check_nvme_path(path: str) -> str:
     if scheme(path) is not None or not Path(path).is_absolute():
         raise ValueError("give an absolute local directory on the workers' machines")
     return path
+
+
+TOKENIZER_FILE = "tokenizer.json"  # a Hugging Face (fast) tokenizer, as save_pretrained writes it
+
+
+def check_tokenizer(location: str) -> str:
+    """A Hugging Face tokenizer: a tokenizer.json, or a model directory holding one; local (made
+    absolute) or s3://."""
+    if _is_s3(location, local="a local path", s3_form="s3://BUCKET/KEY"):
+        return location
+    path = Path(location)
+    if path.is_dir() and not (path / TOKENIZER_FILE).is_file():
+        raise ValueError(f"{location} holds no {TOKENIZER_FILE}")
+    if not path.exists():
+        raise ValueError(f"{location} does not exist")
+    return str(path.resolve())
+
+
+def holds_tokenizer(directory: str) -> bool:
+    """Whether a model directory has a tokenizer of its own (an s3:// one is taken to: its
+    reader says when it has none)."""
+    return directory.startswith("s3://") or (Path(directory) / TOKENIZER_FILE).is_file()

@@ -52,6 +52,35 @@ class ModelSection(Section):
 
     _place = _place_check("init_from", places.check_init_from)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _places_in_overrides(cls, raw: Any) -> Any:
+        """Overrides that name a place (a family's model directory, say): s3:// or a local path
+        that exists, made absolute (Ray Train workers run in a directory of their own)."""
+        from gentrain.families import get_family
+
+        if not (
+            isinstance(raw, dict)
+            and isinstance(raw.get("family"), str)
+            and isinstance(raw.get("overrides"), dict)
+        ):
+            return raw
+        try:
+            family = get_family(raw["family"])
+        except SpecError:
+            return raw  # model.family's own check says what is wrong
+        overrides = dict(raw["overrides"])
+        for key, directory in family.places.items():
+            if overrides.get(key) is None:
+                continue
+            if not isinstance(overrides[key], str):
+                raise SpecError(f"model.overrides.{key}: expected a path or s3:// URI")
+            try:
+                overrides[key] = places.check_data_location(overrides[key], directory=directory)
+            except ValueError as err:
+                raise SpecError(f"model.overrides.{key}: {err}") from None
+        return {**raw, "overrides": overrides}
+
     @model_validator(mode="after")
     def _known_family_and_flavor(self) -> "ModelSection":
         from gentrain.families import get_family
@@ -69,9 +98,23 @@ class DataSection(Section):
     channels: Literal[1, 3] | None = None
     column: str | None = None  # parquet: the image-bytes or text column (default: image or text)
     # text:
-    tokenizer: Literal["byte", "bpe"] = "byte"
+    # byte, bpe (trained on the data), or a Hugging Face tokenizer: a tokenizer.json or a model
+    # directory holding one, local or s3://
+    tokenizer: str = "byte"
     vocab_size: int = Field(1024, ge=258, le=1_000_000, description="bpe only")
     seq_len: int = Field(64, ge=4, le=65_536)
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _known_tokenizer(cls, tokenizer: str) -> str:
+        if tokenizer in ("byte", "bpe"):
+            return tokenizer
+        try:
+            return places.check_tokenizer(tokenizer)
+        except ValueError as err:
+            raise ValueError(
+                f"{err}; allowed: byte, bpe, or a Hugging Face tokenizer.json or model directory"
+            ) from None
 
     @field_validator("source")
     @classmethod
@@ -358,13 +401,21 @@ class JobSpec(Section):
         model, data = (raw.get("model"), raw.get("data")) if isinstance(raw, dict) else (None, None)
         if not isinstance(model, dict) or not isinstance(model.get("family"), str):
             return raw  # the field validators report what is missing or wrong
-        if data is None or (isinstance(data, dict) and "source" not in data):
-            try:
-                source = get_family(model["family"]).default_source
-            except SpecError:
-                return raw  # an unknown family: model.family's own error says so
-            return {**raw, "data": {**(data or {}), "source": source}}
-        return raw
+        try:
+            family = get_family(model["family"])
+        except SpecError:
+            return raw  # an unknown family: model.family's own error says so
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            return raw
+        data = {"source": family.default_source, **data}
+        overrides = model.get("overrides")
+        if family.tokenizer_from and "tokenizer" not in data and isinstance(overrides, dict):
+            directory = overrides.get(family.tokenizer_from)
+            if isinstance(directory, str) and places.holds_tokenizer(directory):
+                data["tokenizer"] = directory  # the model's own tokenizer
+        return {**raw, "data": data}
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> "JobSpec":
@@ -381,6 +432,8 @@ class JobSpec(Section):
                 f"data.batch_size: {self.data.batch_size} must be a multiple of {by} ({parts})"
             )
         family = get_family(self.model.family)
+        model = self.model
+        family.check_config(family.config(flavor=model.flavor, overrides=model.overrides), self)
         if self.train.strategy == "pipeline" and family.lacks("pipeline"):
             raise SpecError(
                 f"train.strategy: pipeline needs {family.name}'s step to define pipeline(); "

@@ -355,7 +355,8 @@ class RunLogger:
         history = client_for(uri).get_metric_history(run_id, "loss")
         sent = max((m.step for m in history), default=0)
         self.logged_through = max(sent, last_step(outbox, "loss"))
-        self.outbox = Outbox(outbox, uri=uri, run_id=run_id, warn=warn or _log_warning)
+        self.warn = warn or _log_warning  # shown where the run is watched
+        self.outbox = Outbox(outbox, uri=uri, run_id=run_id, warn=self.warn)
 
     def log_metrics(self, metrics: dict[str, float], *, step: int) -> None:
         if step <= self.logged_through or not metrics:
@@ -385,6 +386,13 @@ class RunLogger:
             path = Path(tmp) / f"step_{step}.txt"
             path.write_text(body)
             self.outbox.put_file(path, "samples")
+
+    def log_directory(self, directory: Path, artifact_path: str) -> None:
+        """Every file under `directory`, under `artifact_path` (its subdirectories kept)."""
+        for path in sorted(directory.rglob("*")):
+            if path.is_file():
+                parent = path.parent.relative_to(directory)
+                self.outbox.put_file(path, str(Path(artifact_path) / parent))
 
     def log_model(self, module, *, example_input, register_as: str | None) -> None:
         """The final model as an MLflow PyTorch model under `model` (code included, so a fresh

@@ -6,6 +6,7 @@ import logging
 import random
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,7 +21,7 @@ from gentrain import checkpoints
 from gentrain.data import Dataset, load_dataset
 from gentrain.data.batches import ShardedBatches, augment
 from gentrain.errors import GentrainError
-from gentrain.families import FamilyStep, get_family
+from gentrain.families import FamilyStep, FamilyWarning, get_family
 from gentrain.memory import is_out_of_memory, out_of_memory_message
 from gentrain.noise import DrawPlan
 from gentrain.spec import JobSpec
@@ -103,9 +104,12 @@ def train(config: dict[str, Any], session: Session) -> None:
     logger, board = _tracking(config, rank) if rank == 0 else (None, None)
     try:
         _seed_everything(spec.train.seed)  # same initial weights on every rank
-        models = step_fn.build(
-            family.config(flavor=spec.model.flavor, overrides=spec.model.overrides), data.info
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            models = step_fn.build(
+                family.config(flavor=spec.model.flavor, overrides=spec.model.overrides), data.info
+            )
+        _pass_on(caught, logger)
         _train_models(spec, config, session, step_fn, models, data, logger, board)
     except Exception as err:
         if not is_out_of_memory(err):
@@ -117,6 +121,19 @@ def train(config: dict[str, Any], session: Session) -> None:
     finally:
         if logger:
             logger.close(timeout=spec.tracking.wait_at_end)
+
+
+def _pass_on(caught: list[warnings.WarningMessage], logger: RunLogger | None) -> None:
+    """A family's own warnings go to the run's terminal (rank 0's); the rest as Python shows
+    warnings."""
+    for warning in caught:
+        if issubclass(warning.category, FamilyWarning):
+            if logger:
+                logger.warn(str(warning.message))
+        else:
+            warnings.showwarning(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
 
 
 def _parameter_count(spec: JobSpec, family, step_fn: FamilyStep, data: Dataset) -> int | None:
@@ -364,6 +381,10 @@ class _Loop:
 
     def _export(self, models: dict[str, torch.nn.Module]) -> None:
         module, example = self.step_fn.export(models)
+        if export_files := getattr(self.step_fn, "export_files", None):
+            with tempfile.TemporaryDirectory() as tmp:
+                export_files(models, Path(tmp))
+                self.logger.log_directory(Path(tmp), "pretrained")
         self.logger.log_model(
             module, example_input=example, register_as=self.spec.tracking.register_as
         )

@@ -132,6 +132,7 @@ def _text_dataset(text: str, data: DataSection) -> Dataset:
         vocab_size=tokenizer.vocab_size,
         decode=tokenizer.decode,
         mask_id=tokenizer.mask_id,
+        tokenizer=data.tokenizer,
     )
     return Dataset(train=train, heldout=heldout, info=info)
 

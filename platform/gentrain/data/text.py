@@ -74,11 +74,45 @@ class BPETokenizer:
         return self._tokenizer.decode([i for i in ids if i != self.mask_id])
 
 
-def make_tokenizer(name: str, train_text: str, *, vocab_size: int) -> ByteTokenizer | BPETokenizer:
+class PretrainedTokenizer:
+    """A Hugging Face tokenizer (tokenizer.json, as a model directory holds it, local or s3://):
+    the text is encoded without the model's special tokens ([CLS], <s>, ...) between windows;
+    its mask token, if it has one, is what masked language models mask with."""
+
+    def __init__(self, location: str):
+        from tokenizers import Tokenizer
+
+        from gentrain.errors import GentrainError
+        from gentrain.places import TOKENIZER_FILE
+        from gentrain.storage import read_bytes
+
+        path = location if location.endswith(".json") else f"{location}/{TOKENIZER_FILE}"
+        try:
+            self._tokenizer = Tokenizer.from_str(read_bytes(path).decode("utf-8"))
+        except Exception as err:
+            raise GentrainError(f"data.tokenizer: cannot read {path}: {err}") from None
+        self._tokenizer.no_padding()  # windows are cut from the whole stream of tokens
+        self._tokenizer.no_truncation()
+        self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        masks = (self._tokenizer.token_to_id(token) for token in ("[MASK]", MASK, "<MASK>"))
+        self.mask_id = next((i for i in masks if i is not None), None)
+
+    def encode(self, text: str) -> list[int]:
+        encode = self._tokenizer.encode
+        return [
+            i for chunk in _paragraphs(text) for i in encode(chunk, add_special_tokens=False).ids
+        ]
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def make_tokenizer(name: str, train_text: str, *, vocab_size: int):
     if name == "byte":
         return ByteTokenizer()
-    assert name == "bpe", name
-    return BPETokenizer(train_text, vocab_size=vocab_size)
+    if name == "bpe":
+        return BPETokenizer(train_text, vocab_size=vocab_size)
+    return PretrainedTokenizer(name)
 
 
 def windows(ids: list[int], *, length: int, stride: int) -> torch.Tensor:

@@ -18,9 +18,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from gentrain.errors import SpecError
+from gentrain.errors import GentrainError, SpecError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
     from torch import nn
 
@@ -33,6 +35,17 @@ class DataInfo:
     vocab_size: int | None = None  # text only
     decode: Callable[[list[int]], str] | None = None  # text only: token ids -> text
     mask_id: int | None = None  # text only: the token masked language models mask inputs with
+    tokenizer: str | None = None  # text only: data.tokenizer (byte, bpe, or a Hugging Face one)
+
+
+class FamilyWarning(UserWarning):
+    """What a family says of the model it builds (say, weights newly initialised): shown in the
+    terminal of the run, not only in a worker's log."""
+
+
+class PipelineUnsupported(GentrainError):
+    """Raised by a step's pipeline() for a model it cannot cut into blocks (the message says
+    why and what trains it instead)."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +69,6 @@ def run_blocks(blocks: Sequence[nn.Module], args: tuple[torch.Tensor, ...]) -> A
 
 
 REQUIRED_METHODS = ("build", "loss", "sample")
-OPTIONAL_METHODS = ("pipeline", "preview", "evaluate", "after_update", "export")
 
 
 class FamilyStep(Protocol):
@@ -105,6 +117,11 @@ class FamilyStep(Protocol):
         """The module logged as the run's model (e.g. the GAN's generator) and an example input."""
         ...
 
+    def export_files(self, models: Mapping[str, nn.Module], directory: Path) -> None:
+        """Optional: files that the model's own library loads (e.g. `save_pretrained`), logged
+        under the run's artifact `pretrained/` besides the MLflow model."""
+        ...
+
 
 @dataclass(frozen=True, kw_only=True)
 class FamilySpec:
@@ -116,6 +133,15 @@ class FamilySpec:
     # what `eval.metrics` may name; image families' fid and is come from `sample`
     eval_metrics: tuple[str, ...] = ()
     default_source: str | None = None  # the data a spec without data.source trains on
+    # settings that name a place: setting -> True a directory, False a file, None either; local
+    # paths must exist (made absolute) or be s3://
+    places: Mapping[str, bool | None] = dataclasses.field(default_factory=dict)
+    # the setting naming a model directory whose tokenizer reads the text when data.tokenizer is
+    # not set
+    tokenizer_from: str | None = None
+    # "module:function" (or the function) called with (config, data section) when a spec is
+    # validated: raises SpecError for what the family cannot build (say, an unknown architecture)
+    validate: str | Callable[[Any, Any], None] | None = None
 
     def __post_init__(self):
         if self.default_source is None:
@@ -128,10 +154,11 @@ class FamilySpec:
         return "debug" if "debug" in self.flavors else next(iter(self.flavors))
 
     def step_class(self) -> type:
-        if isinstance(self.step, type):
-            return self.step
-        module, name = self.step.split(":")
-        return getattr(importlib.import_module(module), name)
+        return _resolve(self.step)
+
+    def check_config(self, config: Any, data: Any) -> None:
+        if self.validate is not None:
+            _resolve(self.validate)(config, data)
 
     def make_step(self) -> FamilyStep:
         """The family's step, with the optional methods it leaves out filled in."""
@@ -155,12 +182,28 @@ class FamilySpec:
                     f"model.overrides.{key}: unknown {self.name} setting; "
                     f"allowed: {', '.join(fields)}"
                 )
-            expected = type(self.flavors[flavor].get(key, fields[key].default))
-            if not _fits(value, expected):
+            expected = type(self.flavors[flavor].get(key, _default(fields[key])))
+            if expected is not type(None) and not _fits(value, expected):
                 raise SpecError(
                     f"model.overrides.{key}: expected {expected.__name__}, got {value!r}"
                 )
-        return self.config_cls(**{**self.flavors[flavor], **overrides})
+        values = {**self.flavors[flavor], **overrides}
+        tuples = {key: tuple(v) for key, v in values.items() if isinstance(v, list)}
+        return self.config_cls(**{**values, **tuples})
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def _resolve(target: Any) -> Any:
+    """A "module:name" reference's object (anything else is itself)."""
+    if not isinstance(target, str):
+        return target
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _fits(value: Any, expected: type) -> bool:
@@ -168,6 +211,8 @@ def _fits(value: Any, expected: type) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if expected is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    if expected is tuple:  # YAML gives a list
+        return isinstance(value, list | tuple)
     return isinstance(value, expected)
 
 
@@ -218,4 +263,5 @@ def _load_builtin_families() -> None:
     import gentrain.families.flow  # noqa: F401
     import gentrain.families.gan  # noqa: F401  (registers itself)
     import gentrain.families.gpt  # noqa: F401
+    import gentrain.families.huggingface  # noqa: F401
     import gentrain.families.vae  # noqa: F401

@@ -1,6 +1,9 @@
 """BERT's input corruption: select a share of the positions; of those, 80% become the mask token,
 10% a random other token, 10% stay as they are. The loss is taken on the selected positions only."""
 
+import itertools
+import math
+
 import torch
 
 from gentrain import noise
@@ -39,3 +42,33 @@ def mask_tokens(
     inputs = torch.where(selected & (action < 0.1), random, ids)
     inputs = torch.where(selected & (action >= 0.2), mask_id, inputs)
     return inputs, selected
+
+
+def _probs(model, ids: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """`model`'s predicted distributions (B, T, vocab) for `ids`, with no mass on the mask."""
+    logits = model(ids).float()
+    logits[..., mask_id] = float("-inf")
+    return logits.softmax(-1)
+
+
+def fill_masks(model, ids: torch.Tensor, *, mask_id: int) -> torch.Tensor:
+    """`ids` (B, T) with each mask token replaced by `model`'s likeliest token, in one pass."""
+    return torch.where(ids == mask_id, _probs(model, ids, mask_id).argmax(-1), ids)
+
+
+def sample_by_unmasking(model, *, n: int, seq_len: int, mask_id: int, rounds: int) -> torch.Tensor:
+    """n windows (n, seq_len) from a masked language model (ids -> logits): start fully masked;
+    each round draws a token for every masked position and keeps the most confident draws, a
+    fixed share of the window per round, so that later rounds condition on earlier ones."""
+    device = next(model.parameters()).device
+    ids = torch.full((n, seq_len), mask_id, dtype=torch.int64, device=device)
+    rounds = max(1, min(rounds, seq_len))
+    revealed = [math.ceil(seq_len * r / rounds) for r in range(rounds + 1)]
+    for before, after in itertools.pairwise(revealed):  # positions revealed by each round
+        probs = _probs(model, ids, mask_id)
+        drawn = torch.multinomial(probs.flatten(0, 1), 1).view(ids.shape)  # (n, T)
+        confidence = probs.gather(-1, drawn[..., None])[..., 0]
+        confidence = confidence.masked_fill(ids != mask_id, -1.0)  # revealed: not again
+        chosen = confidence.topk(after - before, dim=1).indices  # (n, after - before)
+        ids.scatter_(1, chosen, drawn.gather(1, chosen))
+    return ids

@@ -7,14 +7,12 @@ The model reads one window of seq_len tokens, some of them the mask token, and p
 position's token; `fill` and `sample` never emit the mask token.
 """
 
-import itertools
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gentrain.families.bert.config import BERTConfig
+from gentrain.families.bert.masking import fill_masks, sample_by_unmasking
 
 
 class Embeddings(nn.Module):
@@ -101,34 +99,17 @@ class BERT(nn.Module):
             x = block(x)
         return self.head(self.norm(x))
 
-    def _probs(self, ids: torch.Tensor) -> torch.Tensor:
-        """Predicted distributions (B, T, vocab) with no mass on the mask token."""
-        logits = self(ids).float()
-        logits[..., self.mask_id] = float("-inf")
-        return logits.softmax(-1)
-
     @torch.no_grad()
     def fill(self, ids: torch.Tensor) -> torch.Tensor:
         """`ids` (B, T) with each mask token replaced by the likeliest token, in one pass."""
-        return torch.where(ids == self.mask_id, self._probs(ids).argmax(-1), ids)
+        return fill_masks(self, ids, mask_id=self.mask_id)
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        """n windows (n, seq_len) by iterative unmasking: start fully masked; each round draws a
-        token for every masked position and keeps the most confident draws, a fixed share of the
-        window per round, so that later rounds condition on earlier ones."""
-        device = self.embed.tokens.weight.device
-        ids = torch.full((n, self.seq_len), self.mask_id, dtype=torch.int64, device=device)
-        rounds = max(1, min(self.config.sample_rounds, self.seq_len))
-        revealed = [math.ceil(self.seq_len * r / rounds) for r in range(rounds + 1)]
-        for before, after in itertools.pairwise(revealed):  # positions revealed by each round
-            probs = self._probs(ids)
-            drawn = torch.multinomial(probs.flatten(0, 1), 1).view(ids.shape)  # (n, T)
-            confidence = probs.gather(-1, drawn[..., None])[..., 0]
-            confidence = confidence.masked_fill(ids != self.mask_id, -1.0)  # revealed: not again
-            chosen = confidence.topk(after - before, dim=1).indices  # (n, after - before)
-            ids.scatter_(1, chosen, drawn.gather(1, chosen))
-        return ids
+        """n windows (n, seq_len) by iterative unmasking (masking.sample_by_unmasking)."""
+        return sample_by_unmasking(
+            self, n=n, seq_len=self.seq_len, mask_id=self.mask_id, rounds=self.config.sample_rounds
+        )
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -21,7 +21,8 @@ IGNORED = -100  # cross-entropy's ignore_index: positions the MLM loss skips
 
 
 class BERTStep:
-    phases = ("bert",)
+    network = "bert"  # the one network, updated by the one phase
+    phases = (network,)
     decode: Callable[[list[int]], str] = staticmethod(str)  # set by build
     mask_id = vocab_size = seq_len = 0
     mask_prob = 0.15
@@ -36,9 +37,9 @@ class BERTStep:
     def loss(
         self, models: Mapping[str, nn.Module], batch: torch.Tensor, *, phase: str
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        assert phase == "bert", phase
+        assert phase == self.network, phase
         inputs, selected = self.mask(batch)
-        logits = models["bert"](inputs)  # (B, T, vocab)
+        logits = models[self.network](inputs)  # (B, T, vocab)
         return F.cross_entropy(logits[selected].float(), batch[selected]), {}
 
     def pipeline(self, models: Mapping[str, nn.Module], *, phase: str) -> PipelineForm:
@@ -58,17 +59,17 @@ class BERTStep:
         return PipelineForm(blocks=blocks, inputs=inputs, loss=loss)
 
     def sample(self, models: Mapping[str, nn.Module], n: int) -> torch.Tensor:
-        return models["bert"].sample(n)
+        return models[self.network].sample(n)
 
     def preview(self, models: Mapping[str, nn.Module], heldout: torch.Tensor) -> list[str]:
         """Four held-out windows, spread over the held-out text: as written, with the evaluation's
         selected positions masked (shown as ▯), and as the model fills them in."""
-        bert = models["bert"]
+        bert = models[self.network]
         _, selected = self.mask(heldout, generator=_eval_generator())
         picks = torch.linspace(0, len(heldout) - 1, 4).long().unique()
         windows, selected = heldout[picks], selected[picks]
         masked = torch.where(selected, self.mask_id, windows)
-        filled = bert.fill(masked.to(bert.embed.tokens.weight.device)).cpu()
+        filled = bert.fill(masked.to(next(bert.parameters()).device)).cpu()
         return [
             f"[original]\n{self.decode(window.tolist())}\n[masked]\n{self._show(shown.tolist())}\n"
             f"[filled]\n{self.decode(fill.tolist())}"
@@ -79,8 +80,8 @@ class BERTStep:
         """Over the held-out windows, masked as in training but by the fixed generator:
         perplexity = exp(mean cross-entropy) and mlm_accuracy = share predicted right (argmax),
         both over the selected positions."""
-        bert = models["bert"]
-        device = bert.embed.tokens.weight.device
+        bert = models[self.network]
+        device = next(bert.parameters()).device
         inputs, selected = self.mask(heldout, generator=_eval_generator())  # on the CPU
         total, correct, count = 0.0, 0, 0
         for ids, chosen, targets in zip(
@@ -97,9 +98,9 @@ class BERTStep:
 
     def export(self, models: Mapping[str, nn.Module]) -> tuple[nn.Module, torch.Tensor]:
         # The BERT itself: forward(ids) -> logits, fill(ids) and sample(n).
-        bert = models["bert"]
+        bert = models[self.network]
         example = torch.full((2, self.seq_len), self.mask_id, dtype=torch.int64)
-        return bert, example.to(bert.embed.tokens.weight.device)
+        return bert, example.to(next(bert.parameters()).device)
 
     def mask(
         self, ids: torch.Tensor, *, generator: torch.Generator | None = None

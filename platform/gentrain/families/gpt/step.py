@@ -13,7 +13,8 @@ from gentrain.families.transformer import NormHead
 
 
 class GPTStep:
-    phases = ("gpt",)
+    network = "gpt"  # the one network, updated by the one phase
+    phases = (network,)
     decode: Callable[[list[int]], str] = staticmethod(str)  # set by build
     seq_len = 0
 
@@ -27,8 +28,8 @@ class GPTStep:
     def loss(
         self, models: Mapping[str, nn.Module], batch: torch.Tensor, *, phase: str
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        assert phase == "gpt", phase
-        return next_token_loss(models["gpt"], batch), {}
+        assert phase == self.network, phase
+        return next_token_loss(models[self.network], batch), {}
 
     def pipeline(self, models: Mapping[str, nn.Module], *, phase: str) -> PipelineForm:
         """Embeddings, each block, then the norm and head (tied to the embeddings)."""
@@ -44,15 +45,15 @@ class GPTStep:
         return PipelineForm(blocks=blocks, inputs=inputs, loss=loss)
 
     def sample(self, models: Mapping[str, nn.Module], n: int) -> torch.Tensor:
-        return models["gpt"].sample(n)
+        return models[self.network].sample(n)
 
     def preview(self, models: Mapping[str, nn.Module], heldout: torch.Tensor) -> list[str]:
         """Four held-out prompts (half a window, spread over the held-out text) each continued to
         a whole window by the model, then four unconditional samples."""
-        gpt = models["gpt"]
+        gpt = models[self.network]
         half = self.seq_len // 2
         picks = torch.linspace(0, len(heldout) - 1, 4).long().unique()
-        prompts = heldout[picks, :half].to(gpt.embed.tokens.weight.device)
+        prompts = heldout[picks, :half].to(next(gpt.parameters()).device)
         wholes = gpt.generate(prompts, self.seq_len - half)
         texts = [
             f"[prompt]\n{self.decode(whole[:half].tolist())}\n[model]\n"
@@ -64,8 +65,8 @@ class GPTStep:
     def evaluate(self, models: Mapping[str, nn.Module], heldout: torch.Tensor) -> dict[str, float]:
         """Perplexity: exp of the mean next-token cross-entropy over every predicted held-out token
         (tokens 1..T-1 of each window)."""
-        gpt = models["gpt"]
-        device = gpt.embed.tokens.weight.device
+        gpt = models[self.network]
+        device = next(gpt.parameters()).device
         total = 0.0
         for windows in heldout.split(64):
             total += next_token_loss(gpt, windows.to(device), reduction="sum").item()
@@ -74,9 +75,9 @@ class GPTStep:
 
     def export(self, models: Mapping[str, nn.Module]) -> tuple[nn.Module, torch.Tensor]:
         # The GPT itself: forward(ids) -> logits, sample(n) and generate(prompt_ids, new_tokens).
-        gpt = models["gpt"]
+        gpt = models[self.network]
         example = torch.full((2, gpt.context), gpt.start_id, dtype=torch.int64)
-        return gpt, example.to(gpt.embed.tokens.weight.device)
+        return gpt, example.to(next(gpt.parameters()).device)
 
 
 def next_token_loss(
