@@ -40,7 +40,7 @@ class BERTStep:
         assert phase == self.network, phase
         inputs, selected = self.mask(batch)
         logits = models[self.network](inputs)  # (B, T, vocab)
-        return F.cross_entropy(logits[selected].float(), batch[selected]), {}
+        return masked_loss(logits, torch.where(selected, batch, IGNORED)), {}
 
     def pipeline(self, models: Mapping[str, nn.Module], *, phase: str) -> PipelineForm:
         """Embeddings, each block, then the norm and MLM head; the target holds the original
@@ -52,8 +52,7 @@ class BERTStep:
             return (corrupted,), torch.where(selected, windows, IGNORED)
 
         def loss(logits: torch.Tensor, targets: torch.Tensor):
-            flat = logits.float().flatten(0, 1)
-            return F.cross_entropy(flat, targets.flatten(), ignore_index=IGNORED), {}
+            return masked_loss(logits, targets), {}
 
         blocks = [bert.embed, *bert.blocks, NormHead(bert.norm, bert.head)]
         return PipelineForm(blocks=blocks, inputs=inputs, loss=loss)
@@ -123,6 +122,17 @@ class BERTStep:
             else:
                 runs[-1].append(token)
         return MASK_SHOWN.join(self.decode(run) for run in runs)
+
+
+def masked_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The cross-entropy of each window's selected positions (targets IGNORED elsewhere),
+    averaged within the window, then over the windows: each window weighs the same wherever
+    it is trained, so 1 worker, 2 workers and any micro-batching give the same loss."""
+    per_token = F.cross_entropy(
+        logits.float().transpose(1, 2), targets, ignore_index=IGNORED, reduction="none"
+    )  # (B, T), 0 where IGNORED
+    counts = (targets != IGNORED).sum(1).clamp(min=1)  # every window selects one at least
+    return (per_token.sum(1) / counts).mean()
 
 
 def _eval_generator() -> torch.Generator:

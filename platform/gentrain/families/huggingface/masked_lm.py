@@ -5,12 +5,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gentrain.families import DataInfo, PipelineForm
 from gentrain.families.bert.masking import fill_masks, sample_by_unmasking
-from gentrain.families.bert.step import IGNORED, BERTStep
+from gentrain.families.bert.step import IGNORED, BERTStep, masked_loss
 from gentrain.families.huggingface.config import TransformersConfig
 from gentrain.families.huggingface.transformers_lm import (
     build_model,
@@ -65,8 +64,7 @@ class MaskedLMStep(BERTStep):
             return (corrupted,), torch.where(selected, windows, IGNORED)
 
         def loss(logits: torch.Tensor, targets: torch.Tensor):
-            flat = logits.float().flatten(0, 1)
-            return F.cross_entropy(flat, targets.flatten(), ignore_index=IGNORED), {}
+            return masked_loss(logits, targets), {}
 
         blocks = pipeline_blocks(models[self.network].hf)
         return PipelineForm(blocks=blocks, inputs=inputs, loss=loss)
