@@ -8,6 +8,8 @@ from gentrain.data import load_dataset
 from gentrain.families import all_families
 
 FAMILIES = sorted(all_families())
+# what a family is known not to do: diffusers' UNet cannot be cut into pipeline stages
+UNSUPPORTED = {("hf_unet2d", "pipeline composes")}
 
 
 @pytest.mark.parametrize("check", sorted(conformance.CHECKS))
@@ -15,7 +17,12 @@ FAMILIES = sorted(all_families())
 def test_family_passes_check(name, check):
     family = all_families()[name]
     subject = conformance.build(family, family.smallest_flavor)
-    conformance.CHECKS[check](subject)  # raises CheckFailed (or CheckSkipped) saying why
+    try:
+        conformance.CHECKS[check](subject)  # raises CheckFailed saying why
+    except conformance.CheckSkipped:
+        assert (name, check) in UNSUPPORTED
+    else:
+        assert (name, check) not in UNSUPPORTED
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -31,9 +38,9 @@ def test_every_flavor_builds_and_flavors_grow(name):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_every_builtin_family_supports_every_strategy(name):
+def test_every_builtin_family_supports_every_strategy_it_can(name):
     family = all_families()[name]
     outcomes = conformance.run_checks(family, flavor=family.smallest_flavor)
-    assert [o.result for o in outcomes] == ["pass"] * len(outcomes), outcomes
-    support = conformance.strategy_support(family, outcomes)
-    assert all(supported for _, supported, _ in support), support
+    assert all(o.result == "pass" or (name, o.check) in UNSUPPORTED for o in outcomes), outcomes
+    support = dict((s, ok) for s, ok, _ in conformance.strategy_support(family, outcomes))
+    assert support == {"ddp": True, "deepspeed": True, "pipeline": name != "hf_unet2d"}
