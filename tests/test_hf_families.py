@@ -190,3 +190,20 @@ def test_the_masked_lm_fine_tunes_minilm_saying_its_mlm_head_is_new(tmp_path):
     assert 0 <= run.data.metrics["mlm_accuracy"] <= 1
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "pretrained")}
     assert "pretrained/tokenizer.json" in logged and "pretrained/model.safetensors" in logged
+
+
+def test_a_config_json_gives_the_architecture_and_sizes(tiny_llama, tmp_path):
+    from gentrain import spec as spec_module
+    from gentrain.data import load_dataset
+    from gentrain.families import get_family
+
+    config_file = tiny_llama / "config.json"
+    spec = _spec(tmp_path, "hf_causal_lm", f"{{config_file: {config_file}}}")
+    job = spec_module.load(spec)
+    family = get_family(job.model.family)
+    model = family.make_step().build(
+        family.config(flavor=job.model.flavor, overrides=job.model.overrides),
+        load_dataset(job.data).info,
+    )["lm"]
+    assert type(model.hf).__name__ == "LlamaForCausalLM"
+    assert model.hf.config.num_hidden_layers == 2 and model.hf.config.hidden_size == 32

@@ -413,6 +413,12 @@ def submit(
     if sent.family_code:
         how = "as a py_module" if sent.family_code_apart else "in the working directory"
         out.print(f"shipped family {job.model.family}: {sent.family_code} ({how})", markup=False)
+    elif sent.family_installed:
+        out.print(
+            f"family {job.model.family} comes from the installed package "
+            f"{sent.family_installed}: the cluster's nodes need it installed too",
+            markup=False,
+        )
     out.print(f"submitted job {sent.job_id} (gentrain {command} {spec})", markup=False)
     if follow:
         _follow(address, sent.job_id)

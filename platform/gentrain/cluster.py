@@ -15,7 +15,7 @@ from pathlib import Path
 import ray
 
 from gentrain.errors import GentrainError, SpecError, first_line
-from gentrain.families.user import code_to_ship
+from gentrain.families.user import code_to_ship, installed_families
 from gentrain.storage import check_bucket
 
 EMBEDDED_RAY_TRAIN_SETTINGS = {
@@ -243,6 +243,7 @@ class Submission:
     excluded: list[str]  # gitignore patterns left out of it
     family_code: Path | None = None  # the user's family module, in the working directory or not
     family_code_apart: bool = False  # shipped as a py_module of its own (outside the directory)
+    family_installed: str | None = None  # the installed package offering the job's family
 
 
 def submit(
@@ -279,7 +280,9 @@ def submit(
         if resume_run_id:
             argv += ["--resume", resume_run_id]
         job_id = _submit_job(address, argv, runtime_env, metadata={"gentrain.spec": job.name})
-    return Submission(job_id, root, size, excludes, family_code, apart)
+    installed = installed_families().get(job.model.family)
+    package = installed.dist if installed and ":" not in job.model.family else None
+    return Submission(job_id, root, size, excludes, family_code, apart, package)
 
 
 def _as_package(module: Path, directory: Path) -> str:

@@ -17,6 +17,7 @@ import sys
 import sysconfig
 import traceback
 import types
+from dataclasses import dataclass
 from pathlib import Path
 
 from gentrain.errors import SpecError
@@ -54,15 +55,22 @@ def load_reference(reference: str, *, field: str = "model.family") -> FamilySpec
     return family
 
 
-def installed_families() -> dict[str, str]:
-    """Entry-point name -> `module:NAME`, for every installed package that offers families."""
+@dataclass(frozen=True)
+class Installed:
+    value: str  # module:NAME
+    dist: str  # the distribution (package) that offers it
+
+
+def installed_families() -> dict[str, Installed]:
+    """Entry-point name -> where, for every installed package that offers families."""
     points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-    return {point.name: point.value for point in points}
+    return {p.name: Installed(p.value, p.dist.name if p.dist else "?") for p in points}
 
 
-def load_installed(name: str, value: str) -> FamilySpec:
+def load_installed(name: str, installed: Installed) -> FamilySpec:
     if name not in _loaded:
-        field = f"model.family: {name} (entry point {ENTRY_POINT_GROUP} = {value})"
+        value = installed.value
+        field = f"model.family: {name} (entry point {ENTRY_POINT_GROUP} of {installed.dist})"
         module_name, _, attribute = value.partition(":")
         module = _import(module_name, field=field)
         if not attribute or not hasattr(module, attribute):
