@@ -26,6 +26,12 @@ CASES = {
     "unreadable image": (SPEC + "data: {source: 'images:pictures', image_size: 8}\n", []),
     "unsupported scheme": (SPEC, ["storage.path=gs://bucket/checkpoints"]),
     "bad tracking uri": (SPEC, ["tracking.uri=mlruns"]),
+    "not a FamilySpec": (SPEC, ["model.family=os:system"]),
+    # checked by transformers itself, which imports torch
+    "unknown hf architecture": (
+        "name: t\nmodel: {family: hf_causal_lm, overrides: {architecture: llamax}}\n",
+        [],
+    ),
 }
 # the same refusals from the environment: (spec, overrides, environment)
 ENVIRONMENT_CASES = {"bad MLFLOW_TRACKING_URI": (SPEC, [], {"MLFLOW_TRACKING_URI": "./mlruns"})}

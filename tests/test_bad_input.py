@@ -33,7 +33,8 @@ SPEC_CASES = [
     (
         MINIMAL,
         ["model.family=vq"],
-        "model.family: unknown family 'vq'; allowed: bert, diffusion, flow, gan, gpt, vae",
+        "model.family: unknown family 'vq'; allowed: bert, diffusion, flow, gan, gpt, "
+        "hf_causal_lm, hf_masked_lm, hf_unet2d, vae, or package.module:NAME",
     ),
     (MINIMAL, ["model.flavor=huge"], "model.flavor: 'huge' is not a gan flavor"),
     (MINIMAL, ["model.overrides.depth=3"], "model.overrides.depth: unknown gan setting"),

@@ -426,7 +426,10 @@ TEXT = {"source": "builtin:python_docs"}
         (_job("gan", channels=2), "data.channels: Input should be 1 or 3 (got 2)"),
         (_job("gan", column=["a"]), "data.column: Input should be a valid string"),
         (_job("gan", augment=["color"]), "data.augment.0: Input should be 'hflip'"),
-        (_job("gpt", **TEXT, tokenizer="wordpiece"), "data.tokenizer: Input should be 'byte'"),
+        (
+            _job("gpt", **TEXT, tokenizer="wordpiece"),
+            "data.tokenizer: wordpiece does not exist; allowed: byte, bpe, or a Hugging Face",
+        ),
         (_job("gpt", **TEXT, vocab_size=100), "data.vocab_size: Input should be greater than"),
         (_job("gpt", **TEXT, seq_len=1), "data.seq_len: Input should be greater than"),
         (_job("gpt", **TEXT, seq_len=10**6), "data.seq_len: Input should be less than"),

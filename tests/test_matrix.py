@@ -42,11 +42,11 @@ STRATEGY_SETTINGS = {
     "pipeline": ["train.strategy=pipeline", "train.pipeline.stages=2"],
 }
 # The built-in families under every strategy; the Hugging Face ones under ddp, each ZeRO stage
-# in one of them, and pipeline for the language models (gentrain check refuses it for the UNet).
+# in one of them, and pipeline for the language models (refused for the UNet).
 HF_CELLS = [
-    ("hf_causal_lm", ["ddp", "zero1", "zero3", "pipeline"]),
-    ("hf_masked_lm", ["ddp", "zero2", "pipeline"]),
-    ("hf_unet2d", ["ddp", "zero3"]),
+    ("hf_causal_lm", ["ddp", "zero3", "pipeline"]),
+    ("hf_masked_lm", ["ddp", "zero1", "pipeline"]),
+    ("hf_unet2d", ["ddp", "zero2"]),
 ]
 CELLS = [
     *((family, strategy) for family in FAMILY_JOBS if not family.startswith("hf_")

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import ray
+from typer.testing import CliRunner
 
 from conftest import REPO, gentrain
+from gentrain.cli import app
 
 EXAMPLES = REPO / "examples"
 SPEC = "name: mine\nmodel: {family: FAMILY, flavor: small}\ntrain: {workers: 1}\n"
@@ -88,24 +91,36 @@ def modules(tmp_path_factory) -> Path:
     return directory
 
 
+def _invoke(monkeypatch, cwd: Path, *args: str):
+    """The CLI in this process, from `cwd` (each case imports modules of its own names)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return CliRunner().invoke(app, list(args))
+
+
 @pytest.mark.parametrize("family, expected", CASES)
-def test_a_family_gentrain_cannot_use_is_refused_in_one_line(modules, family, expected):
+def test_a_family_gentrain_cannot_use_is_refused_in_one_line(
+    modules, monkeypatch, family, expected
+):
     spec = modules / f"spec_{abs(hash(family))}.yaml"
     spec.write_text(SPEC.replace("FAMILY", family))
-    result = gentrain("validate", str(spec), cwd=modules)
-    assert result.returncode == 2, result.stdout + result.stderr
+    result = _invoke(monkeypatch, modules, "validate", str(spec))
+    assert result.exit_code == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert expected in lines[0], lines[0]
     assert not (modules / "called").exists(), "nothing the spec names is called"
 
 
-def test_a_strategy_that_needs_a_missing_method_is_refused_before_anything_starts(modules):
+def test_a_strategy_that_needs_a_missing_method_is_refused_before_anything_starts(
+    modules, monkeypatch
+):
     spec = modules / "pipeline.yaml"
     spec.write_text(SPEC.replace("FAMILY", "mymod:FAMILY") + "storage: {path: ckpt}\n")
     pipeline = ["--set", "train.strategy=pipeline", "--set", "train.workers=2"]
-    result = gentrain("run", str(spec), *pipeline, cwd=modules)
-    assert result.returncode == 2
+    result = _invoke(monkeypatch, modules, "run", str(spec), *pipeline)
+    assert result.exit_code == 2 and not ray.is_initialized()
     assert result.stderr.strip().endswith(
         "train.strategy: pipeline needs mine's step to define pipeline(); "
         "ddp and deepspeed work without it"
@@ -113,16 +128,16 @@ def test_a_strategy_that_needs_a_missing_method_is_refused_before_anything_start
     assert not (modules / "ckpt").exists() and not (modules / "mlflow.db").exists()
 
 
-def test_a_user_familys_flavors_and_overrides_are_validated():
+def test_a_user_familys_flavors_and_overrides_are_validated(monkeypatch):
     spec = str(EXAMPLES / "tiny_vae.yaml")
-    result = gentrain("validate", spec, "--set", "model.overrides.hiden=3", cwd=REPO)
-    assert result.returncode == 2
+    result = _invoke(monkeypatch, REPO, "validate", spec, "--set", "model.overrides.hiden=3")
+    assert result.exit_code == 2
     assert "model.overrides.hiden: unknown tiny_vae setting; allowed: hidden, latent" in (
         result.stderr
     )
-    result = gentrain("validate", spec, "--set", "model.flavor=huge", cwd=REPO)
+    result = _invoke(monkeypatch, REPO, "validate", spec, "--set", "model.flavor=huge")
     assert "model.flavor: 'huge' is not a tiny_vae flavor; allowed: debug, small" in result.stderr
-    result = gentrain("validate", spec, cwd=EXAMPLES.parent.parent)  # found next to the spec
+    result = gentrain("validate", spec, cwd=REPO.parent)  # a fresh process: found by the spec
     assert result.returncode == 0 and "valid tiny_vae:FAMILY job" in result.stdout
 
 
@@ -170,21 +185,24 @@ def test_gentrain_check_passes_the_example_and_says_pipeline_is_not_supported():
         (GOOD_LOSS, "return torch.zeros(n, 64)", "samples"),
     ],
 )
-def test_gentrain_check_fails_a_family_that_breaks_a_check(tmp_path, loss, sample, failed):
-    (tmp_path / "faulty.py").write_text(_family_module(loss, sample))
-    result = gentrain("check", "faulty:FAMILY", cwd=tmp_path)
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert result.stderr.startswith("error: faulty:FAMILY: ") and failed in result.stderr
+def test_gentrain_check_fails_a_family_that_breaks_a_check(
+    tmp_path, monkeypatch, loss, sample, failed
+):
+    name = f"faulty_{tmp_path.name}"  # a module of its own: this process imports each once
+    (tmp_path / f"{name}.py").write_text(_family_module(loss, sample))
+    result = _invoke(monkeypatch, tmp_path, "check", f"{name}:FAMILY")
+    assert result.exit_code == 1, result.stdout + result.stderr
+    assert result.stderr.startswith(f"error: {name}:FAMILY: ") and failed in result.stderr
     row = next(line for line in result.stdout.splitlines() if f"│ {failed} " in line)
     assert "FAIL" in row
 
 
-def test_gentrain_check_refuses_an_unknown_family_or_flavor(tmp_path):
-    result = gentrain("check", "nosuch:FAMILY", cwd=tmp_path)
-    assert result.returncode == 2
+def test_gentrain_check_refuses_an_unknown_family_or_flavor(tmp_path, monkeypatch):
+    result = _invoke(monkeypatch, tmp_path, "check", "nosuch:FAMILY")
+    assert result.exit_code == 2
     assert result.stderr.startswith("error: FAMILY nosuch:FAMILY: no module nosuch")
-    result = gentrain("check", "gan", "--flavor", "huge", cwd=tmp_path)
-    assert result.returncode == 2
+    result = _invoke(monkeypatch, tmp_path, "check", "gan", "--flavor", "huge")
+    assert result.exit_code == 2
     assert "error: FAMILY gan: 'huge' is not a gan flavor; allowed: debug, small, base" in (
         result.stderr
     )
@@ -198,10 +216,10 @@ TINY_RUN = [
 
 
 @pytest.mark.slow
-def test_the_example_family_trains_under_ddp_then_deepspeed_from_its_model(tmp_path):
+def test_the_example_family_trains_then_sweeps_under_deepspeed_from_its_model(tmp_path):
     """`gentrain run` of README's example from another directory: 2 DDP workers, checkpoints, its
-    own loss terms in MLflow, a model that loads where tiny_vae.py is not; then 2 DeepSpeed
-    ZeRO-2 workers starting from that model (model.init_from)."""
+    own loss terms in MLflow, a model that loads where tiny_vae.py is not; then `gentrain sweep`
+    of it, two DeepSpeed ZeRO-2 trials starting from that model (model.init_from)."""
     spec = str(EXAMPLES / "tiny_vae.yaml")
     first = gentrain("run", spec, *TINY_RUN, "--set", "storage.path=ckpt", cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -219,21 +237,6 @@ def test_the_example_family_trains_under_ddp_then_deepspeed_from_its_model(tmp_p
     )  # fmt: skip
     assert loaded.stdout.strip() == "TinyVAE", loaded.stderr[-2000:]
 
-    second = gentrain(
-        "run", spec, *TINY_RUN, "--set", "train.strategy=deepspeed",
-        "--set", f"model.init_from=runs:/{run.info.run_id}/model", "--set", "storage.path=ckpt2",
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert second.returncode == 0, second.stdout + second.stderr
-    runs = client.search_runs([experiment.experiment_id], order_by=["start_time DESC"])
-    assert runs[0].data.tags["gentrain.strategy"] == "deepspeed"
-    assert runs[0].info.status == "FINISHED"
-    first_loss = client.get_metric_history(run.info.run_id, "loss")[0].value
-    assert client.get_metric_history(runs[0].info.run_id, "loss")[0].value < first_loss
-
-
-@pytest.mark.slow
-def test_a_sweep_over_the_example_family_tracks_a_child_run_per_trial(tmp_path):
     sweep = (EXAMPLES / "tiny_vae.yaml").read_text() + textwrap.dedent("""
         sweep:
           search: grid
@@ -245,17 +248,20 @@ def test_a_sweep_over_the_example_family_tracks_a_child_run_per_trial(tmp_path):
     (tmp_path / "tiny_vae.py").write_text((EXAMPLES / "tiny_vae.py").read_text())
     (tmp_path / "sweep.yaml").write_text(sweep)
     result = gentrain(
-        "sweep", "sweep.yaml", *TINY_RUN, "--set", "train.workers=1",
-        "--set", "eval.metrics=[]", cwd=tmp_path,
+        "sweep", "sweep.yaml", *TINY_RUN, "--set", "train.workers=1", "--set", "eval.metrics=[]",
+        "--set", "train.strategy=deepspeed", "--set", "storage.path=ckpt2",
+        "--set", f"model.init_from=runs:/{run.info.run_id}/model", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("tiny-vae-digits")
     runs = client.search_runs([experiment.experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(runs) == 3 and len(children) == 2
+    assert len(runs) == 4 and len(children) == 2
     assert {r.data.params["optim.lr"] for r in children} == {"0.001", "0.003"}
-    assert all(r.info.status == "FINISHED" and "recon" in r.data.metrics for r in children)
+    first_loss = client.get_metric_history(run.info.run_id, "loss")[0].value
+    for child in children:
+        assert child.info.status == "FINISHED" and "recon" in child.data.metrics
+        assert child.data.tags["gentrain.strategy"] == "deepspeed"
+        assert client.get_metric_history(child.info.run_id, "loss")[0].value < first_loss
 
 
 def test_readme_shows_the_example_family_as_it_is_in_the_repo():

@@ -325,6 +325,9 @@ def _single_process_group(spec: JobSpec) -> None:
         return
     backend = "nccl" if spec.train.use_gpu and torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    # what a launcher sets, and DeepSpeed's engine reads, besides the process group
+    for name, value in {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1"}.items():
+        os.environ.setdefault(name, value)
 
 
 # --- on the driver ----------------------------------------------------------------------------

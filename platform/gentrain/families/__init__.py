@@ -139,8 +139,8 @@ class FamilySpec:
     # the setting naming a model directory whose tokenizer reads the text when data.tokenizer is
     # not set
     tokenizer_from: str | None = None
-    # "module:function" (or the function) called with (config, data section) when a spec is
-    # validated: raises SpecError for what the family cannot build (say, an unknown architecture)
+    # "module:function" (or the function) called with (config, the whole JobSpec) when a spec
+    # is validated: raises SpecError for what the family cannot build (an unknown architecture)
     validate: str | Callable[[Any, Any], None] | None = None
 
     def __post_init__(self):
@@ -156,9 +156,9 @@ class FamilySpec:
     def step_class(self) -> type:
         return _resolve(self.step)
 
-    def check_config(self, config: Any, data: Any) -> None:
+    def check_config(self, config: Any, job: Any) -> None:
         if self.validate is not None:
-            _resolve(self.validate)(config, data)
+            _resolve(self.validate)(config, job)
 
     def make_step(self) -> FamilyStep:
         """The family's step, with the optional methods it leaves out filled in."""
