@@ -165,7 +165,7 @@ def _run(tmp_path: Path):
 
 @pytest.mark.slow
 def test_a_causal_lm_trains_from_a_save_pretrained_directory_on_s3(
-    tiny_llama, tmp_path, s3_server, monkeypatch
+    tiny_llama, tmp_path, s3_server, monkeypatch, new_store
 ):
     """Fetched once into GENTRAIN_CACHE_DIR, read with its own tokenizer, logged back as
     save_pretrained files with that tokenizer. (A local model directory: the MiniLM test.)"""
@@ -175,6 +175,7 @@ def test_a_causal_lm_trains_from_a_save_pretrained_directory_on_s3(
     for path in tiny_llama.iterdir():
         s3.upload_file(str(path), "models", f"tiny/{path.name}")
     spec = _spec(tmp_path, "hf_causal_lm", "{pretrained: 's3://models/tiny'}")
+    new_store(tmp_path)
     result = gentrain("run", str(spec), cwd=tmp_path, env={**s3_server.env})
     assert result.returncode == 0, result.stdout + result.stderr
     client, run = _run(tmp_path)
@@ -187,8 +188,9 @@ def test_a_causal_lm_trains_from_a_save_pretrained_directory_on_s3(
 
 
 @pytest.mark.slow
-def test_the_masked_lm_fine_tunes_minilm_saying_its_mlm_head_is_new(tmp_path):
+def test_the_masked_lm_fine_tunes_minilm_saying_its_mlm_head_is_new(tmp_path, new_store):
     spec = _spec(tmp_path, "hf_masked_lm", f"{{pretrained: {MINILM}}}")
+    new_store(tmp_path)
     result = gentrain("run", str(spec), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     said = [line for line in result.stderr.splitlines() if "newly initialised" in line]

@@ -216,11 +216,12 @@ TINY_RUN = [
 
 
 @pytest.mark.slow
-def test_the_example_family_trains_then_sweeps_under_deepspeed_from_its_model(tmp_path):
+def test_the_example_family_trains_then_sweeps_under_deepspeed_from_its_model(tmp_path, new_store):
     """`gentrain run` of README's example from another directory: 2 DDP workers, checkpoints, its
     own loss terms in MLflow, a model that loads where tiny_vae.py is not; then `gentrain sweep`
     of it, two DeepSpeed ZeRO-2 trials starting from that model (model.init_from)."""
     spec = str(EXAMPLES / "tiny_vae.yaml")
+    new_store(tmp_path)
     first = gentrain("run", spec, *TINY_RUN, "--set", "storage.path=ckpt", cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
