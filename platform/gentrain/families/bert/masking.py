@@ -72,3 +72,24 @@ def sample_by_unmasking(model, *, n: int, seq_len: int, mask_id: int, rounds: in
         chosen = confidence.topk(after - before, dim=1).indices  # (n, after - before)
         ids.scatter_(1, chosen, drawn.gather(1, chosen))
     return ids
+
+
+class Unmasking:
+    """fill(ids) and sample(n) for a masked language model module (forward: ids -> logits) that
+    has `mask_id`, `seq_len` and `sample_rounds`."""
+
+    mask_id: int
+    seq_len: int
+    sample_rounds: int
+
+    @torch.no_grad()
+    def fill(self, ids: torch.Tensor) -> torch.Tensor:
+        """`ids` (B, T) with each mask token replaced by the likeliest token, in one pass."""
+        return fill_masks(self, ids, mask_id=self.mask_id)
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        """n windows (n, seq_len) by iterative unmasking (sample_by_unmasking)."""
+        return sample_by_unmasking(
+            self, n=n, seq_len=self.seq_len, mask_id=self.mask_id, rounds=self.sample_rounds
+        )

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gentrain.families.bert.config import BERTConfig
-from gentrain.families.bert.masking import fill_masks, sample_by_unmasking
+from gentrain.families.bert.masking import Unmasking
 
 
 class Embeddings(nn.Module):
@@ -79,7 +79,7 @@ class MLMHead(nn.Module):
         return self.decoder(self.transform(hidden))
 
 
-class BERT(nn.Module):
+class BERT(Unmasking, nn.Module):
     def __init__(self, config: BERTConfig, *, vocab_size: int, seq_len: int, mask_id: int):
         super().__init__()
         assert 0 <= mask_id < vocab_size, f"mask token {mask_id} not in [0, {vocab_size})"
@@ -99,17 +99,9 @@ class BERT(nn.Module):
             x = block(x)
         return self.head(self.norm(x))
 
-    @torch.no_grad()
-    def fill(self, ids: torch.Tensor) -> torch.Tensor:
-        """`ids` (B, T) with each mask token replaced by the likeliest token, in one pass."""
-        return fill_masks(self, ids, mask_id=self.mask_id)
-
-    @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        """n windows (n, seq_len) by iterative unmasking (masking.sample_by_unmasking)."""
-        return sample_by_unmasking(
-            self, n=n, seq_len=self.seq_len, mask_id=self.mask_id, rounds=self.config.sample_rounds
-        )
+    @property
+    def sample_rounds(self) -> int:
+        return self.config.sample_rounds
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from gentrain.families import DataInfo, PipelineForm
-from gentrain.families.bert.masking import fill_masks, sample_by_unmasking
+from gentrain.families.bert.masking import Unmasking
 from gentrain.families.bert.step import IGNORED, BERTStep, masked_loss
 from gentrain.families.huggingface.config import TransformersConfig
 from gentrain.families.huggingface.transformers_lm import (
@@ -17,12 +17,12 @@ from gentrain.families.huggingface.transformers_lm import (
     save_pretrained,
 )
 
-SAMPLE_ROUNDS = 8  # iterative unmasking: a window revealed in this many rounds
 
-
-class MaskedLM(nn.Module):
+class MaskedLM(Unmasking, nn.Module):
     """A transformers masked LM as gentrain's text families use one: forward(ids) -> logits,
     fill(ids) and sample(n)."""
+
+    sample_rounds = 8  # iterative unmasking: a window revealed in this many rounds
 
     def __init__(self, hf: nn.Module, *, seq_len: int, mask_id: int):
         super().__init__()
@@ -30,16 +30,6 @@ class MaskedLM(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, vocab)
         return self.hf(input_ids=ids).logits
-
-    @torch.no_grad()
-    def fill(self, ids: torch.Tensor) -> torch.Tensor:
-        return fill_masks(self, ids, mask_id=self.mask_id)
-
-    @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        return sample_by_unmasking(
-            self, n=n, seq_len=self.seq_len, mask_id=self.mask_id, rounds=SAMPLE_ROUNDS
-        )
 
 
 class MaskedLMStep(BERTStep):

@@ -36,16 +36,16 @@ def _check(config: TransformersConfig, job, *, kind: Kind) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never the hub
     if config.pretrained and config.config_file:
         raise SpecError("model.overrides: give pretrained or config_file, not both")
+    vocab, mask_id = _tokenizer_vocab_and_mask(job.data)
     if config.pretrained:
         hf_config = _pretrained_config(config.pretrained, kind=kind)
     else:
-        hf_config = model_config(config, vocab_size=_tokenizer_vocab(job.data), kind=kind)
-    if kind == "masked" and _mask_id(job.data) is None:
+        hf_config = model_config(config, vocab_size=vocab, kind=kind)
+    if kind == "masked" and mask_id is None:
         raise SpecError(
             f"data.tokenizer: {job.data.tokenizer} has no mask token; a masked language model "
             "masks its inputs with one ([MASK] or <mask>)"
         )
-    vocab = _tokenizer_vocab(job.data)
     if vocab > hf_config.vocab_size:
         raise SpecError(
             f"data.tokenizer: its {vocab} tokens do not fit the model's vocabulary of "
@@ -307,18 +307,14 @@ def pipeline_blocks(model) -> list:
     return [Embed(), *(Layer(layer) for layer in layers), Head()]
 
 
-def _tokenizer_vocab(data) -> int:
+def _tokenizer_vocab_and_mask(data) -> tuple[int, int | None]:
+    """The data tokenizer's vocabulary size (at most, for bpe) and mask token (None: none)."""
     if data.tokenizer == "byte":
-        return 257
+        return 257, 256
     if data.tokenizer == "bpe":
-        return data.vocab_size
-    return _pretrained_tokenizer(data.tokenizer).vocab_size
-
-
-def _mask_id(data) -> int | None:
-    if data.tokenizer in ("byte", "bpe"):
-        return 0  # both have <mask>
-    return _pretrained_tokenizer(data.tokenizer).mask_id
+        return data.vocab_size, 0  # <mask> is its first token
+    tokenizer = _pretrained_tokenizer(data.tokenizer)
+    return tokenizer.vocab_size, tokenizer.mask_id
 
 
 def _pretrained_tokenizer(location: str):
