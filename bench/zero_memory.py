@@ -93,8 +93,7 @@ def measure(module: torch.nn.Module, zero_optimizer, optimizer) -> dict[str, int
 
 def worker(rank: int, world: int, port: int, overrides: list[str], flavor: str, results) -> None:
     from gentrain import spec as spec_module
-    from gentrain.data import load_dataset
-    from gentrain.data.batches import ShardedBatches
+    from gentrain.data import open_data
     from gentrain.families import get_family
     from gentrain.noise import DrawPlan
     from gentrain.strategies import make_strategy
@@ -120,7 +119,7 @@ def worker(rank: int, world: int, port: int, overrides: list[str], flavor: str, 
     )
     family = get_family("gpt")
     step_fn = family.make_step()
-    data = load_dataset(spec.data)
+    data = open_data(spec.data)
     torch.manual_seed(spec.train.seed)
     models = step_fn.build(family.config(flavor=flavor, overrides={}), data.info)
     params = sum(p.numel() for p in models["gpt"].parameters())
@@ -135,13 +134,14 @@ def worker(rank: int, world: int, port: int, overrides: list[str], flavor: str, 
             measured.append(measure(module, engine.optimizer if engine else None, optimizer))
 
     hook = register_optimizer_step_pre_hook(at_step)
-    batches = ShardedBatches(data.train, batch_size=batch // world, rank=rank, world=world, seed=0)
+    batches = data.stream.batches(batch_size=batch, rank=rank, world=world)
     for step in (1, 2):
 
         def plan(offset: int, step: int = step) -> DrawPlan:
             return DrawPlan(0, step, "gpt", batches.first_row + offset, batch)
 
-        strategy.train_phase("gpt", batches.at(step), plan)
+        strategy.train_phase("gpt", next(batches)[0], plan)
+    batches.close()
     hook.remove()
     results.put((rank, params, measured[-1]))
     dist.barrier()

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 from conftest import gentrain
 from gentrain import spec as spec_module
 from gentrain.cli import app
-from gentrain.data import Dataset, load_dataset
-from gentrain.data.batches import ShardedBatches, augment
-from gentrain.data.text import BPETokenizer, ByteTokenizer, builtin_corpus, split_text
+from gentrain.data import Dataset, load_dataset, open_data
+from gentrain.data.augment import augment
+from gentrain.data.text import BPETokenizer, ByteTokenizer, builtin_corpus
 from gentrain.errors import GentrainError, SpecError
 from gentrain.spec import DataSection
 from gentrain.storage import filesystem, read_bytes
@@ -143,7 +143,7 @@ def test_image_folder_errors_name_the_file_and_the_fix(tmp_path):
     single = tmp_path / "single"
     single.mkdir()
     (single / "a.png").write_bytes(_encode(_pixels()))
-    with pytest.raises(GentrainError, match="found 1 image"):
+    with pytest.raises(GentrainError, match="single: no held-out images"):
         _load(f"images:{single}")
 
 
@@ -184,8 +184,9 @@ def test_parquet_text_column_and_a_directory_of_files(tmp_path):
     pq.write_table(_text_table(20), tmp_path / "text.parquet")
     data = _load(f"parquet:{tmp_path / 'text.parquet'}", seq_len=16)
     assert data.modality == "text" and data.train.dtype == torch.int64
-    start = data.info.decode(data.train[::2].flatten().tolist())  # stride T/2: every other one
-    assert start.startswith("Paragraph 0 says hello.") and "hello. \n\nParagraph 1" in start
+    start = data.info.decode(data.train.flatten().tolist())  # windows follow each other
+    assert start.startswith("Paragraph ") and "hello. \n\nParagraph " in start
+    assert len(data.train) == len(start.encode()) // 16
 
     folder = tmp_path / "parts"
     folder.mkdir()
@@ -211,7 +212,7 @@ def test_parquet_errors_list_the_columns(tmp_path):
     with pytest.raises(GentrainError, match="column 'image' is int64; expected encoded image"):
         _load(f"parquet:{tmp_path / 'ints.parquet'}")
     pq.write_table(pa.table({"image": pa.array([], type=pa.binary())}), tmp_path / "none.parquet")
-    with pytest.raises(GentrainError, match="none.parquet: found 0 image"):
+    with pytest.raises(GentrainError, match="none.parquet: too little data: 0 training images"):
         _load(f"parquet:{tmp_path / 'none.parquet'}")
     (tmp_path / "fake.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(GentrainError, match="fake.parquet: cannot read parquet"):
@@ -230,7 +231,7 @@ def _markers(text: str) -> set[str]:
     return {piece.split(">")[0] for piece in text.split("<")[1:] if ">" in piece}
 
 
-def test_text_file_byte_windows_and_a_contiguous_heldout_tail(tmp_path):
+def test_text_file_byte_windows_and_whole_heldout_paragraphs(tmp_path):
     text = _numbered_text()
     (tmp_path / "corpus.txt").write_text(text, encoding="utf-8")
     data = _load(f"text:{tmp_path / 'corpus.txt'}", seq_len=32)
@@ -238,31 +239,29 @@ def test_text_file_byte_windows_and_a_contiguous_heldout_tail(tmp_path):
     assert data.info.vocab_size == 257 and data.info.mask_id == 256
     assert data.train.dtype == torch.int64 and data.train.shape[1] == 32
     assert data.train.max() < 256 and data.heldout.max() < 256
-    assert torch.equal(data.train[1, :16], data.train[0, 16:]), "training windows: stride T/2"
-
-    split = split_text(text)
+    train = data.info.decode(data.train.flatten().tolist())
     heldout = data.info.decode(data.heldout.flatten().tolist())
-    assert heldout in split.heldout, "held-out windows follow each other in the tail"
-    train_markers = set().union(*(_markers(data.info.decode(w.tolist())) for w in data.train))
-    heldout_markers = _markers(heldout)
-    assert heldout_markers and not train_markers & heldout_markers, "no window overlaps"
-    assert max(int(m) for m in train_markers) < min(int(m) for m in heldout_markers)
+    assert train.startswith("<0") and "\n\n<0" in train, "windows follow each other"
+    train_markers, heldout_markers = _markers(train), _markers(heldout)
+    assert 20 < len(heldout_markers) < 80, "about a tenth of the paragraphs"
+    assert not train_markers & heldout_markers, "a paragraph is held out whole or trained on"
 
 
 def test_byte_and_bpe_tokenizers_round_trip():
     text = builtin_corpus("python_docs")
-    split = split_text(text)
+    cut = len(text) * 9 // 10
+    train, heldout = text[:cut], text[cut:]
     byte = ByteTokenizer()
-    assert byte.decode(byte.encode(split.heldout)) == split.heldout
+    assert byte.decode(byte.encode(heldout)) == heldout
 
-    bpe = BPETokenizer(split.train, vocab_size=512)
-    ids = bpe.encode(split.heldout)
+    bpe = BPETokenizer(train, vocab_size=512)
+    ids = bpe.encode(heldout)
     assert bpe.vocab_size == 512 and 0 <= bpe.mask_id < 512
     assert max(ids) < 512 and bpe.mask_id not in ids
-    assert bpe.decode(ids) == split.heldout
-    assert len(ids) < len(split.heldout) / 2, "merges compress English text"
+    assert bpe.decode(ids) == heldout
+    assert len(ids) < len(heldout) / 2, "merges compress English text"
     assert bpe.decode([bpe.mask_id, *bpe.encode("def f():")]) == "def f():"
-    assert BPETokenizer(split.train, vocab_size=512).encode(split.heldout) == ids
+    assert BPETokenizer(train, vocab_size=512).encode(heldout) == ids
 
     tiny = BPETokenizer("tiny text " * 10, vocab_size=1000)
     assert tiny.vocab_size <= 1000 and tiny.mask_id < tiny.vocab_size
@@ -305,10 +304,10 @@ def test_builtin_python_docs_is_english_text():
 
 def test_too_little_text_is_a_clear_error(tmp_path):
     (tmp_path / "short.txt").write_text("only a few words here")
-    with pytest.raises(GentrainError, match="too little text for data.seq_len 64"):
+    with pytest.raises(GentrainError, match="short.txt: too little data: 0 training windows"):
         _load(f"text:{tmp_path / 'short.txt'}")
     (tmp_path / "empty.txt").write_text(" \n")
-    with pytest.raises(GentrainError, match="empty.txt: the corpus is empty"):
+    with pytest.raises(GentrainError, match="empty.txt: too little data: 0 training windows"):
         _load(f"text:{tmp_path / 'empty.txt'}", seq_len=4)
 
 
@@ -363,9 +362,11 @@ def test_s3_sources_read_what_local_ones_do(bucket, s3_env):
 def test_missing_s3_objects_are_clear_errors(bucket, s3_env):
     with pytest.raises(GentrainError, match="s3://gentrain-data/missing.txt: cannot read"):
         _load("text:s3://gentrain-data/missing.txt")
-    with pytest.raises(GentrainError, match="s3://gentrain-data/nothing-here: cannot list"):
+    with pytest.raises(
+        GentrainError, match="s3://gentrain-data/nothing-here: cannot read: no such file"
+    ):
         _load("images:s3://gentrain-data/nothing-here")
-    with pytest.raises(GentrainError, match="s3://no-such-bucket/x.parquet: cannot read parquet"):
+    with pytest.raises(GentrainError, match="s3://no-such-bucket/x.parquet: cannot read"):
         _load("parquet:s3://no-such-bucket/x.parquet")
 
 
@@ -498,16 +499,17 @@ def test_color_jitter_keeps_shape_and_range_and_changes_images(channels):
     assert not torch.equal(augment(images, ("color_jitter",)), out), "random each call"
 
 
-def test_sharded_batches_of_text_windows(tmp_path):
+def test_batches_of_text_windows_stream_from_a_text_file(tmp_path):
     (tmp_path / "corpus.txt").write_text(_numbered_text(200), encoding="utf-8")
-    windows = _load(f"text:{tmp_path / 'corpus.txt'}", seq_len=16).train
-    shards = [ShardedBatches(windows, batch_size=8, rank=r, world=2, seed=0) for r in range(2)]
-    batch = shards[0].at(1)
-    assert batch.dtype == torch.int64 and batch.shape == (8, 16)
-    epoch = torch.cat([s.at(step) for s in shards for step in range(1, shards[0].per_epoch + 1)])
+    section = DataSection(source=f"text:{tmp_path / 'corpus.txt'}", seq_len=16)
+    windows = _load(section.source, seq_len=16).train
+    stream = open_data(section).stream
+    parts = [stream.batches(batch_size=16, rank=r, world=2) for r in range(2)]
+    per_epoch = len(windows) // 16
+    epoch = [next(part)[0] for _ in range(per_epoch) for part in parts]
+    assert epoch[0].dtype == torch.int64 and epoch[0].shape == (8, 16)
+    epoch = torch.cat(epoch)
     assert Counter(_tuples(epoch)) <= Counter(_tuples(windows)), "no window twice in an epoch"
-    assert torch.equal(
-        ShardedBatches(windows, batch_size=8, rank=0, world=2, seed=0).at(5), (shards[0].at(5))
-    )
-    with pytest.raises(GentrainError, match="data.batch_size: .* training examples"):
-        ShardedBatches(windows[:10], batch_size=8, rank=0, world=2, seed=0)
+    assert len(windows) - len(epoch) < 16, "every window but the last remainder"
+    for part in parts:
+        part.close()

@@ -253,6 +253,8 @@ class EvalSection(Section):
     metrics: tuple[str, ...] | None = None  # default: every metric of the family; [] none
     num_samples: int = Field(500, ge=2)
     features: str | None = None
+    # held-out examples an evaluation reads (the first ones of the held-out split)
+    max_examples: int = Field(1000, ge=2)
 
 
 class TrackingSection(Section):

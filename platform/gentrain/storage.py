@@ -51,17 +51,38 @@ def read_files(uris: Sequence[str]) -> list[bytes]:
     return contents
 
 
+def read_range(uri: str, start: int, length: int) -> bytes:
+    """`length` bytes of `uri` from byte `start` (one ranged request on S3)."""
+    fs, path = filesystem(uri)
+    try:
+        with fs.open_input_file(path) as file:
+            return file.read_at(length, start)
+    except (OSError, pyarrow.ArrowException) as err:
+        raise GentrainError(f"{uri}: cannot read: {first_line(err)}") from None
+
+
 def list_files(uri: str, suffixes: tuple[str, ...]) -> list[str]:
     """The files under directory `uri` (recursively) ending in one of `suffixes`, sorted, as
     URIs of the same kind as `uri`."""
+    return [path for path, _ in file_sizes(uri, suffixes)]
+
+
+def file_sizes(uri: str, suffixes: tuple[str, ...]) -> list[tuple[str, int]]:
+    """(file, size in bytes) of file `uri`, or of the files under directory `uri` (recursively)
+    ending in one of `suffixes`, sorted, as URIs of the same kind as `uri`: metadata only."""
     fs, path = filesystem(uri)
+    prefix = "s3://" if uri.startswith("s3://") else ""
     try:
+        info = fs.get_file_info(path)
+        if info.type == pyarrow.fs.FileType.File:
+            return [(uri, info.size)]
+        if info.type == pyarrow.fs.FileType.NotFound and not uri.endswith("/"):
+            raise GentrainError(f"{uri}: cannot read: no such file or directory")
         infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True))
     except (OSError, pyarrow.ArrowException) as err:
         raise GentrainError(f"{uri}: cannot list: {first_line(err)}") from None
-    prefix = "s3://" if uri.startswith("s3://") else ""
     return sorted(
-        prefix + info.path
+        (prefix + info.path, info.size)
         for info in infos
         if info.type == pyarrow.fs.FileType.File and info.path.lower().endswith(suffixes)
     )

@@ -18,8 +18,10 @@ import torch
 from ray.train import Checkpoint
 
 from gentrain import checkpoints
-from gentrain.data import Dataset, load_dataset
-from gentrain.data.batches import ShardedBatches, augment
+from gentrain.data import Data, open_data
+from gentrain.data.augment import augment
+from gentrain.data.fingerprint import what_changed
+from gentrain.data.stream import Position
 from gentrain.errors import GentrainError
 from gentrain.families import FamilyStep, FamilyWarning, get_family
 from gentrain.memory import is_out_of_memory, out_of_memory_message
@@ -95,7 +97,7 @@ def train(config: dict[str, Any], session: Session) -> None:
 
     family = get_family(spec.model.family)
     step_fn = family.make_step()
-    data = load_dataset(spec.data)
+    data = open_data(spec.data, seed=spec.train.seed)
     if data.modality != family.modality:  # parquet sources tell only once read
         raise GentrainError(
             f"data.source: {spec.data.source} holds {data.modality}s; family {family.name} "
@@ -136,7 +138,7 @@ def _pass_on(caught: list[warnings.WarningMessage], logger: RunLogger | None) ->
             )
 
 
-def _parameter_count(spec: JobSpec, family, step_fn: FamilyStep, data: Dataset) -> int | None:
+def _parameter_count(spec: JobSpec, family, step_fn: FamilyStep, data: Data) -> int | None:
     """The model's size, counted on the meta device (no memory needed)."""
     try:
         with torch.device("meta"):
@@ -170,7 +172,7 @@ def _train_models(
     session: Session,
     step_fn: FamilyStep,
     models: dict[str, torch.nn.Module],
-    data: Dataset,
+    data: Data,
     logger: RunLogger | None,
     board,
 ) -> None:
@@ -188,7 +190,14 @@ def _train_models(
     strategy.prepare(models, step_fn)
     _seed_everything(spec.train.seed * 1000 + rank)  # each rank draws its own noise
 
-    start_step = _restore(strategy, session.resume_from(), rank=rank, logger=logger)
+    start_step, position = _restore(
+        strategy,
+        session.resume_from(),
+        rank=rank,
+        logger=logger,
+        data=data,
+        allow_data_change=config.get("allow_data_change", False),
+    )
     loop = _Loop(
         spec,
         config,
@@ -199,7 +208,7 @@ def _train_models(
         logger=logger,
         board=board,
     )
-    loop.run(start_step=start_step)
+    loop.run(start_step=start_step, position=position)
 
 
 class _Loop:
@@ -211,7 +220,7 @@ class _Loop:
         session: Session,
         step_fn: FamilyStep,
         strategy: Strategy,
-        data: Dataset,
+        data: Data,
         logger: RunLogger | None,
         board,
     ):
@@ -221,18 +230,26 @@ class _Loop:
         self.run_id = config["run_id"]
         self.logger, self.board = logger, board  # rank 0's; None elsewhere
         self.quality = None  # built at the first evaluation (rank 0)
+        self.position = Position()  # in the data's global order: where the next batch starts
+        self._heldout = None  # read at the first evaluation (rank 0)
 
-    def run(self, *, start_step: int) -> None:
+    def run(self, *, start_step: int, position: Position) -> None:
+        strategy = self.strategy
+        batches = self.data.stream.batches(
+            batch_size=self.spec.data.batch_size,
+            rank=strategy.data_rank,
+            world=strategy.data_world,
+            start=position,
+        )
+        try:
+            self._run(batches, start_step=start_step)
+        finally:
+            batches.close()
+
+    def _run(self, batches, *, start_step: int) -> None:
         device = self.session.device
         spec, train = self.spec, self.spec.train
         strategy = self.strategy
-        batches = ShardedBatches(
-            self.data.train,
-            batch_size=spec.data.batch_size // strategy.data_world,
-            rank=strategy.data_rank,
-            world=strategy.data_world,
-            seed=train.seed,
-        )
         sums: dict[str, torch.Tensor] = {}
         skipped = 0  # steps whose loss was not finite (train.on_nan: skip_step), this session
         # training time only: evaluation and checkpoints excluded
@@ -240,7 +257,8 @@ class _Loop:
         metrics: dict[str, float] = {}
         for step in range(start_step + 1, train.max_steps + 1):
             step_start = time.perf_counter()
-            batch = batches.at(step).to(device)
+            batch, self.position = next(batches)
+            batch = batch.to(device)
             if spec.data.augment:
                 batch = augment(batch, spec.data.augment)
             total, step_terms = None, {}
@@ -339,8 +357,8 @@ class _Loop:
         cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=cuda), torch.no_grad():
             torch.manual_seed(EVAL_SEED)
-            preview = self.step_fn.preview(models, self.data.heldout)
-            scores = self.step_fn.evaluate(models, self.data.heldout)
+            preview = self.step_fn.preview(models, self.heldout())
+            scores = self.step_fn.evaluate(models, self.heldout())
             if quality is not None:
                 samples = _sample_in_chunks(self.step_fn, models, self.spec.eval.num_samples)
                 scores.update(quality.compute(samples))
@@ -362,9 +380,15 @@ class _Loop:
 
             self.quality = ImageQuality(
                 extractor=load_feature_extractor(self.spec.image_features),
-                real_images=self.data.heldout,
+                real_images=self.heldout(),
             )
         return self.quality
+
+    def heldout(self) -> torch.Tensor:
+        """The first eval.max_examples held-out examples (read once)."""
+        if self._heldout is None:
+            self._heldout = self.data.stream.heldout(self.spec.eval.max_examples)
+        return self._heldout
 
     def _checkpoint(self, step: int, metrics: dict[str, float]) -> None:
         """Every rank writes its part (rank 0 the strategy's state, each rank its RNG streams);
@@ -374,7 +398,15 @@ class _Loop:
             self.strategy.save(directory, rank=self.rank)
             torch.save(_rng_state(), directory / f"rng_rank{self.rank}.pt")
             if self.rank == 0:
-                state = {"step": step, "mlflow_run_id": self.run_id, "world": self.world}
+                state = {
+                    "step": step,
+                    "mlflow_run_id": self.run_id,
+                    "world": self.world,
+                    "data": {
+                        "position": self.position.to_dict(),
+                        "fingerprint": self.data.fingerprint,
+                    },
+                }
                 (directory / checkpoints.STATE).write_text(json.dumps(state))
             checkpoints.seal(directory, rank=self.rank)
             self.session.report(metrics, checkpoint=directory)
@@ -396,23 +428,37 @@ def _sample_in_chunks(step_fn: FamilyStep, models, n: int, chunk: int = 256) -> 
 
 
 def _restore(
-    strategy: Strategy, checkpoint: Checkpoint | None, *, rank: int, logger: RunLogger | None
-) -> int:
+    strategy: Strategy,
+    checkpoint: Checkpoint | None,
+    *,
+    rank: int,
+    logger: RunLogger | None,
+    data: Data,
+    allow_data_change: bool,
+) -> tuple[int, Position]:
     """Load the checkpoint Ray hands this process (after a restart, a resumed run, or a PBT
-    exploit), or the newest whole one before it; returns the step it was taken at, or 0 to
-    start afresh."""
+    exploit), or the newest whole one before it; returns the step it was taken at and where
+    the data's order stood then, or (0, start) to start afresh."""
     if checkpoint is None:
-        return 0
+        return 0, Position()
     checkpoint, skipped = checkpoints.newest_whole(checkpoint)
     if logger and skipped:
         logger.set_tag("gentrain.checkpoints_skipped", "; ".join(skipped)[:5000])
     if checkpoint is None:
-        return 0
+        return 0, Position()
     with checkpoint.as_directory() as tmp:
         directory = Path(tmp)
-        strategy.load(directory)
-        _set_rng_state(torch.load(directory / f"rng_rank{rank}.pt", weights_only=True))
         state = json.loads((directory / checkpoints.STATE).read_text())
+        changed = what_changed(state["data"]["fingerprint"], data.fingerprint)
+        if changed and not allow_data_change:
+            raise GentrainError(
+                f"data.source: the data changed since the checkpoint of step {state['step']} "
+                f"({changed}); resume with --allow-data-change to train on it anyway"
+            )
+        strategy.load(directory)
+        rng = directory / f"rng_rank{rank}.pt"
+        if rng.exists():  # a rank the checkpoint's run did not have keeps its seeded streams
+            _set_rng_state(torch.load(rng, weights_only=True))
     if logger:
         # a restart or a resumed run loads its own checkpoint; a PBT exploit another trial's
         if state["mlflow_run_id"] == logger.run_id:
@@ -421,7 +467,9 @@ def _restore(
             logger.set_tag(
                 "gentrain.checkpoint_from", f"{state['mlflow_run_id']} step {state['step']}"
             )
-    return state["step"]
+    if changed and logger:
+        logger.set_tag("gentrain.data_changed", changed[:5000])
+    return state["step"], Position(**state["data"]["position"])
 
 
 def _seed_everything(seed: int) -> None:

@@ -1,8 +1,8 @@
-"""Datasets named by `data.source` (their batches and augmentations: data.batches).
+"""Datasets named by `data.source`, streamed: see data.stream for the global example order,
+data.sources for what is read, data.examples for how rows become examples.
 
-Images are float (N, C, H, W) in [-1, 1]; text is int64 token windows (N, seq_len). torch is
-imported where a dataset is built, not with this module: a bad local image is refused before
-torch loads (seconds), as quickly as a bad spec (bench/bad_input.py).
+Images are float (N, C, H, W) in [-1, 1]; text is int64 token windows (N, seq_len). The driver
+reads metadata (and one sample) only; workers read the blocks they train on.
 """
 
 from __future__ import annotations
@@ -17,14 +17,31 @@ from gentrain.spec import DataSection
 if TYPE_CHECKING:
     import torch
 
-IMAGE_HELDOUT_FRACTION = 0.1
-SPLIT_SEED = 0
+    from gentrain.data.stream import Stream
+
+DEFAULT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Data:
+    """An opened source: how to read it, what its examples are, and its fingerprint."""
+
+    stream: Stream
+    info: DataInfo
+    fingerprint: dict
+
+    @property
+    def modality(self) -> Literal["image", "text"]:
+        return self.stream.source.modality
 
 
 @dataclass(frozen=True)
 class Dataset:
-    train: torch.Tensor  # (N, ...) examples
-    heldout: torch.Tensor  # (M, ...) for evaluation only
+    """Small data held whole (tests, benchmarks, conformance checks): every training example
+    in the source's order, and every held-out one."""
+
+    train: torch.Tensor
+    heldout: torch.Tensor
     info: DataInfo
 
     @property
@@ -32,144 +49,116 @@ class Dataset:
         return "text" if self.info.vocab_size else "image"
 
 
-def load_dataset(data: DataSection | str) -> Dataset:
-    """The train / held-out split of `data.source`; built-in sets ship with a package or Python,
-    user data is read from a local path or s3://."""
+def open_data(data: DataSection | str, *, seed: int = DEFAULT_SEED) -> Data:
+    """Open `data.source` (metadata only; a BPE tokenizer is trained, or found, here)."""
+    from gentrain.data.examples import ImageExamples, TextExamples
+    from gentrain.data.fingerprint import fingerprint
+    from gentrain.data.sources import open_source
+    from gentrain.data.stream import Stream
+
     if isinstance(data, str):
         data = DataSection(source=data)
-    kind, _, location = data.source.partition(":")
-    if data.source == "builtin:digits":
-        from gentrain.data.digits import load_digits
+    source = open_source(data.source, column=data.column)
+    prints = fingerprint(source, data)
+    if source.modality == "text":
+        from gentrain.data.text import BPE_SAMPLE_CHARS, make_tokenizer
 
-        return _image_dataset(load_digits("train")[0], load_digits("heldout")[0])
-    if kind == "builtin":
-        from gentrain.data.text import builtin_corpus
+        def sample() -> str:  # the first training records, up to BPE_SAMPLE_CHARS
+            probe, text = Stream(source, _Records(), seed=seed), []
+            for shard in source.shards:
+                text += [row for _, row in probe.read(shard)[0]]
+                if sum(map(len, text)) >= BPE_SAMPLE_CHARS:
+                    break
+            return "".join(text)[:BPE_SAMPLE_CHARS]
 
-        return _text_dataset(builtin_corpus(location), data)
-    if kind == "text":
-        from gentrain.storage import read_bytes
+        tokenizer = make_tokenizer(
+            data.tokenizer, sample, vocab_size=data.vocab_size, key=prints["digest"]
+        )
+        stream = Stream(source, TextExamples(tokenizer, seq_len=data.seq_len), seed=seed)
+        info = DataInfo(
+            shape=(data.seq_len,),
+            vocab_size=tokenizer.vocab_size,
+            decode=tokenizer.decode,
+            mask_id=tokenizer.mask_id,
+            tokenizer=data.tokenizer,
+        )
+        return Data(stream=stream, info=info, fingerprint=prints)
+    digits = data.source == "builtin:digits"
+    channels = 1 if digits else data.channels or 3
+    examples = ImageExamples(channels=channels, size=None if digits else data.image_size)
+    stream = Stream(source, examples, seed=seed)
+    shape = (channels, data.image_size, data.image_size) if data.image_size and not digits else None
+    if shape is None:  # the first example's
+        first = next((shard for shard in source.shards if shard.rows), None)
+        if first is None:
+            where = data.source.partition(":")[2]
+            raise GentrainError(f"{where}: too little data: 0 training images (no rows)")
+        name, row = source.row_names(first, 1)[0], source.read(first)[0]
+        shape = tuple(examples.batch([(name, row)]).shape[1:])
+        examples.expect(name, shape)
+    return Data(stream=stream, info=DataInfo(shape=shape), fingerprint=prints)
 
-        return _text_dataset(read_bytes(location).decode("utf-8", errors="replace"), data)
-    if kind == "images":
-        return _images_from_files(location, data)
-    assert kind == "parquet", data.source
-    return _parquet_dataset(location, data)
+
+class _Records:
+    """Rows as they are (what a tokenizer learns from)."""
+
+    def from_rows(self, named_rows):
+        return named_rows
 
 
-_checked: set[str] = set()  # the data sections this process has read whole
+def load_dataset(data: DataSection | str) -> Dataset:
+    """All of a small source, through the same path as training reads it."""
+    if isinstance(data, str):
+        data = DataSection(source=data)
+    opened = open_data(data)
+    _check_size(opened, data, batch_size=1)
+    train = opened.stream.everything()
+    heldout = opened.stream.heldout(limit=2**62)
+    return Dataset(train=train, heldout=heldout, info=opened.info)
 
 
-def check_source(data: DataSection) -> None:
-    """Read local user data once before anything starts, so that an unreadable image, an empty
-    corpus or a missing column is bad input (exit 2), not a run that fails on its workers.
-    Built-in sets are known good; S3 data is read by the workers (a missing bucket or object is
-    refused here, the rest where it is read). Once per process: the
-    CLI checks before it imports Ray, and launch checks again for callers of its API."""
-    kind, _, location = data.source.partition(":")
+_checked: set[str] = set()  # the data sections this process has checked
+
+
+def check_source(data: DataSection, *, batch_size: int | None = None) -> None:
+    """Check user data before anything starts, from its metadata and one sample, so that a
+    missing file, an unreadable Parquet footer, a missing column or an undecodable first image
+    is bad input (exit 2), not a run that fails on its workers. Once per process: the CLI
+    checks before it imports Ray, and launch checks again for callers of its API."""
     key = data.model_dump_json()
-    if kind == "builtin" or key in _checked:
+    if data.source.startswith("builtin:") or key in _checked:
         return
-    if location.startswith("s3://"):  # its workers read it: here only whether it is there
+    if data.source.partition(":")[2].startswith("s3://"):
         from gentrain.storage import check_exists
 
-        check_exists(location, "data.source")
-        _checked.add(key)
-        return
+        check_exists(data.source.partition(":")[2], "data.source")
     try:
-        load_dataset(data)
+        opened = open_data(data)
+        _check_size(opened, data, batch_size=data.batch_size)
     except GentrainError as err:
         raise SpecError(f"data.source: {err}") from None
     _checked.add(key)
 
 
-def _image_dataset(train: torch.Tensor, heldout: torch.Tensor) -> Dataset:
-    return Dataset(train=train, heldout=heldout, info=DataInfo(shape=tuple(train.shape[1:])))
+def _check_size(opened: Data, data: DataSection, *, batch_size: int) -> None:
+    """A dataset smaller than one global batch, or with nothing held out, is refused: counted
+    from row counts for images, and for text only when it is small enough to read here."""
+    from gentrain.data.examples import heldout_rows
 
-
-def _split_images(images: torch.Tensor, where: str) -> Dataset:
-    import torch
-
-    if len(images) < 2:
-        raise GentrainError(f"{where}: found {len(images)} image(s); need at least 2")
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    n_heldout = max(1, round(len(images) * IMAGE_HELDOUT_FRACTION))
-    return _image_dataset(images[order[n_heldout:]], images[order[:n_heldout]])
-
-
-def _images_from_files(directory: str, data: DataSection) -> Dataset:
-    from gentrain.data.images import IMAGE_SUFFIXES, decode_images
-    from gentrain.storage import list_files, read_files
-
-    files = list_files(directory, IMAGE_SUFFIXES)
-    if not files:
-        raise GentrainError(f"{directory}: no {'/'.join(IMAGE_SUFFIXES)} files found")
-    images = decode_images(
-        read_files(files),
-        names=files,
-        channels=data.channels or 3,
-        size=data.image_size,
-    )
-    return _split_images(images, directory)
-
-
-def _text_dataset(text: str, data: DataSection) -> Dataset:
-    from gentrain.data.text import make_tokenizer, split_text, windows
-
-    if not text.strip():
-        raise GentrainError(f"{data.source}: the corpus is empty")
-    split = split_text(text)
-    tokenizer = make_tokenizer(data.tokenizer, split.train, vocab_size=data.vocab_size)
-    length = data.seq_len
-    train = windows(tokenizer.encode(split.train), length=length, stride=max(1, length // 2))
-    heldout = windows(tokenizer.encode(split.heldout), length=length, stride=length)
-    if len(heldout) == 0:
+    shards, where = opened.stream.source.shards, data.source.partition(":")[2]
+    if opened.modality == "image":
+        heldout = sum(len(heldout_rows(s, s.rows, first=s == shards[0])) for s in shards)
+        train, unit = sum(shard.rows for shard in shards) - heldout, "images"
+    elif sum(shard.size for shard in shards) <= 16 << 20:
+        counts = [[len(part) for part in opened.stream.read(shard)] for shard in shards]
+        train, heldout = (sum(column) for column in zip(*counts, strict=True))
+        unit = f"windows of data.seq_len {data.seq_len} tokens"
+    else:
+        return
+    if train < batch_size:
         raise GentrainError(
-            f"{data.source}: too little text for data.seq_len {length}: the held-out tenth "
-            "holds less than one window"
+            f"{where}: too little data: {train} training {unit}, fewer than data.batch_size "
+            f"{batch_size}; lower it or add data"
         )
-    info = DataInfo(
-        shape=(length,),
-        vocab_size=tokenizer.vocab_size,
-        decode=tokenizer.decode,
-        mask_id=tokenizer.mask_id,
-        tokenizer=data.tokenizer,
-    )
-    return Dataset(train=train, heldout=heldout, info=info)
-
-
-def _parquet_dataset(path: str, data: DataSection) -> Dataset:
-    """A column of encoded images (binary) or of text (string): its type decides which."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from gentrain.storage import filesystem
-
-    fs, inner = filesystem(path)
-    try:
-        parquet = pq.ParquetDataset(inner, filesystem=fs)  # a file or a directory of files
-        names = parquet.schema.names
-        column = data.column or next((c for c in ("image", "text") if c in names), None)
-        if column not in names:
-            wanted = repr(data.column) if data.column else "'image' or 'text'"
-            raise GentrainError(
-                f"{path}: no column {wanted}; columns: {', '.join(names)} (set data.column)"
-            )
-        values = parquet.read(columns=[column]).column(column)
-    except (OSError, pa.ArrowException) as err:
-        raise GentrainError(f"{path}: cannot read parquet: {str(err).splitlines()[0]}") from None
-    if pa.types.is_struct(values.type) and "bytes" in [f.name for f in values.type]:
-        values = values.combine_chunks().field("bytes")  # Hugging Face's image struct
-    if pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type):
-        from gentrain.data.images import decode_images
-
-        encoded = values.to_pylist()
-        rows = [f"{path} row {i}" for i in range(len(encoded))]
-        images = decode_images(
-            encoded, names=rows, channels=data.channels or 3, size=data.image_size
-        )
-        return _split_images(images, path)
-    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-        return _text_dataset("\n\n".join(v for v in values.to_pylist() if v), data)
-    raise GentrainError(
-        f"{path}: column {column!r} is {values.type}; expected encoded image bytes or text"
-    )
+    if not heldout:
+        raise GentrainError(f"{where}: no held-out {unit} (a tenth of the rows); add data")

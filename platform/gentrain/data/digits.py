@@ -40,3 +40,10 @@ def load_digits(split: Literal["train", "heldout"]) -> tuple[torch.Tensor, torch
     images = images.unsqueeze(1) / 8.0 - 1.0  # (N, 1, 8, 8) in [-1, 1]
     labels = torch.from_numpy(all_labels[idx])
     return images, labels
+
+
+def all_digits() -> np.ndarray:
+    """All 1797 images as float32 (N, 1, 8, 8) in [-1, 1], in the file's order (gentrain.data's
+    source: its own train / held-out rule applies)."""
+    images, _ = _bundled_digits()
+    return (images.astype(np.float32) / 8.0 - 1.0)[:, None]

@@ -1,35 +1,32 @@
 """Text corpora, tokenizers and fixed-length token windows.
 
-A corpus is split once, deterministically: its last HELDOUT_FRACTION of characters is held out
-(a contiguous tail, so no held-out window overlaps a training one).
+Text is a stream of records (paragraphs, JSONL lines, Parquet rows); a record is held out or
+trained on whole (gentrain.data.examples), and the windows of a shard are cut from the
+tokens of its records one after another, without overlap.
 """
 
-from dataclasses import dataclass
+import hashlib
+import os
+from pathlib import Path
 
-import torch
+import numpy as np
 
-HELDOUT_FRACTION = 0.1
 MASK = "<mask>"  # the one special token: masked language models replace inputs with it
-
-
-@dataclass(frozen=True)
-class TextSplit:
-    train: str
-    heldout: str
+BPE_SAMPLE_CHARS = 20_000_000  # a BPE tokenizer learns its merges from this much training text
 
 
 def builtin_corpus(name: str) -> str:
+    return "".join(corpus_rows(name))
+
+
+def corpus_rows(name: str) -> list[str]:
     """`python_docs`: the Python reference and tutorial topics that CPython itself ships
-    (pydoc_data, ~0.5 MB of English prose with code examples): present on every machine."""
+    (pydoc_data, ~0.5 MB of English prose with code examples): present on every machine. One
+    record per topic, each ending in a blank line."""
     assert name == "python_docs", name
     from pydoc_data.topics import topics
 
-    return "\n\n".join(topics[key] for key in sorted(topics))
-
-
-def split_text(text: str) -> TextSplit:
-    cut = int(len(text) * (1 - HELDOUT_FRACTION))
-    return TextSplit(train=text[:cut], heldout=text[cut:])
+    return [topics[key] + "\n\n" for key in sorted(topics)]
 
 
 class ByteTokenizer:
@@ -66,6 +63,9 @@ class BPETokenizer:
         self._tokenizer = tokenizer
         self.vocab_size = tokenizer.get_vocab_size()
         self.mask_id = tokenizer.token_to_id(MASK)
+
+    def save(self, path: Path) -> None:
+        self._tokenizer.save(str(path))
 
     def encode(self, text: str) -> list[int]:
         return [i for chunk in _paragraphs(text) for i in self._tokenizer.encode(chunk).ids]
@@ -107,20 +107,34 @@ class PretrainedTokenizer:
         return self._tokenizer.decode(ids, skip_special_tokens=False)
 
 
-def make_tokenizer(name: str, train_text: str, *, vocab_size: int):
+def make_tokenizer(name: str, sample_text, *, vocab_size: int, key: str = ""):
+    """The tokenizer `data.tokenizer` names. `bpe` is trained on `sample_text()` (called only
+    then) once per machine: it is kept under $GENTRAIN_CACHE_DIR/tokenizers by `key` (the data's
+    fingerprint) and vocabulary size, so that resumes, sweep trials and other workers load it."""
     if name == "byte":
         return ByteTokenizer()
-    if name == "bpe":
-        return BPETokenizer(train_text, vocab_size=vocab_size)
-    return PretrainedTokenizer(name)
+    if name != "bpe":
+        return PretrainedTokenizer(name)
+    cache = Path(os.environ.get("GENTRAIN_CACHE_DIR", Path.home() / ".cache" / "gentrain"))
+    digest = hashlib.sha256(f"{key}/{vocab_size}".encode()).hexdigest()[:24]
+    path = cache / "tokenizers" / f"bpe-{digest}.json"
+    if key and path.is_file():
+        return PretrainedTokenizer(str(path))
+    tokenizer = BPETokenizer(sample_text(), vocab_size=vocab_size)
+    if key:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        tokenizer.save(partial)
+        partial.replace(path)  # whole or absent: processes may write it at once
+    return tokenizer
 
 
-def windows(ids: list[int], *, length: int, stride: int) -> torch.Tensor:
-    """(N, length) int64 windows of the token stream, `stride` apart."""
-    tokens = torch.tensor(ids, dtype=torch.int64)
-    if len(tokens) < length:
-        return tokens.new_empty((0, length))
-    return tokens.unfold(0, length, stride).contiguous()
+def windows(ids: list[int], *, length: int) -> np.ndarray:
+    """(N, length) int32 windows of the token stream, one after another (the tail shorter than a
+    window is dropped)."""
+    tokens = np.asarray(ids, dtype=np.int32)
+    count = len(tokens) // length
+    return tokens[: count * length].reshape(count, length)
 
 
 def _paragraphs(text: str) -> list[str]:

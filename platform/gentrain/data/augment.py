@@ -1,50 +1,9 @@
-"""The batches each worker trains on: a deterministic shard of every epoch, and random
-augmentations of image batches."""
+"""Random augmentations of image batches (which examples a batch holds: data.stream)."""
 
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-
-from gentrain.errors import GentrainError
-
-
-class ShardedBatches:
-    """The batch each worker trains on at each step, as a pure function of (seed, step, rank).
-
-    Every epoch is a seeded permutation cut into global batches; worker `rank` trains on rows
-    [rank * batch_size, (rank + 1) * batch_size) of each (its own part of every epoch). So a
-    resumed run sees exactly the batches an uninterrupted one would have seen, and the global batch
-    of a step is the same for any number of workers.
-    """
-
-    def __init__(
-        self, examples: torch.Tensor, *, batch_size: int, rank: int, world: int, seed: int
-    ):
-        self.examples = examples
-        self.batch_size = batch_size  # per worker
-        self.rank, self.world, self.seed = rank, world, seed
-        self.per_epoch = len(examples) // (batch_size * world)
-        if self.per_epoch == 0:  # user data can be small
-            raise GentrainError(
-                f"data.batch_size: {batch_size * world} is more than the {len(examples)} training "
-                "examples; lower it or add data"
-            )
-
-    def at(self, step: int) -> torch.Tensor:
-        """The batch of the 1-based optimizer `step`."""
-        epoch, index = divmod(step - 1, self.per_epoch)
-        order = torch.randperm(
-            len(self.examples),
-            generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch),
-        )
-        first = index * self.batch_size * self.world + self.first_row
-        return self.examples[order[first : first + self.batch_size]]
-
-    @property
-    def first_row(self) -> int:
-        """Where this worker's rows start in the global batch."""
-        return self.rank * self.batch_size
 
 
 def augment(images: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
