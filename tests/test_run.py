@@ -1,6 +1,7 @@
 """A real job end to end: `gentrain run` on an embedded local Ray with 2 DDP workers (gloo), tracked
 in a local MLflow store, checkpointed under storage.path; failure and resume under SIGKILL."""
 
+import io
 import json
 import os
 import signal
@@ -9,9 +10,9 @@ import sys
 from pathlib import Path
 
 import mlflow
-import pyarrow as pa
-import pyarrow.parquet as pq
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import GENTRAIN, JOBS, gentrain, wait_for
 
@@ -173,22 +174,35 @@ def test_every_worker_reports_into_a_checkpoint_under_storage_path(finished):
     assert len(checkpoints) == 2  # the last two of three
     last = checkpoints[-1]
     state = json.loads((last / "state.json").read_text())
+    data = state.pop("data")
     assert state == {"step": 60, "mlflow_run_id": run.info.run_id, "world": 2}
+    assert set(data["position"]) == {"epoch", "block", "offset"}, "where the next batch starts"
+    assert data["fingerprint"]["files"] == {"builtin:digits": [0, 1797]}
     parts = {"strategy.pt", "rng_rank0.pt", "rng_rank1.pt", "manifest_rank0.json"}
     assert parts | {"manifest_rank1.json"} <= {p.name for p in last.iterdir()}
 
 
 def test_a_failing_job_ends_failed_with_its_reason_and_traceback(new_store, tmp_path):
     new_store(tmp_path)
-    # Only the workers find out, once they read it, that this parquet file holds text.
-    texts = tmp_path / "texts.parquet"
-    pq.write_table(pa.table({"text": ["not an image. " * 100] * 8}), texts)
+    # Only the workers find out, once they read it, that one image of the folder is damaged:
+    # the driver reads metadata and the first image only.
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(80):
+        pixels = np.full((8, 8), i, dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        (images / f"{i:02d}.png").write_bytes(buffer.getvalue()[: 30 if i == 40 else None])
     failing = [
         "run",
         SPEC,
         *SMALL_JOB,
         "--set",
-        f"data.source=parquet:{texts}",
+        f"data.source=images:{images}",
+        "--set",
+        "data.channels=1",
+        "--set",
+        "data.batch_size=16",
         "--set",
         "eval.metrics=[]",
         "--set",
@@ -200,16 +214,18 @@ def test_a_failing_job_ends_failed_with_its_reason_and_traceback(new_store, tmp_
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1 and "holds texts" in error_lines[0], result.stderr[-2000:]
+    assert len(error_lines) == 1 and "40.png: not a readable image" in error_lines[0], (
+        result.stderr[-2000:]
+    )
     assert "gentrain.errors" not in error_lines[0]
     assert error_lines[0].endswith("(gentrain --debug shows the traceback)")
     run = _only_run(tmp_path)
     assert run.info.status == "FAILED"
-    assert "holds texts; family gan trains on images" in run.data.tags["gentrain.failure"]
+    assert "40.png: not a readable image" in run.data.tags["gentrain.failure"]
     # the whole traceback, the worker's own frames included, is the run's error.txt
     error_file = _client(tmp_path).download_artifacts(run.info.run_id, "error.txt", str(tmp_path))
     error = Path(error_file).read_text()
-    assert error.startswith("Traceback") and "holds texts" in error
+    assert error.startswith("Traceback") and "40.png: not a readable image" in error
     assert "[Rank 0 Error Snippet]" in error and "gentrain/trainer.py" in error, "the worker's"
 
     debug = gentrain("--debug", *failing, cwd=tmp_path)

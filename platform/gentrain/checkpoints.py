@@ -71,6 +71,21 @@ def newest_whole(latest: Checkpoint) -> tuple[Checkpoint | None, list[str]]:
     return None, skipped
 
 
+def newest_state(storage: str, run_id: str) -> dict | None:
+    """The state (step, data position and fingerprint) of run `run_id`'s newest checkpoint under
+    `storage` (storage.path, local or s3://), or None when it has none."""
+    from gentrain.storage import filesystem
+
+    fs, root = filesystem(storage)
+    for path in _checkpoint_paths(fs, f"{root.rstrip('/')}/{run_id}"):
+        try:
+            with fs.open_input_stream(f"{path}/{STATE}") as stream:
+                return json.loads(stream.read())
+        except (OSError, ValueError):
+            continue  # a torn checkpoint: the run resumes from an earlier one
+    return None
+
+
 def _latest_then_earlier(latest: Checkpoint):
     """`latest`'s path, then (listed only if asked for: a listing is a request on S3) the run's
     checkpoints saved before it, newest first."""

@@ -101,8 +101,9 @@ def _check_data(job, *, on_s3: bool = True) -> None:
         resolve_tracking_uri(job)
         if kind != "builtin" and (on_s3 or not location.startswith("s3://")):
             from gentrain.data import check_source  # imports torch: after the quick checks
+            from gentrain.families import get_family
 
-            check_source(job.data)
+            check_source(job.data, family=get_family(job.model.family))
     except SpecError as error:
         _fail(str(error), 2)
     except GentrainError as error:  # S3 did not answer, or refused these credentials
@@ -219,6 +220,12 @@ def run(
     resume: Annotated[
         str | None, typer.Option("--resume", help="MLflow run id to continue.")
     ] = None,
+    allow_data_change: Annotated[
+        bool,
+        typer.Option(
+            "--allow-data-change", help="Resume even though the data differs from the checkpoint's."
+        ),
+    ] = False,
 ) -> None:
     """Train one job on Ray (embedded local Ray unless --address / RAY_ADDRESS)."""
     job = _load(spec, sets)
@@ -233,6 +240,7 @@ def run(
                 job,
                 address=address,
                 resume_run_id=resume,
+                allow_data_change=allow_data_change,
                 on_start=progress.started,
                 on_progress=progress.update,
                 on_warning=_warn,
@@ -248,6 +256,63 @@ def run(
             f"of this run (metrics, samples, model, its end) is kept in {result.kept_in}; send "
             f"it with: gentrain runs upload {result.kept_in}"
         )
+
+
+@app.command()
+def prepare(
+    spec: str,
+    sets: SetOption = [],  # noqa: B006
+    address: AddressOption = None,
+    out_path: Annotated[
+        str | None,
+        typer.Option(
+            "--out", help="Where the shards go (local or s3://); default .gentrain/prepared/NAME."
+        ),
+    ] = None,
+) -> None:
+    """Decode and resize images or tokenize text once, on Ray Data over every CPU of the cluster,
+    into shards and a manifest that `data.source: prepared:PATH` trains from."""
+    job = _load(spec, sets)
+    _check_data(job)
+    from gentrain import cluster
+    from gentrain.data.prepare import default_out
+    from gentrain.data.prepare import prepare as prepare_data
+
+    where = out_path or default_out(job.name)
+    started = time.monotonic()
+    bar = Progress(
+        TextColumn("[bold]prepare"), BarColumn(), MofNCompleteColumn(), TextColumn("shards"),
+        TextColumn("{task.fields[rate]}"), console=out, disable=not out.is_terminal,
+    )  # fmt: skip
+    task = bar.add_task("prepare", total=None, rate="")
+    examples = 0
+
+    def on_shard(count: int, total: int) -> None:
+        nonlocal examples
+        examples += count
+        rate = examples / max(time.monotonic() - started, 1e-9)
+        bar.update(task, total=total, advance=1, rate=f"{examples} examples, {rate:.0f}/s")
+
+    try:
+        cluster.connect(address)
+        with bar:
+            done = prepare_data(job.data, where, on_shard=on_shard)
+    except SpecError as error:
+        _fail(str(error), 2)
+    except GentrainError as error:
+        _fault(error)
+    seconds = time.monotonic() - started
+    total = done.examples["train"] + done.examples["heldout"]
+    how = "already prepared" if done.already else f"prepared in {seconds:.1f} s"
+    if not done.already:
+        how += f" ({total / seconds:.0f} examples/s, {done.reused} shards kept from before)"
+    out.print(
+        f"{how}: {done.examples['train']} training and {done.examples['heldout']} held-out "
+        f"examples in {done.shards} shards ({done.bytes / 2**20:.1f} MiB) at {done.location}\n"
+        f"train from it: --set data.source=prepared:{done.location}",
+        markup=False,
+        highlight=False,
+    )
 
 
 def _warn(text: str) -> None:

@@ -29,17 +29,21 @@ def is_embedded(address: str | None) -> bool:
     return not (address or os.environ.get("RAY_ADDRESS"))
 
 
-def connect(address: str | None = None, *, py_modules: list[Path] = ()) -> None:
+def connect(
+    address: str | None = None, *, py_modules: list[Path] = (), cpus_wanted: int = 1
+) -> None:
     """Join the Ray at `address` (or RAY_ADDRESS); without one, start an embedded local Ray bound
-    to 127.0.0.1. Worker logs stay in Ray's log files: the driver shows progress instead.
-    `py_modules` (the user's family code) is importable in every worker of this driver's job."""
+    to 127.0.0.1, with at least `cpus_wanted` CPUs (a job of more workers than this machine has
+    cores shares them, rather than waiting for cores that never come). Worker logs stay in Ray's
+    log files: the driver shows progress instead. `py_modules` (the user's family code) is
+    importable in every worker of this driver's job."""
     if ray.is_initialized():
         return
     _leave_unpacked_working_dir()
     if _job_runtime_env().get("py_modules"):
         py_modules = []  # `gentrain submit` shipped them with the job: its workers have them
     runtime_env = {"py_modules": [str(path) for path in py_modules]} if py_modules else None
-    _join_or_start(address, runtime_env)
+    _join_or_start(address, runtime_env, cpus_wanted)
     _stop_on_sigterm()
 
 
@@ -104,7 +108,7 @@ def _stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, interrupt)
 
 
-def _join_or_start(address: str | None, runtime_env: dict | None) -> None:
+def _join_or_start(address: str | None, runtime_env: dict | None, cpus_wanted: int) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     common = {
         "log_to_driver": False,
@@ -130,7 +134,14 @@ def _join_or_start(address: str | None, runtime_env: dict | None) -> None:
 
     ray_constants.ENABLE_RAY_CLUSTER = False
     # "local": a new Ray of its own, never one that `ray start` left running on this machine
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, **common)
+    cpus = max(os.cpu_count() or 1, cpus_wanted)
+    ray.init(
+        address="local",
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        num_cpus=cpus,
+        **common,
+    )
 
 
 def check_multi_node(storage, tracking_uri: str) -> None:

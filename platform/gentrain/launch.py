@@ -12,9 +12,10 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
-from gentrain import cluster, tracking
+from gentrain import checkpoints, cluster, tracking
 from gentrain.data import check_source
-from gentrain.errors import GentrainError, traceback_of
+from gentrain.errors import GentrainError, SpecError, traceback_of
+from gentrain.families import get_family
 from gentrain.families.user import code_to_ship
 from gentrain.memory import is_out_of_memory, out_of_memory_message
 from gentrain.spec import JobSpec
@@ -77,13 +78,21 @@ def run(
     on_progress: ProgressCallback | None = None,
     on_warning: WarningCallback | None = None,
     on_start: Callable[[str], None] | None = None,
+    allow_data_change: bool = False,
 ) -> RunResult:
-    uri = connect(spec, address, resume_run_id=resume_run_id)
+    uri = connect(spec, address, resume_run_id=resume_run_id, allow_data_change=allow_data_change)
     run_id = tracking.start_run(spec, uri=uri, resume_run_id=resume_run_id)
     if on_start:
         on_start(run_id)
     try:
-        metrics = fit(spec, run_id=run_id, uri=uri, on_progress=on_progress, on_warning=on_warning)
+        metrics = fit(
+            spec,
+            run_id=run_id,
+            uri=uri,
+            on_progress=on_progress,
+            on_warning=on_warning,
+            allow_data_change=allow_data_change,
+        )
     except KeyboardInterrupt:
         reason = "interrupted (Ctrl-C or a stop request); --resume RUN_ID continues it"
         end_run(run_id, uri=uri, status="KILLED", reason=reason)
@@ -120,11 +129,17 @@ def end_run(
     return kept_in
 
 
-def connect(spec: JobSpec, address: str | None, *, resume_run_id: str | None = None) -> str:
+def connect(
+    spec: JobSpec,
+    address: str | None,
+    *,
+    resume_run_id: str | None = None,
+    allow_data_change: bool = False,
+) -> str:
     """Check what a job needs before anything starts (its data, the Inception weights, the
-    storage bucket, the tracking store, the run it resumes), then join or start Ray; returns
-    the tracking URI."""
-    check_source(spec.data)
+    storage bucket, the tracking store, the run it resumes and whether its data changed since),
+    then join or start Ray; returns the tracking URI."""
+    check_source(spec.data, family=get_family(spec.model.family))
     if spec.image_features and cluster.is_embedded(address):
         from gentrain.metrics import ensure_available
 
@@ -134,8 +149,14 @@ def connect(spec: JobSpec, address: str | None, *, resume_run_id: str | None = N
     tracking.check_reachable(uri)
     if resume_run_id is not None:
         tracking.check_run_exists(resume_run_id, uri=uri)
+        if not allow_data_change:
+            _check_data_unchanged(spec, resume_run_id)
     user_code = code_to_ship(spec.model.family)
-    cluster.connect(address, py_modules=[user_code] if user_code else [])
+    cluster.connect(
+        address,
+        py_modules=[user_code] if user_code else [],
+        cpus_wanted=spec.train.workers * (spec.train.cpus_per_worker or 1),
+    )
     cluster.check_multi_node(spec.storage, uri)
     return uri
 
@@ -148,6 +169,7 @@ def fit(
     on_progress: ProgressCallback | None = None,
     on_warning: WarningCallback | None = None,
     callbacks: Sequence[UserCallback] = (),
+    allow_data_change: bool = False,
 ) -> dict[str, float]:
     """Train the job of MLflow run `run_id` on Ray Train workers (the run's latest checkpoint
     under storage.path, if any, is where it starts); returns the last reported metrics."""
@@ -163,6 +185,7 @@ def fit(
             "outbox": str(tracking.outbox_dir(run_id).resolve()),
             "progress": board_name,
             "threads": threads,
+            "allow_data_change": allow_data_change,
         },
         scaling_config=ScalingConfig(
             num_workers=train.workers,
@@ -204,6 +227,23 @@ class _Trainer(TorchTrainer):
         if ray.get_runtime_context().get_actor_id() is None:
             dropped.add("PlacementGroupCleanerCallback")
         return [c for c in super()._create_default_callbacks() if type(c).__name__ not in dropped]
+
+
+def _check_data_unchanged(spec: JobSpec, run_id: str) -> None:
+    """Refuse (exit 2, nothing started) to resume a run whose data differs from what its
+    newest checkpoint trained on."""
+    from gentrain.data import open_data
+    from gentrain.data.fingerprint import what_changed
+
+    state = checkpoints.newest_state(storage_path(spec), run_id)
+    if state is None or "data" not in state:
+        return
+    changed = what_changed(state["data"]["fingerprint"], open_data(spec.data).fingerprint)
+    if changed:
+        raise SpecError(
+            f"data.source: the data changed since run {run_id}'s checkpoint of step "
+            f"{state['step']} ({changed}); add --allow-data-change to train on it anyway"
+        )
 
 
 def storage_path(spec: JobSpec) -> str:

@@ -16,14 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gentrain import places
 from gentrain.errors import SpecError
 
-DATA_SOURCE_KINDS = ("builtin", "parquet", "images", "text")
+DATA_SOURCE_KINDS = ("builtin", "parquet", "images", "text", "prepared")
 BUILTIN_IMAGES = ("digits",)  # gentrain.data.digits
 BUILTIN_CORPORA = ("python_docs",)  # gentrain.data.text
 FEATURE_EXTRACTORS = ("classifier:digits", "inception")  # gentrain.metrics.features
 
 
 def source_modality(source: str) -> Literal["image", "text"] | None:
-    """What a source holds, when its name says (parquet: only its column's type does)."""
+    """What a source holds, when its name says (parquet: only its column's type does;
+    prepared: its manifest)."""
     kind, _, rest = source.partition(":")
     if kind == "builtin":
         return "image" if rest in BUILTIN_IMAGES else "text"
@@ -127,7 +128,7 @@ class DataSection(Section):
             raise ValueError(f"built-in datasets: {', '.join('builtin:' + b for b in builtin)}")
         if kind == "builtin":
             return source
-        directory = {"images": True, "text": False}.get(kind)  # parquet: a file or a directory
+        directory = {"images": True, "prepared": True}.get(kind)  # else a file or a directory
         return f"{kind}:{places.check_data_location(rest, directory=directory)}"
 
 

@@ -104,6 +104,8 @@ def train(config: dict[str, Any], session: Session) -> None:
             f"trains on {family.modality}s"
         )
     logger, board = _tracking(config, rank) if rank == 0 else (None, None)
+    if logger and hasattr(data.tokenizer, "to_json"):
+        _log_tokenizer(data.tokenizer, logger)
     try:
         _seed_everything(spec.train.seed)  # same initial weights on every rank
         with warnings.catch_warnings(record=True) as caught:
@@ -123,6 +125,13 @@ def train(config: dict[str, Any], session: Session) -> None:
     finally:
         if logger:
             logger.close(timeout=spec.tracking.wait_at_end)
+
+
+def _log_tokenizer(tokenizer, logger: RunLogger) -> None:
+    """The run's tokenizer (trained or pretrained), as `tokenizer/tokenizer.json`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "tokenizer.json").write_text(tokenizer.to_json())
+        logger.log_directory(Path(tmp), "tokenizer")
 
 
 def _pass_on(caught: list[warnings.WarningMessage], logger: RunLogger | None) -> None:

@@ -29,6 +29,7 @@ class Data:
     stream: Stream
     info: DataInfo
     fingerprint: dict
+    tokenizer: object | None = None  # text: what turns text into ids (to_json(), but byte's)
 
     @property
     def modality(self) -> Literal["image", "text"]:
@@ -60,6 +61,8 @@ def open_data(data: DataSection | str, *, seed: int = DEFAULT_SEED) -> Data:
         data = DataSection(source=data)
     source = open_source(data.source, column=data.column)
     prints = fingerprint(source, data)
+    if data.source.startswith("prepared:"):
+        return _prepared(source, prints, seed=seed)
     if source.modality == "text":
         from gentrain.data.text import BPE_SAMPLE_CHARS, make_tokenizer
 
@@ -82,7 +85,7 @@ def open_data(data: DataSection | str, *, seed: int = DEFAULT_SEED) -> Data:
             mask_id=tokenizer.mask_id,
             tokenizer=data.tokenizer,
         )
-        return Data(stream=stream, info=info, fingerprint=prints)
+        return Data(stream=stream, info=info, fingerprint=prints, tokenizer=tokenizer)
     digits = data.source == "builtin:digits"
     channels = 1 if digits else data.channels or 3
     examples = ImageExamples(channels=channels, size=None if digits else data.image_size)
@@ -97,6 +100,31 @@ def open_data(data: DataSection | str, *, seed: int = DEFAULT_SEED) -> Data:
         shape = tuple(examples.batch([(name, row)]).shape[1:])
         examples.expect(name, shape)
     return Data(stream=stream, info=DataInfo(shape=shape), fingerprint=prints)
+
+
+def _prepared(source, prints: dict, *, seed: int) -> Data:
+    from gentrain.data.prepared import PreparedExamples
+    from gentrain.data.stream import Stream
+    from gentrain.data.text import ByteTokenizer, PretrainedTokenizer
+
+    manifest = source.manifest
+    stream = Stream(source, PreparedExamples(manifest), seed=seed)
+    if manifest["modality"] == "image":
+        return Data(
+            stream=stream, info=DataInfo(shape=tuple(manifest["shape"])), fingerprint=prints
+        )
+    name = manifest["tokenizer"]
+    tokenizer = (
+        ByteTokenizer() if name == "byte" else PretrainedTokenizer(f"{source.location}/{name}")
+    )
+    info = DataInfo(
+        shape=tuple(manifest["shape"]),
+        vocab_size=tokenizer.vocab_size,
+        decode=tokenizer.decode,
+        mask_id=tokenizer.mask_id,
+        tokenizer=manifest["settings"]["tokenizer"],
+    )
+    return Data(stream=stream, info=info, fingerprint=prints, tokenizer=tokenizer)
 
 
 class _Records:
@@ -120,12 +148,13 @@ def load_dataset(data: DataSection | str) -> Dataset:
 _checked: set[str] = set()  # the data sections this process has checked
 
 
-def check_source(data: DataSection, *, batch_size: int | None = None) -> None:
+def check_source(data: DataSection, *, family=None) -> None:
     """Check user data before anything starts, from its metadata and one sample, so that a
-    missing file, an unreadable Parquet footer, a missing column or an undecodable first image
-    is bad input (exit 2), not a run that fails on its workers. Once per process: the CLI
-    checks before it imports Ray, and launch checks again for callers of its API."""
-    key = data.model_dump_json()
+    missing file, an unreadable Parquet footer, a missing column, an undecodable first image,
+    too little data, or data of another modality than `family` trains on is bad input (exit 2),
+    not a run that fails on its workers. Once per process: the CLI checks before it imports
+    Ray, and launch checks again for callers of its API."""
+    key = data.model_dump_json() + (family.modality if family else "")
     if data.source.startswith("builtin:") or key in _checked:
         return
     if data.source.partition(":")[2].startswith("s3://"):
@@ -137,6 +166,11 @@ def check_source(data: DataSection, *, batch_size: int | None = None) -> None:
         _check_size(opened, data, batch_size=data.batch_size)
     except GentrainError as err:
         raise SpecError(f"data.source: {err}") from None
+    if family is not None and opened.modality != family.modality:
+        raise SpecError(
+            f"data.source: {data.source} holds {opened.modality}s; family {family.name} trains "
+            f"on {family.modality}s"
+        )
     _checked.add(key)
 
 

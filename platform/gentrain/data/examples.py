@@ -26,11 +26,8 @@ def heldout_rows(shard: Shard, count: int, *, first: bool) -> set[int]:
     return chosen or ({count - 1} if first and count > 1 else set())
 
 
-def split_rows(
-    shard: Shard, rows: Sequence, names: Sequence[str], *, first: bool
-) -> tuple[list, list]:
-    """([(name, row)] trained on, [(name, row)] held out) of a shard."""
-    heldout = heldout_rows(shard, len(rows), first=first)
+def split_rows(rows: Sequence, names: Sequence[str], heldout: set[int]) -> tuple[list, list]:
+    """([(name, row)] trained on, [(name, row)] held out)."""
     named = list(zip(names, rows, strict=True))
     return [x for i, x in enumerate(named) if i not in heldout], [named[i] for i in sorted(heldout)]
 
@@ -50,20 +47,26 @@ class ImageExamples:
     def from_rows(self, named_rows: list[tuple[str, object]]) -> list:
         return named_rows
 
-    def batch(self, items: Sequence) -> torch.Tensor:
+    def arrays(self, items: Sequence) -> np.ndarray:
+        """Decoded: uint8 pixels (N, C, H, W), or the built-in digits' float arrays."""
         names, rows = [name for name, _ in items], [row for _, row in items]
         if rows and isinstance(rows[0], np.ndarray):
-            return torch.from_numpy(np.stack(rows))
-        from gentrain.data.images import decode_images
+            return np.stack(rows)
+        from gentrain.data.images import decode_pixels
 
-        images = decode_images(rows, names=names, channels=self.channels, size=self.size)
-        if self.first and len(images) and images.shape[1:] != self.first[1]:
-            (_, height, width), (_, first_height, first_width) = images.shape[1:], self.first[1]
+        pixels = decode_pixels(rows, names=names, channels=self.channels, size=self.size)
+        if pixels is None:
+            return np.empty((0, self.channels, self.size or 0, self.size or 0), dtype=np.uint8)
+        if self.first and pixels.shape[1:] != self.first[1]:
+            (_, height, width), (_, first_height, first_width) = pixels.shape[1:], self.first[1]
             raise GentrainError(
                 f"{names[0]} is {width}x{height} but {self.first[0]} is {first_width}x"
                 f"{first_height}: set data.image_size to resize all images to one size"
             )
-        return images
+        return pixels
+
+    def batch(self, items: Sequence) -> torch.Tensor:
+        return as_tensor(self.arrays(items))
 
 
 class TextExamples:
@@ -75,11 +78,22 @@ class TextExamples:
     def from_rows(self, named_rows: list[tuple[str, str]]) -> np.ndarray:
         from gentrain.data.text import windows
 
-        ids = [i for _, row in named_rows for i in self.tokenizer.encode(row)]
-        return windows(ids, length=self.seq_len)
+        return windows(
+            self.tokenizer.encode_rows([row for _, row in named_rows]), length=self.seq_len
+        )
 
-    def batch(self, items: Sequence) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(items, dtype=np.int64).reshape(-1, self.seq_len))
+    def arrays(self, items: np.ndarray) -> np.ndarray:
+        return np.asarray(items, dtype=np.int32).reshape(-1, self.seq_len)
+
+    def batch(self, items: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.arrays(items).astype(np.int64))
+
+
+def as_tensor(images: np.ndarray) -> torch.Tensor:
+    """Images as training takes them: float in [-1, 1] (uint8 pixels are scaled)."""
+    if images.dtype == np.uint8:
+        return torch.from_numpy(images.astype(np.float32)) / 127.5 - 1.0
+    return torch.from_numpy(np.asarray(images, dtype=np.float32))
 
 
 def concat(parts: list) -> list | np.ndarray:

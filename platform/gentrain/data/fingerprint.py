@@ -16,7 +16,9 @@ LISTED_FILES = 10_000  # more files are remembered by digest and count only
 def fingerprint(source: Source, data: DataSection) -> dict:
     files = {path: list(entry) for path, entry in source.files().items()}  # as JSON has it
     settings = {"source": data.source, "column": data.column}
-    if source.modality == "text":
+    if manifest := getattr(source, "manifest", None):  # prepared: what it was made with
+        settings = {"source": data.source, "prepared_from": manifest["source"]["digest"]}
+    elif source.modality == "text":
         settings |= {"tokenizer": data.tokenizer, "seq_len": data.seq_len}
         if data.tokenizer == "bpe":
             settings["vocab_size"] = data.vocab_size

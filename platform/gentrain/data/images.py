@@ -1,4 +1,4 @@
-"""User images: encoded files (PNG/JPEG) decoded into one (N, C, H, W) tensor in [-1, 1]."""
+"""User images: encoded files (PNG/JPEG) decoded into (N, C, H, W) pixels."""
 
 from __future__ import annotations
 
@@ -13,14 +13,25 @@ from gentrain.errors import GentrainError
 if TYPE_CHECKING:
     import torch
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
 
 def decode_images(
     encoded: Sequence[bytes], *, names: Sequence[str], channels: int, size: int | None
 ) -> torch.Tensor:
     """Decode, convert to `channels` (1: grayscale, 3: RGB), centre-crop to a square and resize to
-    `size` (None: keep each image as it is; then all must share one size)."""
+    `size` (None: keep each image as it is; then all must share one size): float (N, C, H, W)
+    in [-1, 1]."""
+    pixels = decode_pixels(encoded, names=names, channels=channels, size=size)
+    import torch  # after every image is read: a bad one is refused before torch loads
+
+    if pixels is None:  # the caller says how many it needs
+        return torch.empty(0, channels, size or 0, size or 0)
+    return torch.from_numpy(pixels.astype(np.float32)) / 127.5 - 1.0
+
+
+def decode_pixels(
+    encoded: Sequence[bytes], *, names: Sequence[str], channels: int, size: int | None
+) -> np.ndarray | None:
+    """decode_images' pixels as uint8 (N, C, H, W), or None for no images."""
     from PIL import Image, UnidentifiedImageError
 
     arrays, first_size = [], None
@@ -40,13 +51,9 @@ def decode_images(
                 f"{name} is {_size(image.size)} but {names[0]} is {_size(first_size)}: "
                 "set data.image_size to resize all images to one size"
             )
-        array = np.asarray(image, dtype=np.float32)
+        array = np.asarray(image, dtype=np.uint8)
         arrays.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
-    import torch  # after every image is read: a bad one is refused before torch loads
-
-    if not arrays:  # the caller says how many it needs
-        return torch.empty(0, channels, size or 0, size or 0)
-    return torch.from_numpy(np.stack(arrays)) / 127.5 - 1.0
+    return np.stack(arrays) if arrays else None
 
 
 def _square(image):

@@ -51,6 +51,12 @@ class Source:
         """What a message calls each row read from `shard`."""
         return [f"{shard.name} row {i}" for i in range(count)]
 
+    def heldout_rows(self, shard: Shard, rows: Sequence) -> set[int]:
+        """Which rows of `shard` are held out (gentrain.data.examples decides for raw data)."""
+        from gentrain.data.examples import heldout_rows
+
+        return heldout_rows(shard, len(rows), first=shard == self.shards[0])
+
     def files(self) -> dict[str, tuple[int, int | None]]:
         """Each file's (bytes, rows): what fingerprints the data."""
         files: dict[str, tuple[int, int | None]] = {}
@@ -64,8 +70,13 @@ class Source:
 
 
 def open_source(source: str, *, column: str | None = None) -> Source:
-    """The source `data.source` names (built-in, parquet:, images:, text:; local or s3://)."""
+    """The source `data.source` names (built-in, parquet:, images:, text:, prepared:; local or
+    s3://)."""
     kind, _, location = source.partition(":")
+    if kind == "prepared":
+        from gentrain.data.prepared import PreparedSource
+
+        return PreparedSource(location)
     if source == "builtin:digits":
         return DigitsSource()
     if kind == "builtin":

@@ -15,7 +15,6 @@ import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -44,9 +43,16 @@ class Position:
 class Stream:
     def __init__(self, source: Source, examples, *, seed: int):
         self.source, self.examples, self.seed = source, examples, seed
-        self.blocks = lru_cache(maxsize=2)(self._blocks)
+        self._blocks: dict[int, list[list[Shard]]] = {}  # of the epochs in use
 
-    def _blocks(self, epoch: int) -> list[list[Shard]]:
+    def blocks(self, epoch: int) -> list[list[Shard]]:
+        """The shards of each block of `epoch`."""
+        if epoch not in self._blocks:
+            self._blocks = {e: b for e, b in self._blocks.items() if e >= epoch - 1}
+            self._blocks[epoch] = self._make_blocks(epoch)
+        return self._blocks[epoch]
+
+    def _make_blocks(self, epoch: int) -> list[list[Shard]]:
         shards = self.source.shards
         order = np.random.default_rng([self.seed, epoch]).permutation(len(shards))
         blocks, current, size = [], [], 0
@@ -62,7 +68,7 @@ class Stream:
         """(training, held-out) examples of one shard."""
         rows = self.source.read(shard)
         names = self.source.row_names(shard, len(rows))
-        train, heldout = split_rows(shard, rows, names, first=shard == self.source.shards[0])
+        train, heldout = split_rows(rows, names, self.source.heldout_rows(shard, rows))
         return self.examples.from_rows(train), self.examples.from_rows(heldout)
 
     def block(self, epoch: int, block: int) -> list | np.ndarray:

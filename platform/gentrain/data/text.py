@@ -38,6 +38,9 @@ class ByteTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
+    def encode_rows(self, rows: list[str]) -> np.ndarray:
+        return np.frombuffer("".join(rows).encode("utf-8"), dtype=np.uint8)
+
     def decode(self, ids: list[int]) -> str:
         data = bytes(i for i in ids if i < 256)
         return data.decode("utf-8", errors="replace")
@@ -67,8 +70,14 @@ class BPETokenizer:
     def save(self, path: Path) -> None:
         self._tokenizer.save(str(path))
 
+    def to_json(self) -> str:
+        return self._tokenizer.to_str()
+
     def encode(self, text: str) -> list[int]:
         return [i for chunk in _paragraphs(text) for i in self._tokenizer.encode(chunk).ids]
+
+    def encode_rows(self, rows: list[str]) -> np.ndarray:
+        return _encode_batch(self._tokenizer, rows)
 
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode([i for i in ids if i != self.mask_id])
@@ -97,11 +106,17 @@ class PretrainedTokenizer:
         masks = (self._tokenizer.token_to_id(token) for token in ("[MASK]", MASK, "<MASK>"))
         self.mask_id = next((i for i in masks if i is not None), None)
 
+    def to_json(self) -> str:
+        return self._tokenizer.to_str()
+
     def encode(self, text: str) -> list[int]:
         encode = self._tokenizer.encode
         return [
             i for chunk in _paragraphs(text) for i in encode(chunk, add_special_tokens=False).ids
         ]
+
+    def encode_rows(self, rows: list[str]) -> np.ndarray:
+        return _encode_batch(self._tokenizer, rows)
 
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=False)
@@ -135,6 +150,15 @@ def windows(ids: list[int], *, length: int) -> np.ndarray:
     tokens = np.asarray(ids, dtype=np.int32)
     count = len(tokens) // length
     return tokens[: count * length].reshape(count, length)
+
+
+def _encode_batch(tokenizer, rows: list[str]) -> np.ndarray:
+    """The ids of `rows` one after another, encoded in parallel (the tokenizers library's
+    threads), each row's paragraphs apart as encode() does."""
+    chunks = [chunk for row in rows for chunk in _paragraphs(row) if chunk]
+    encoded = tokenizer.encode_batch(chunks, add_special_tokens=False)
+    ids = [np.asarray(e.ids, dtype=np.int32) for e in encoded]
+    return np.concatenate(ids) if ids else np.empty(0, dtype=np.int32)
 
 
 def _paragraphs(text: str) -> list[str]:
