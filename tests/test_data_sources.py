@@ -2,6 +2,7 @@
 files made here: PNG/JPEG with Pillow, parquet with pyarrow, S3 on a real server (moto)."""
 
 import io
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -513,3 +514,59 @@ def test_batches_of_text_windows_stream_from_a_text_file(tmp_path):
     assert len(windows) - len(epoch) < 16, "every window but the last remainder"
     for part in parts:
         part.close()
+
+
+# --- more sources, and bad input refused before anything starts (issue 36) --------------------
+
+
+def test_a_parquet_glob_and_a_folder_of_jsonl_and_text_files(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    pq.write_table(_image_table(6), tmp_path / "a" / "one.parquet")
+    pq.write_table(_image_table(6), tmp_path / "a" / "b" / "two.parquet")
+    pq.write_table(_image_table(6), tmp_path / "a" / "b" / "skip.pq")
+    assert len(_everything(_load(f"parquet:{tmp_path}/a/**/*.parquet"))) == 12
+    assert len(_everything(_load(f"parquet:{tmp_path}/a/*.parquet"))) == 6, "* stays in a folder"
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    lines = [json.dumps({"text": f"<{i:04d}> a record of its own.", "id": i}) for i in range(300)]
+    (corpus / "records.jsonl").write_text("\n".join(lines) + "\n")
+    (corpus / "notes.md").write_text(_numbered_text(300)[:-2].replace("<", "<9"))
+    data = _load(f"text:{corpus}", seq_len=16)
+    seen = _markers(data.info.decode(_everything(data).flatten().tolist()))
+    assert any(m.startswith("9") for m in seen) and any(not m.startswith("9") for m in seen)
+    assert '"id"' not in data.info.decode(data.train.flatten().tolist()), "only the text field"
+
+
+def _everything(data: Dataset) -> torch.Tensor:
+    return torch.cat([data.train, data.heldout])
+
+
+def test_bad_data_is_refused_in_one_line_before_anything_starts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "few").mkdir()
+    for i in range(12):
+        (tmp_path / "few" / f"{i}.png").write_bytes(_encode(_pixels()))
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "torn.parquet").write_bytes(b"PAR1" + b"\0" * 40)
+    (tmp_path / "t.txt").write_text(_numbered_text(50))
+    pq.write_table(pa.table({"caption": ["a"] * 10}), tmp_path / "cols.parquet")
+    cases = [
+        (["data.source=images:few"], "gan", "data.source: ", "few: too little data: 11 training"),
+        (["data.tokenizer=bad.json"], "gpt", "data.tokenizer: cannot read", "bad.json"),
+        (["data.source=text:empty"], "gpt", "data.source: ", "empty: no .txt/.md/.jsonl files"),
+        (["data.source=parquet:torn.parquet"], "gan", "torn.parquet: cannot read parquet", ""),
+        (["data.source=parquet:cols.parquet"], "gan", "no column 'image' or 'text'", "caption"),
+        (["data.source=text:t.txt"], "gan", "holds texts; family gan trains on images", ""),
+    ]
+    for sets, family, expected, named in cases:
+        job = tmp_path / "job.yaml"
+        job.write_text(f"name: t\nmodel: {{family: {family}, flavor: debug}}\n")
+        args = [x for s in [*sets, "data.batch_size=16"] for x in ("--set", s)]
+        result = CliRunner().invoke(app, ["run", str(job), *args])
+        assert result.exit_code == 2, (sets, result.stderr, result.exception)
+        assert expected in result.stderr and named in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+        assert not ray.is_initialized() and not (tmp_path / "mlflow.db").exists()

@@ -46,3 +46,27 @@ def test_out_of_memory_names_the_strategies_that_fit(new_store, tmp_path):
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "FAILED"
     assert "out of memory" in run.data.tags["gentrain.failure"]
+
+
+@pytest.mark.parametrize(
+    ("params", "peak", "advice"),
+    [
+        (
+            10**9,
+            4 << 30,
+            "to fit, try train.strategy: deepspeed with train.deepspeed.zero_stage: 3",
+        ),
+        (10**5, 9 << 30, "to fit, lower data.batch_size (now 64, or use train.deepspeed"),
+    ],
+)
+def test_the_message_tells_model_state_from_the_rest(params, peak, advice):
+    """Model state (16 bytes a parameter) against the worker's peak: the larger share decides."""
+    from gentrain import spec as spec_module
+    from gentrain.memory import out_of_memory_message
+
+    spec = spec_module.load(JOBS / "gpt_python_docs.yaml", ["data.batch_size=64"])
+    line = out_of_memory_message(spec, where="on worker rank 0 of 2", params=params, peak=peak)
+    state = f"{params * 16 / 2**30:.1f} GiB"
+    assert f"the worker held {peak / 2**30:.1f} GiB: model state" in line and state in line
+    assert advice in line and "\n" not in line
+    assert ("data.seq_len (now" in line) == (params < peak / 32), "text: shorter windows too"

@@ -233,7 +233,11 @@ def test_a_failing_job_ends_failed_with_its_reason_and_traceback(new_store, tmp_
     assert debug.stderr.count("Traceback (most recent call last)") >= 1
     assert "[Rank 0 Error Snippet]" in debug.stderr
     last = debug.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: run ") and "holds texts" in last and "--debug" not in last
+    assert (
+        last.startswith("error: run ")
+        and "40.png: not a readable image" in last
+        and "--debug" not in last
+    )
 
 
 def test_missing_inception_weights_stop_the_job_before_anything_starts(tmp_path):

@@ -126,6 +126,13 @@ def test_cli_ls_lists_families_flavors_and_strategies(tmp_path):
     assert result.returncode == 0
     for word in ("gan", "gpt", "debug", "small", "base", "ddp", "classifier:digits"):
         assert word in result.stdout
-    for word in ("builtin:python_docs", "images:DIR", "parquet:PATH", "text:FILE", "s3://"):
+    for word in (
+        "builtin:python_docs",
+        "images:DIR",
+        "parquet:PATH",
+        "text:PATH",
+        "prepared:DIR",
+        "s3://",
+    ):
         assert word in result.stdout
     assert "grid, random, bayesian" in result.stdout and "none, asha, pbt" in result.stdout

@@ -99,7 +99,8 @@ def _check_data(job, *, on_s3: bool = True) -> None:
     kind, _, location = job.data.source.partition(":")
     try:
         resolve_tracking_uri(job)
-        if kind != "builtin" and (on_s3 or not location.startswith("s3://")):
+        pretrained = job.data.tokenizer not in ("byte", "bpe")
+        if (kind != "builtin" or pretrained) and (on_s3 or not location.startswith("s3://")):
             from gentrain.data import check_source  # imports torch: after the quick checks
             from gentrain.families import get_family
 
@@ -143,7 +144,8 @@ def list_components() -> None:
     out.print("your own:        model.family: package.module:NAME (a FamilySpec; see README)")
     out.print(f"strategies:      {', '.join(STRATEGIES)}")
     builtin = ", ".join(f"builtin:{name}" for name in (*BUILTIN_IMAGES, *BUILTIN_CORPORA))
-    out.print(f"data sources:    {builtin}, images:DIR, parquet:PATH, text:FILE (local or s3://)")
+    sources = "images:DIR, parquet:PATH, text:PATH, prepared:DIR (local or s3://)"
+    out.print(f"data sources:    {builtin}, {sources}")
     out.print(f"eval features:   {', '.join(FEATURE_EXTRACTORS)}")
     sweep = SweepSection.model_fields
     out.print(f"searches:        {', '.join(get_args(sweep['search'].annotation))}")

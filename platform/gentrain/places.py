@@ -33,6 +33,11 @@ def check_data_location(location: str, *, directory: bool | None) -> str:
     if _is_s3(location, local="a local path", s3_form="s3://BUCKET/KEY"):
         return location
     path = Path(location)
+    if directory is None and any(char in location for char in "*?"):  # a glob: its folder
+        base = Path(location[: min(location.index(c) for c in "*?" if c in location)]).parent
+        if not base.is_dir():
+            raise ValueError(f"{base} (where {location} looks) does not exist")
+        return str(base.resolve() / path.relative_to(base)) if not path.is_absolute() else location
     if not path.exists():
         raise ValueError(f"{location} does not exist")
     if directory is not None and path.is_dir() != directory:

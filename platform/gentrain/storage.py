@@ -68,8 +68,11 @@ def list_files(uri: str, suffixes: tuple[str, ...]) -> list[str]:
 
 
 def file_sizes(uri: str, suffixes: tuple[str, ...]) -> list[tuple[str, int]]:
-    """(file, size in bytes) of file `uri`, or of the files under directory `uri` (recursively)
-    ending in one of `suffixes`, sorted, as URIs of the same kind as `uri`: metadata only."""
+    """(file, size in bytes) of file `uri`, of the files under directory `uri` (recursively)
+    ending in one of `suffixes`, or of the files a glob (`data/*.parquet`, `**` for any depth)
+    matches, sorted, as URIs of the same kind as `uri`: metadata only."""
+    if any(char in uri for char in "*?"):
+        return _glob(uri)
     fs, path = filesystem(uri)
     prefix = "s3://" if uri.startswith("s3://") else ""
     try:
@@ -86,6 +89,18 @@ def file_sizes(uri: str, suffixes: tuple[str, ...]) -> list[tuple[str, int]]:
         for info in infos
         if info.type == pyarrow.fs.FileType.File and info.path.lower().endswith(suffixes)
     )
+
+
+def _glob(pattern: str) -> list[tuple[str, int]]:
+    """The files matching `pattern` (`*` within a folder, `**` across folders, `?` one
+    character), listed from the folder before its first wildcard."""
+    import re
+
+    base = pattern[: min(pattern.index(c) for c in "*?" if c in pattern)].rsplit("/", 1)[0]
+    parts = re.split(r"(\*\*/|\*\*|\*|\?)", pattern)
+    wild = {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}
+    matcher = re.compile("".join(wild.get(part, re.escape(part)) for part in parts))
+    return [item for item in file_sizes(base, ("",)) if matcher.fullmatch(item[0])]
 
 
 def check_bucket(uri: str, field: str) -> None:

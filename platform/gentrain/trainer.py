@@ -24,7 +24,7 @@ from gentrain.data.fingerprint import what_changed
 from gentrain.data.stream import Position
 from gentrain.errors import GentrainError
 from gentrain.families import FamilyStep, FamilyWarning, get_family
-from gentrain.memory import is_out_of_memory, out_of_memory_message
+from gentrain.memory import is_out_of_memory, out_of_memory_message, peak_memory
 from gentrain.noise import DrawPlan
 from gentrain.spec import JobSpec
 from gentrain.strategies import Strategy, make_strategy
@@ -121,7 +121,9 @@ def train(config: dict[str, Any], session: Session) -> None:
         log.error("gentrain: out of memory", exc_info=err)  # the details, in the worker's log
         where = f"on worker rank {rank} of {world}"
         params = _parameter_count(spec, family, step_fn, data)
-        raise GentrainError(out_of_memory_message(spec, where=where, params=params)) from None
+        peak = peak_memory(session.device)
+        message = out_of_memory_message(spec, where=where, params=params, peak=peak)
+        raise GentrainError(message) from None
     finally:
         if logger:
             logger.close(timeout=spec.tracking.wait_at_end)

@@ -155,7 +155,7 @@ def check_source(data: DataSection, *, family=None) -> None:
     not a run that fails on its workers. Once per process: the CLI checks before it imports
     Ray, and launch checks again for callers of its API."""
     key = data.model_dump_json() + (family.modality if family else "")
-    if data.source.startswith("builtin:") or key in _checked:
+    if _known_good(data) or key in _checked:
         return
     if data.source.partition(":")[2].startswith("s3://"):
         from gentrain.storage import check_exists
@@ -165,13 +165,21 @@ def check_source(data: DataSection, *, family=None) -> None:
         opened = open_data(data)
         _check_size(opened, data, batch_size=data.batch_size)
     except GentrainError as err:
-        raise SpecError(f"data.source: {err}") from None
+        message = str(err)
+        raise SpecError(
+            message if message.startswith("data.") else f"data.source: {message}"
+        ) from None
     if family is not None and opened.modality != family.modality:
         raise SpecError(
             f"data.source: {data.source} holds {opened.modality}s; family {family.name} trains "
             f"on {family.modality}s"
         )
     _checked.add(key)
+
+
+def _known_good(data: DataSection) -> bool:
+    """Built-in data with a built-in tokenizer needs no look (a pretrained one does)."""
+    return data.source.startswith("builtin:") and data.tokenizer in ("byte", "bpe")
 
 
 def _check_size(opened: Data, data: DataSection, *, batch_size: int) -> None:

@@ -65,11 +65,12 @@ def prepare(
         if on_shard:
             on_shard(sum(counts[index]), len(shards))
     todo = [{"index": index} for index in range(len(shards)) if index not in counts]
+    dtype = _dtype(opened, data)
     if todo:
         ray.data.DataContext.get_current().enable_progress_bars = False
         results = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
             _PrepareShards,
-            fn_constructor_kwargs={"data": ray.put(worker_data), "out": out},
+            fn_constructor_kwargs={"data": ray.put(worker_data), "out": out, "dtype": dtype},
             batch_size=1,
             concurrency=max(1, min(len(todo), int(ray.available_resources().get("CPU", 1)))),
             num_cpus=1,
@@ -78,7 +79,7 @@ def prepare(
             counts[int(row["index"])] = (int(row["train"]), int(row["heldout"]))
             if on_shard:
                 on_shard(int(row["train"]) + int(row["heldout"]), len(shards))
-    manifest = _manifest(opened, data, counts, fs, root)
+    manifest = _manifest(opened, data, counts, fs, root, dtype)
     with fs.open_output_stream(f"{root}/{MANIFEST}") as stream:  # last: the data is whole
         stream.write(json.dumps(manifest, indent=1).encode())
     return _summary(out, manifest, reused=len(found))
@@ -87,18 +88,20 @@ def prepare(
 class _PrepareShards:
     """A Ray Data worker: opens the data once, then prepares the shards it is handed."""
 
-    def __init__(self, data, out: str):
+    def __init__(self, data, out: str, dtype: str):
         import ray
 
         self.data: Data = ray.get(data) if isinstance(data, ray.ObjectRef) else data
-        self.out = out
+        self.out, self.dtype = out, dtype
 
     def __call__(self, batch: dict) -> dict:
         index = int(batch["index"][0])
         stream = self.data.stream
         train, heldout = stream.read(stream.source.shards[index])
         examples = stream.examples
-        table = shard_table(examples.arrays(train), examples.arrays(heldout))
+        table = shard_table(
+            examples.arrays(train).astype(self.dtype), examples.arrays(heldout).astype(self.dtype)
+        )
         table = table.replace_schema_metadata({COUNTS: f"{len(train)} {len(heldout)}"})
         fs, root = filesystem(self.out)
         name = f"{root}/{_shard_file(index)}"
@@ -135,7 +138,15 @@ def _written(fs: pyarrow.fs.FileSystem, root: str) -> dict[int, tuple[int, int]]
     return found
 
 
-def _manifest(opened: Data, data: DataSection, counts: dict, fs, root: str) -> dict:
+def _dtype(opened: Data, data: DataSection) -> str:
+    """How examples are stored: token ids in 2 bytes when the vocabulary allows, pixels as
+    bytes, the built-in digits as they are (floats)."""
+    if opened.modality == "text":
+        return "uint16" if opened.info.vocab_size <= 2**16 else "int32"
+    return "float32" if data.source == "builtin:digits" else "uint8"
+
+
+def _manifest(opened: Data, data: DataSection, counts: dict, fs, root: str, dtype: str) -> dict:
     entries = []
     for index in sorted(counts):
         info = fs.get_file_info(f"{root}/{_shard_file(index)}")
@@ -144,13 +155,7 @@ def _manifest(opened: Data, data: DataSection, counts: dict, fs, root: str) -> d
             {"file": _shard_file(index), "train": train, "heldout": heldout, "bytes": info.size}
         )
     text = opened.modality == "text"
-    if text:
-        shape, dtype = [data.seq_len], "int32"
-    else:
-        shape, dtype = (
-            list(opened.info.shape),
-            "float32" if data.source == "builtin:digits" else "uint8",
-        )
+    shape = [data.seq_len] if text else list(opened.info.shape)
     return {
         "format": FORMAT,
         "modality": opened.modality,
