@@ -54,12 +54,11 @@ def open_data(data: DataSection | str, *, seed: int = DEFAULT_SEED) -> Data:
     """Open `data.source` (metadata only; a BPE tokenizer is trained, or found, here)."""
     from gentrain.data.examples import ImageExamples, TextExamples
     from gentrain.data.fingerprint import fingerprint
-    from gentrain.data.sources import open_source
     from gentrain.data.stream import Stream
 
     if isinstance(data, str):
         data = DataSection(source=data)
-    source = open_source(data.source, column=data.column)
+    source = _open_source(data.source, column=data.column)
     prints = fingerprint(source, data)
     if data.source.startswith("prepared:"):
         return _prepared(source, prints, seed=seed)
@@ -127,6 +126,33 @@ def _prepared(source, prints: dict, *, seed: int) -> Data:
     return Data(stream=stream, info=info, fingerprint=prints, tokenizer=tokenizer)
 
 
+def _open_source(source: str, *, column: str | None = None):
+    """The source `data.source` names (built-in, parquet:, images:, text:, prepared:; local or
+    s3://)."""
+    from gentrain.data.prepared import PreparedSource
+    from gentrain.data.sources import (
+        CorpusSource,
+        DigitsSource,
+        ImageFolderSource,
+        ParquetSource,
+        TextSource,
+    )
+
+    kind, _, location = source.partition(":")
+    if kind == "prepared":
+        return PreparedSource(location)
+    if source == "builtin:digits":
+        return DigitsSource()
+    if kind == "builtin":
+        return CorpusSource(location)
+    if kind == "images":
+        return ImageFolderSource(location)
+    if kind == "text":
+        return TextSource(location, column=column)
+    assert kind == "parquet", source
+    return ParquetSource(location, column=column)
+
+
 class _Records:
     """Rows as they are (what a tokenizer learns from)."""
 
@@ -185,7 +211,7 @@ def _known_good(data: DataSection) -> bool:
 def _check_size(opened: Data, data: DataSection, *, batch_size: int) -> None:
     """A dataset smaller than one global batch, or with nothing held out, is refused: counted
     from row counts for images, and for text only when it is small enough to read here."""
-    from gentrain.data.examples import heldout_rows
+    from gentrain.data.sources import heldout_rows
 
     shards, where = opened.stream.source.shards, data.source.partition(":")[2]
     if opened.modality == "image":

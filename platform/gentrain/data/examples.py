@@ -1,29 +1,13 @@
-"""Rows read from a shard -> examples, and examples -> a batch tensor. Which rows are held out is
-decided row by row, from the shard's name and the row's place in it: no split needs the whole
-dataset, and every process decides alike."""
+"""Rows read from a shard -> examples, and examples -> a batch tensor."""
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from gentrain.data.sources import Shard
 from gentrain.errors import GentrainError
-
-HELDOUT_ONE_IN = 10  # a tenth of the rows, spread over every shard
-
-
-def heldout_rows(shard: Shard, count: int, *, first: bool) -> set[int]:
-    """Which of a shard's `count` rows are held out: those whose (shard, row) hashes to one in
-    HELDOUT_ONE_IN; in the source's first shard at least one (its last row), so that small
-    data has something to evaluate on."""
-    chosen = {
-        i for i in range(count) if zlib.crc32(f"{shard.id}#{i}".encode()) % HELDOUT_ONE_IN == 0
-    }
-    return chosen or ({count - 1} if first and count > 1 else set())
 
 
 def split_rows(rows: Sequence, names: Sequence[str], heldout: set[int]) -> tuple[list, list]:

@@ -5,6 +5,7 @@ listings, sizes, Parquet footers), each read on its own into rows: encoded image
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -52,9 +53,7 @@ class Source:
         return [f"{shard.name} row {i}" for i in range(count)]
 
     def heldout_rows(self, shard: Shard, rows: Sequence) -> set[int]:
-        """Which rows of `shard` are held out (gentrain.data.examples decides for raw data)."""
-        from gentrain.data.examples import heldout_rows
-
+        """Which rows of `shard` are held out."""
         return heldout_rows(shard, len(rows), first=shard == self.shards[0])
 
     def files(self) -> dict[str, tuple[int, int | None]]:
@@ -67,26 +66,6 @@ class Source:
                 None if shard.rows is None else rows + shard.rows,
             )
         return files
-
-
-def open_source(source: str, *, column: str | None = None) -> Source:
-    """The source `data.source` names (built-in, parquet:, images:, text:, prepared:; local or
-    s3://)."""
-    kind, _, location = source.partition(":")
-    if kind == "prepared":
-        from gentrain.data.prepared import PreparedSource
-
-        return PreparedSource(location)
-    if source == "builtin:digits":
-        return DigitsSource()
-    if kind == "builtin":
-        return CorpusSource(location)
-    if kind == "images":
-        return ImageFolderSource(location)
-    if kind == "text":
-        return TextSource(location, column=column)
-    assert kind == "parquet", source
-    return ParquetSource(location, column=column)
 
 
 class DigitsSource(Source):
@@ -262,6 +241,19 @@ def _record_start(path: str, at: int, separator: bytes, size: int) -> int:
         if begin + len(data) >= size:
             return size
         chunk *= 4  # one long record: read further
+
+
+HELDOUT_ONE_IN = 10  # a tenth of the rows, spread over every shard
+
+
+def heldout_rows(shard: Shard, count: int, *, first: bool) -> set[int]:
+    """Which of a shard's `count` rows are held out: those whose (shard, row) hashes to one in
+    HELDOUT_ONE_IN; in the source's first shard at least one (its last row), so that small
+    data has something to evaluate on."""
+    chosen = {
+        i for i in range(count) if zlib.crc32(f"{shard.id}#{i}".encode()) % HELDOUT_ONE_IN == 0
+    }
+    return chosen or ({count - 1} if first and count > 1 else set())
 
 
 def _key(location: str, path: str, part: int) -> str:
