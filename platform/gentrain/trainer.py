@@ -245,7 +245,7 @@ class _Loop:
         self._heldout = None  # read at the first evaluation (rank 0)
 
     def run(self, *, start_step: int, position: Position) -> None:
-        strategy = self.strategy
+        strategy, self.position = self.strategy, position
         batches = self.data.stream.batches(
             batch_size=self.spec.data.batch_size,
             rank=strategy.data_rank,
@@ -460,7 +460,8 @@ def _restore(
     with checkpoint.as_directory() as tmp:
         directory = Path(tmp)
         state = json.loads((directory / checkpoints.STATE).read_text())
-        changed = what_changed(state["data"]["fingerprint"], data.fingerprint)
+        saved = state.get("data") or {"position": {}, "fingerprint": data.fingerprint}  # older
+        changed = what_changed(saved["fingerprint"], data.fingerprint)
         if changed and not allow_data_change:
             raise GentrainError(
                 f"data.source: the data changed since the checkpoint of step {state['step']} "
@@ -480,7 +481,7 @@ def _restore(
             )
     if changed and logger:
         logger.set_tag("gentrain.data_changed", changed[:5000])
-    return state["step"], Position(**state["data"]["position"])
+    return state["step"], Position(**saved["position"])
 
 
 def _seed_everything(seed: int) -> None:

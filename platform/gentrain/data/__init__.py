@@ -211,11 +211,10 @@ def _known_good(data: DataSection) -> bool:
 def _check_size(opened: Data, data: DataSection, *, batch_size: int) -> None:
     """A dataset smaller than one global batch, or with nothing held out, is refused: counted
     from row counts for images, and for text only when it is small enough to read here."""
-    from gentrain.data.sources import heldout_rows
-
-    shards, where = opened.stream.source.shards, data.source.partition(":")[2]
+    source, where = opened.stream.source, data.source.partition(":")[2]
+    shards = source.shards
     if opened.modality == "image":
-        heldout = sum(len(heldout_rows(s, s.rows, first=s == shards[0])) for s in shards)
+        heldout = sum(len(source.heldout_rows(shard, range(shard.rows))) for shard in shards)
         train, unit = sum(shard.rows for shard in shards) - heldout, "images"
     elif sum(shard.size for shard in shards) <= 16 << 20:
         counts = [[len(part) for part in opened.stream.read(shard)] for shard in shards]
