@@ -37,6 +37,10 @@ AddressOption = Annotated[
     str | None,
     typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded)."),
 ]
+AllowDataChange = Annotated[
+    bool,
+    typer.Option("--allow-data-change", help="Resume although the data changed since."),
+]
 
 
 @app.callback()
@@ -222,12 +226,7 @@ def run(
     resume: Annotated[
         str | None, typer.Option("--resume", help="MLflow run id to continue.")
     ] = None,
-    allow_data_change: Annotated[
-        bool,
-        typer.Option(
-            "--allow-data-change", help="Resume even though the data differs from the checkpoint's."
-        ),
-    ] = False,
+    allow_data_change: AllowDataChange = False,
 ) -> None:
     """Train one job on Ray (embedded local Ray unless --address / RAY_ADDRESS)."""
     job = _load(spec, sets)
@@ -456,6 +455,7 @@ def submit(
     resume: Annotated[
         str | None, typer.Option("--resume", help="MLflow run id of a stopped job to continue.")
     ] = None,
+    allow_data_change: AllowDataChange = False,
 ) -> None:
     """Submit a spec to a Ray cluster's Jobs API (`gentrain run`, or `gentrain sweep` for a spec
     with a sweep section, on the cluster); the working directory ships with it."""
@@ -467,7 +467,14 @@ def submit(
     if resume and command == "sweep":
         _fail("--resume: continues a run; resume a sweep with `gentrain sweep SPEC --resume`", 2)
     try:
-        sent = cluster.submit(spec, sets, address=address, command=command, resume_run_id=resume)
+        sent = cluster.submit(
+            spec,
+            sets,
+            address=address,
+            command=command,
+            resume_run_id=resume,
+            allow_data_change=allow_data_change,
+        )
     except SpecError as error:
         _fail(str(error), 2)
     except GentrainError as error:

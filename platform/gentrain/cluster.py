@@ -264,9 +264,10 @@ def submit(
     address: str | None,
     command: str,
     resume_run_id: str | None = None,
+    allow_data_change: bool = False,
 ) -> Submission:
-    """Submit `gentrain COMMAND SPEC --set ... [--resume RUN_ID]` to run on the cluster, shipping
-    the working directory."""
+    """Submit `gentrain COMMAND SPEC --set ... [--resume RUN_ID [--allow-data-change]]` to run on
+    the cluster, shipping the working directory."""
     root = Path.cwd()
     spec_file = Path(spec_path).resolve()
     if not spec_file.is_relative_to(root):
@@ -290,6 +291,8 @@ def submit(
             argv += ["--set", item]
         if resume_run_id:
             argv += ["--resume", resume_run_id]
+        if allow_data_change:
+            argv.append("--allow-data-change")
         job_id = _submit_job(address, argv, runtime_env, metadata={"gentrain.spec": job.name})
     installed = installed_families().get(job.model.family)
     package = installed.dist if installed and ":" not in job.model.family else None
