@@ -187,7 +187,7 @@ SPEC_CASES = [
     # data that does not exist or cannot be read
     (MINIMAL, ["data.source=images:/no/such/dir"], "data.source: /no/such/dir does not exist"),
     (IMAGES, [], "not a readable image"),
-    (TEXT, [], "corpus.txt: the corpus is empty"),
+    (TEXT, [], "corpus.txt: too little data: 0 training windows"),
     # every field that names a place: only the forms gentrain supports (places.py)
     (
         MINIMAL,
@@ -197,7 +197,7 @@ SPEC_CASES = [
     (MINIMAL, ["data.source=images:s3://"], "data.source: expected s3://BUCKET/KEY"),
     (MINIMAL, ["data.source=images:s3://Big_Bucket/x"], "data.source: expected s3://BUCKET/KEY"),
     (MINIMAL, ["data.source=images:job.yaml"], "data.source: job.yaml is not a directory"),
-    (GPT, ["data.source=text:pictures"], "data.source: pictures is a directory"),
+    (GPT, ["data.source=text:pictures"], "pictures: no .txt/.md/.jsonl files found"),
     (
         MINIMAL,
         ["storage.path=gs://bucket/checkpoints"],

@@ -89,15 +89,14 @@ def open_data(data: DataSection | str, *, seed: int = DEFAULT_SEED) -> Data:
     channels = 1 if digits else data.channels or 3
     examples = ImageExamples(channels=channels, size=None if digits else data.image_size)
     stream = Stream(source, examples, seed=seed)
-    shape = (channels, data.image_size, data.image_size) if data.image_size and not digits else None
-    if shape is None:  # the first example's
-        first = next((shard for shard in source.shards if shard.rows), None)
-        if first is None:
-            where = data.source.partition(":")[2]
-            raise GentrainError(f"{where}: too little data: 0 training images (no rows)")
-        name, row = source.row_names(first, 1)[0], source.read(first)[0]
-        shape = tuple(examples.batch([(name, row)]).shape[1:])
-        examples.expect(name, shape)
+    first = next((shard for shard in source.shards if shard.rows), None)
+    if first is None:
+        where = data.source.partition(":")[2]
+        raise GentrainError(f"{where}: too little data: 0 training images (no rows)")
+    name, row = source.row_names(first, 1)[0], source.read(first)[0]
+    shape = tuple(examples.batch([(name, row)]).shape[1:])  # a sample: decodable, and its size
+    if not data.image_size:
+        examples.expect(name, shape)  # every image must have the first one's size
     return Data(stream=stream, info=DataInfo(shape=shape), fingerprint=prints)
 
 
