@@ -21,6 +21,7 @@ from gentrain import spec as spec_module
 from gentrain.cli import app
 from gentrain.data import Dataset, load_dataset, open_data
 from gentrain.data.augment import augment
+from gentrain.data.sources import CorpusSource
 from gentrain.data.text import BPETokenizer, ByteTokenizer, builtin_corpus
 from gentrain.errors import GentrainError, SpecError
 from gentrain.spec import DataSection
@@ -301,6 +302,11 @@ def test_builtin_python_docs_is_english_text():
     assert sum(c.isascii() for c in text) / len(text) > 0.99
     data = _load("builtin:python_docs", seq_len=128)
     assert data.info.vocab_size == 257 and len(data.train) > 1000
+    source = CorpusSource("python_docs")
+    (shard,) = source.shards
+    topics = source.read(shard)
+    assert len(topics) == shard.rows > 50, "a record is a topic: held out or trained on whole"
+    assert all(len(topic) > 100 and topic.endswith("\n\n") for topic in topics)
 
 
 def test_too_little_text_is_a_clear_error(tmp_path):

@@ -85,9 +85,9 @@ class CorpusSource(Source):
     modality = "text"
 
     def __init__(self, name: str):
-        from gentrain.data.text import builtin_corpus
+        from gentrain.data.text import corpus_rows
 
-        self.rows = builtin_corpus(name)
+        self.rows = corpus_rows(name)
         size = sum(len(row) for row in self.rows)
         self.shards = [Shard(f"builtin:{name}", f"builtin:{name}", 0, size, len(self.rows))]
 
