@@ -33,7 +33,8 @@ ROWS_PER_GROUP = {"text": 20_000, "image": 10_000}  # ~10 MB of text, ~25 MB of 
 
 
 def make_text(path: Path, megabytes: int) -> None:
-    """English-like prose: the python_docs corpus's paragraphs, shuffled, repeated to size."""
+    """English-like prose: the python_docs corpus's paragraphs, shuffled, repeated to size, each
+    row made unique (numbered) so that Parquet stores it as text, not as a dictionary index."""
     from gentrain.data.text import corpus_rows
 
     paragraphs = [p.strip() for row in corpus_rows("python_docs") for p in row.split("\n\n")]
@@ -41,7 +42,8 @@ def make_text(path: Path, megabytes: int) -> None:
     rng = np.random.default_rng(0)
     writer, written = None, 0
     while written < megabytes << 20:
-        rows = [paragraphs[i] for i in rng.integers(0, len(paragraphs), ROWS_PER_GROUP["text"])]
+        picks = rng.integers(0, len(paragraphs), ROWS_PER_GROUP["text"])
+        rows = [f"{paragraphs[i]} ({written + k})" for k, i in enumerate(picks)]
         table = pa.table({"text": rows})
         writer = writer or pq.ParquetWriter(path, table.schema)
         writer.write_table(table)

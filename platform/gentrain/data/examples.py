@@ -58,16 +58,16 @@ class TextExamples:
 
     def __init__(self, tokenizer, *, seq_len: int):
         self.tokenizer, self.seq_len = tokenizer, seq_len
+        self.dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32  # ids held compact
 
     def from_rows(self, named_rows: list[tuple[str, str]]) -> np.ndarray:
         from gentrain.data.text import windows
 
-        return windows(
-            self.tokenizer.encode_rows([row for _, row in named_rows]), length=self.seq_len
-        )
+        ids = self.tokenizer.encode_rows([row for _, row in named_rows])
+        return windows(ids, length=self.seq_len, dtype=self.dtype)
 
     def arrays(self, items: np.ndarray) -> np.ndarray:
-        return np.asarray(items, dtype=np.int32).reshape(-1, self.seq_len)
+        return np.asarray(items, dtype=self.dtype).reshape(-1, self.seq_len)
 
     def batch(self, items: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.arrays(items).astype(np.int64))

@@ -1,7 +1,7 @@
 """One global example order for every epoch, read a block at a time.
 
 An epoch shuffles the shards (seeded by the epoch), groups them into blocks of about
-BLOCK_BYTES, and shuffles the examples within each block (seeded by epoch and block). Global
+BLOCK_BYTES or BLOCK_ROWS, and shuffles the examples within each block (seeded by epoch and block). Global
 batch i is the next `batch_size` examples of that order; worker `rank` trains on its rows
 [rank * b, (rank + 1) * b). The order depends on neither the number of workers nor the strategy,
 and where a run stands in it (a Position) is all a checkpoint needs to resume at the next
@@ -23,7 +23,8 @@ from gentrain.data.examples import concat, split_rows, take
 from gentrain.data.sources import Shard, Source
 from gentrain.errors import GentrainError
 
-BLOCK_BYTES = 32 << 20  # the shuffle buffer: how much source data a block gathers
+BLOCK_BYTES = 32 << 20  # the shuffle buffer: how much source data a block gathers,
+BLOCK_ROWS = 16_384  # or how many rows (Parquet's sizes are encoded ones: repetitive text is small)
 READ_AHEAD = 2  # batches made ready ahead of the step that trains on them
 
 
@@ -55,13 +56,13 @@ class Stream:
     def _make_blocks(self, epoch: int) -> list[list[Shard]]:
         shards = self.source.shards
         order = np.random.default_rng([self.seed, epoch]).permutation(len(shards))
-        blocks, current, size = [], [], 0
+        blocks, current, size, rows = [], [], 0, 0
         for index in order:
             current.append(shards[index])
-            size += shards[index].size
-            if size >= BLOCK_BYTES:
+            size, rows = size + shards[index].size, rows + (shards[index].rows or 0)
+            if size >= BLOCK_BYTES or rows >= BLOCK_ROWS:
                 blocks.append(current)
-                current, size = [], 0
+                current, size, rows = [], 0, 0
         return blocks + ([current] if current else [])
 
     def read(self, shard: Shard) -> tuple[list, list]:

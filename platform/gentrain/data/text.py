@@ -144,10 +144,10 @@ def make_tokenizer(name: str, sample_text, *, vocab_size: int, key: str = ""):
     return tokenizer
 
 
-def windows(ids: list[int], *, length: int) -> np.ndarray:
-    """(N, length) int32 windows of the token stream, one after another (the tail shorter than a
+def windows(ids, *, length: int, dtype=np.int32) -> np.ndarray:
+    """(N, length) windows of the token stream, one after another (the tail shorter than a
     window is dropped)."""
-    tokens = np.asarray(ids, dtype=np.int32)
+    tokens = np.asarray(ids, dtype=dtype)
     count = len(tokens) // length
     return tokens[: count * length].reshape(count, length)
 
