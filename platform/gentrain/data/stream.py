@@ -1,8 +1,9 @@
 """One global example order for every epoch, read a block at a time.
 
 An epoch shuffles the shards (seeded by the epoch), groups them into blocks of about
-BLOCK_BYTES or BLOCK_ROWS, and shuffles the examples within each block (seeded by epoch and block). Global
-batch i is the next `batch_size` examples of that order; worker `rank` trains on its rows
+BLOCK_BYTES or BLOCK_ROWS, and shuffles the examples within each block (seeded by epoch and
+block). Global batch i is the next `batch_size` examples of that order; worker `rank` trains on
+its rows
 [rank * b, (rank + 1) * b). The order depends on neither the number of workers nor the strategy,
 and where a run stands in it (a Position) is all a checkpoint needs to resume at the next
 example, at any world size. A worker holds about two blocks at a time, whatever the dataset's
