@@ -98,6 +98,7 @@ def run_job(work: Path, modality: str, source: str, name: str) -> dict:
 
     spec = REPO / "jobs" / ("gpt_python_docs.yaml" if modality == "text" else "dcgan_digits.yaml")
     store = work / f"mlflow-{name}.db"
+    store.unlink(missing_ok=True)  # one run per store
     sets = [
         "model.flavor=debug", "train.workers=2", "train.max_steps=5", "train.log_every=1",
         "train.eval_every=5", "train.checkpoint_every=5", f"data.source={source}",
