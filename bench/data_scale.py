@@ -243,8 +243,11 @@ def main() -> None:
     results.update(stream_samples_per_s=streamed, memory_samples_per_s=held)
     results["stream_vs_memory"] = round(streamed / held, 3)
 
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
