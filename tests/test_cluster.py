@@ -3,6 +3,7 @@ token authentication on, the Jobs API on 127.0.0.1), jobs submitted to it with `
 checkpoints in a real S3-compatible server (moto), and the `gentrain jobs` commands."""
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -14,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import pyarrow as pa
-import pyarrow.parquet as pq
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from conftest import REPO, free_port, gentrain, wait_for
 
@@ -241,10 +242,17 @@ def test_a_submitted_job_trains_on_both_nodes(cluster, s3_server, tracking_serve
 
 def test_a_failed_jobs_traceback_is_in_its_log_and_its_run(cluster, tracking_server, tmp_path):
     _job_spec(tmp_path, steps=10, tracking_uri=tracking_server)
-    # only a worker finds out, once it reads the data, that this parquet file holds text
-    pq.write_table(pa.table({"text": ["not an image. " * 100] * 8}), tmp_path / "texts.parquet")
+    # only a worker finds out, once it reads it, that one image of the folder is damaged (the
+    # driver reads metadata and the first image)
+    (tmp_path / "images").mkdir()
+    for i in range(80):
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((8, 8), i, dtype=np.uint8)).save(buffer, format="PNG")
+        data = buffer.getvalue()[: 30 if i == 40 else None]
+        (tmp_path / "images" / f"{i:02d}.png").write_bytes(data)
     env = _client_env(cluster)
-    failing = ["--set", "data.source=parquet:texts.parquet", "--set", "train.max_failures=0"]
+    failing = ["--set", "data.source=images:images", "--set", "train.max_failures=0"]
+    failing += ["--set", "data.channels=1", "--set", "data.batch_size=16"]
     result = gentrain(
         "submit", "job.yaml", *failing, "--address", cluster.address, cwd=tmp_path, env=env
     )
@@ -256,9 +264,7 @@ def test_a_failed_jobs_traceback_is_in_its_log_and_its_run(cluster, tracking_ser
     assert "Traceback (most recent call last)" in logs.stdout, logs.stdout[-3000:]
     assert "Error Snippet]:" in logs.stdout and "gentrain/trainer.py" in logs.stdout
     last = [line for line in logs.stdout.splitlines() if line.strip()][-1]
-    assert last.startswith("error: run ") and last.endswith(
-        "holds texts; family gan trains on images"
-    )
+    assert last.startswith("error: run ") and "40.png: not a readable image" in last
     run = _only_run(tmp_path, tracking_server)
     assert run.info.status == "FAILED" and run.info.run_id in last
     error = mlflow.MlflowClient(tracking_server).download_artifacts(
