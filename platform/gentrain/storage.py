@@ -61,12 +61,6 @@ def read_range(uri: str, start: int, length: int) -> bytes:
         raise GentrainError(f"{uri}: cannot read: {first_line(err)}") from None
 
 
-def list_files(uri: str, suffixes: tuple[str, ...]) -> list[str]:
-    """The files under directory `uri` (recursively) ending in one of `suffixes`, sorted, as
-    URIs of the same kind as `uri`."""
-    return [path for path, _ in file_sizes(uri, suffixes)]
-
-
 def file_sizes(uri: str, suffixes: tuple[str, ...]) -> list[tuple[str, int]]:
     """(file, size in bytes) of file `uri`, of the files under directory `uri` (recursively)
     ending in one of `suffixes`, or of the files a glob (`data/*.parquet`, `**` for any depth)

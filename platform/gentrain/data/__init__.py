@@ -68,7 +68,7 @@ def open_data(data: DataSection | str, *, seed: int = DEFAULT_SEED) -> Data:
         def sample() -> str:  # the first training records, up to BPE_SAMPLE_CHARS
             probe, text = Stream(source, _Records(), seed=seed), []
             for shard in source.shards:
-                text += [row for _, row in probe.read(shard)[0]]
+                text += [row for _, row in probe.read(shard, heldout=False)[0]]
                 if sum(map(len, text)) >= BPE_SAMPLE_CHARS:
                     break
             return "".join(text)[:BPE_SAMPLE_CHARS]

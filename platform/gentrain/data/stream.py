@@ -66,16 +66,20 @@ class Stream:
                 current, size, rows = [], 0, 0
         return blocks + ([current] if current else [])
 
-    def read(self, shard: Shard) -> tuple[list, list]:
-        """(training, held-out) examples of one shard."""
+    def read(self, shard: Shard, *, train: bool = True, heldout: bool = True) -> tuple:
+        """(training, held-out) examples of one shard; a part not asked for is not made (left
+        empty): tokenizing or decoding is the costly step."""
         rows = self.source.read(shard)
         names = self.source.row_names(shard, len(rows))
-        train, heldout = split_rows(rows, names, self.source.heldout_rows(shard, rows))
-        return self.examples.from_rows(train), self.examples.from_rows(heldout)
+        trained, held = split_rows(rows, names, self.source.heldout_rows(shard, rows))
+        return (
+            self.examples.from_rows(trained) if train else [],
+            self.examples.from_rows(held) if heldout else [],
+        )
 
     def block(self, epoch: int, block: int) -> list | np.ndarray:
         """The training examples of a block, in their shuffled order."""
-        items = concat([self.read(shard)[0] for shard in self.blocks(epoch)[block]])
+        items = concat([self.read(s, heldout=False)[0] for s in self.blocks(epoch)[block]])
         order = np.random.default_rng([self.seed, epoch, block, 1]).permutation(len(items))
         return take(items, order)
 
@@ -84,7 +88,7 @@ class Stream:
         as needed (evaluation reads a fixed number, not the whole held-out split)."""
         parts, count = [], 0
         for shard in self.source.shards:
-            part = self.read(shard)[1][: limit - count]
+            part = self.read(shard, train=False)[1][: limit - count]
             parts.append(part)
             count += len(part)
             if count >= limit:
@@ -99,7 +103,8 @@ class Stream:
 
     def everything(self) -> torch.Tensor:
         """Every training example in the shards' listed order (small data: tests, benchmarks)."""
-        return self.examples.batch(concat([self.read(shard)[0] for shard in self.source.shards]))
+        shards = self.source.shards
+        return self.examples.batch(concat([self.read(s, heldout=False)[0] for s in shards]))
 
     def batches(
         self, *, batch_size: int, rank: int, world: int, start: Position | None = None
