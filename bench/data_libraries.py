@@ -30,7 +30,8 @@ Candidate = Callable[[int, object], tuple[list, Callable[[], object]]]
 
 
 def gentrain_stream(work: Path) -> Candidate:
-    """gentrain.data: the position (epoch, block, offset) is the whole state."""
+    """gentrain.data: each partition's position (epoch, block, offset) is the whole state;
+    each rank knows those of the partitions it reads."""
     from gentrain.data.examples import ImageExamples
     from gentrain.data.sources import Shard, Source
     from gentrain.data.stream import Position, Stream
@@ -47,18 +48,20 @@ def gentrain_stream(work: Path) -> Candidate:
 
     def make(world: int, state):
         stream = Stream(Numbered(), ImageExamples(channels=1, size=None), seed=0)
-        start = Position(**state) if state else None
+        start = [Position(**p) for p in state] if state else None
         ranks = [
             stream.batches(batch_size=BATCH, rank=r, world=world, start=start) for r in range(world)
         ]
-        where = {"position": start}
+        known = {}
 
         def batches(r):
-            for batch, position in ranks[r]:
-                where["position"] = position
+            for batch, positions in ranks[r]:
+                known.update(positions)
                 yield [int(x) for x in batch.flatten()]
 
-        return [batches(r) for r in range(world)], lambda: where["position"].to_dict()
+        return [batches(r) for r in range(world)], lambda: [
+            known[p].to_dict() for p in range(len(known))
+        ]
 
     return make
 

@@ -61,6 +61,13 @@ def test_prepared_images_are_the_raw_examples_and_a_second_prepare_keeps_them(tm
     )
     assert other.returncode == 2 and "--out: " in other.stderr and "choose another" in other.stderr
 
+    (out / "manifest.json").unlink()  # a stopped prepare: its shards are not mixed with others
+    other = gentrain(
+        "prepare", "job.yaml", "--out", str(out), "--set", "data.image_size=4", cwd=tmp_path
+    )
+    assert other.returncode == 2, other.stderr
+    assert "shard-000000.parquet, prepared from other data or settings" in other.stderr
+
 
 def test_text_prepared_with_bpe_trains_from_the_prepared_path(new_store, tmp_path):
     new_store(tmp_path)

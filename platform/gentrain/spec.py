@@ -93,6 +93,9 @@ class ModelSection(Section):
 class DataSection(Section):
     source: str = "builtin:digits"  # a job spec without one takes its family's default_source
     batch_size: int = Field(64, ge=1, description="global batch, split evenly across workers")
+    # shares of the data each global batch draws from equally; a worker reads only the shares
+    # its rows come from (up to this many workers read disjoint data). Fixed for a run.
+    partitions: int = Field(16, ge=1, le=4096)
     augment: tuple[Literal["hflip", "random_crop", "color_jitter", "noise"], ...] = ()
     # images: (user images are resized to image_size x image_size; channels 1 = grayscale, 3 = RGB)
     image_size: int | None = Field(None, ge=4, le=4096)

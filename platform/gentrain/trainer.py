@@ -201,7 +201,7 @@ def _train_models(
     strategy.prepare(models, step_fn)
     _seed_everything(spec.train.seed * 1000 + rank)  # each rank draws its own noise
 
-    start_step, position = _restore(
+    start_step, positions = _restore(
         strategy,
         session.resume_from(),
         rank=rank,
@@ -219,7 +219,7 @@ def _train_models(
         logger=logger,
         board=board,
     )
-    loop.run(start_step=start_step, position=position)
+    loop.run(start_step=start_step, positions=positions)
 
 
 class _Loop:
@@ -241,17 +241,19 @@ class _Loop:
         self.run_id = config["run_id"]
         self.logger, self.board = logger, board  # rank 0's; None elsewhere
         self.quality = None  # built at the first evaluation (rank 0)
-        self.position = Position()  # in the data's global order: where the next batch starts
+        self.positions: dict[int, Position] = {}  # of the partitions this worker reads
+        self.partitions = 0  # how many the data is cut into
         self._heldout = None  # read at the first evaluation (rank 0)
 
-    def run(self, *, start_step: int, position: Position) -> None:
-        strategy, self.position = self.strategy, position
+    def run(self, *, start_step: int, positions: list[Position] | None) -> None:
+        strategy = self.strategy
         batches = self.data.stream.batches(
             batch_size=self.spec.data.batch_size,
             rank=strategy.data_rank,
             world=strategy.data_world,
-            start=position,
+            start=positions,
         )
+        self.positions, self.partitions = batches.positions, batches.count
         try:
             self._run(batches, start_step=start_step)
         finally:
@@ -268,7 +270,7 @@ class _Loop:
         metrics: dict[str, float] = {}
         for step in range(start_step + 1, train.max_steps + 1):
             step_start = time.perf_counter()
-            batch, self.position = next(batches)
+            batch, self.positions = next(batches)
             batch = batch.to(device)
             if spec.data.augment:
                 batch = augment(batch, spec.data.augment)
@@ -404,6 +406,7 @@ class _Loop:
     def _checkpoint(self, step: int, metrics: dict[str, float]) -> None:
         """Every rank writes its part (rank 0 the strategy's state, each rank its RNG streams);
         Ray merges them into one checkpoint under storage.path."""
+        positions = self._all_positions()
         with tempfile.TemporaryDirectory() as tmp:
             directory = Path(tmp)
             self.strategy.save(directory, rank=self.rank)
@@ -414,13 +417,22 @@ class _Loop:
                     "mlflow_run_id": self.run_id,
                     "world": self.world,
                     "data": {
-                        "position": self.position.to_dict(),
+                        "positions": positions,
                         "fingerprint": self.data.fingerprint,
                     },
                 }
                 (directory / checkpoints.STATE).write_text(json.dumps(state))
             checkpoints.seal(directory, rank=self.rank)
             self.session.report(metrics, checkpoint=directory)
+
+    def _all_positions(self) -> list[dict[str, int]]:
+        """Every partition's position: each worker knows those of the partitions it reads."""
+        known = [self.positions]
+        if self.world > 1:
+            known = [None] * self.world
+            torch.distributed.all_gather_object(known, self.positions)
+        merged = {p: position for part in known for p, position in part.items()}
+        return [merged[p].to_dict() for p in range(self.partitions)]
 
     def _export(self, models: dict[str, torch.nn.Module]) -> None:
         module, example = self.step_fn.export(models)
@@ -446,21 +458,21 @@ def _restore(
     logger: RunLogger | None,
     data: Data,
     allow_data_change: bool,
-) -> tuple[int, Position]:
+) -> tuple[int, list[Position] | None]:
     """Load the checkpoint Ray hands this process (after a restart, a resumed run, or a PBT
     exploit), or the newest whole one before it; returns the step it was taken at and where
-    the data's order stood then, or (0, start) to start afresh."""
+    each partition of the data stood then, or (0, None) to start afresh."""
     if checkpoint is None:
-        return 0, Position()
+        return 0, None
     checkpoint, skipped = checkpoints.newest_whole(checkpoint)
     if logger and skipped:
         logger.set_tag("gentrain.checkpoints_skipped", "; ".join(skipped)[:5000])
     if checkpoint is None:
-        return 0, Position()
+        return 0, None
     with checkpoint.as_directory() as tmp:
         directory = Path(tmp)
         state = json.loads((directory / checkpoints.STATE).read_text())
-        saved = state.get("data") or {"position": {}, "fingerprint": data.fingerprint}  # older
+        saved = state.get("data") or {"fingerprint": data.fingerprint}  # older checkpoints
         changed = what_changed(saved["fingerprint"], data.fingerprint)
         if changed and not allow_data_change:
             raise GentrainError(
@@ -481,7 +493,8 @@ def _restore(
             )
     if changed and logger:
         logger.set_tag("gentrain.data_changed", changed[:5000])
-    return state["step"], Position(**saved["position"])
+    positions = saved.get("positions")  # older checkpoints: the data's order from its start
+    return state["step"], [Position(**p) for p in positions] if positions else None
 
 
 def _seed_everything(seed: int) -> None:

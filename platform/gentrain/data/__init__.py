@@ -61,7 +61,7 @@ def open_data(data: DataSection | str, *, seed: int = DEFAULT_SEED) -> Data:
     source = _open_source(data.source, column=data.column)
     prints = fingerprint(source, data)
     if data.source.startswith("prepared:"):
-        return _prepared(source, prints, seed=seed)
+        return _prepared(source, prints, seed=seed, partitions=data.partitions)
     if source.modality == "text":
         from gentrain.data.text import BPE_SAMPLE_CHARS, make_tokenizer
 
@@ -76,7 +76,12 @@ def open_data(data: DataSection | str, *, seed: int = DEFAULT_SEED) -> Data:
         tokenizer = make_tokenizer(
             data.tokenizer, sample, vocab_size=data.vocab_size, key=prints["digest"]
         )
-        stream = Stream(source, TextExamples(tokenizer, seq_len=data.seq_len), seed=seed)
+        stream = Stream(
+            source,
+            TextExamples(tokenizer, seq_len=data.seq_len),
+            seed=seed,
+            partitions=data.partitions,
+        )
         info = DataInfo(
             shape=(data.seq_len,),
             vocab_size=tokenizer.vocab_size,
@@ -88,7 +93,7 @@ def open_data(data: DataSection | str, *, seed: int = DEFAULT_SEED) -> Data:
     digits = data.source == "builtin:digits"
     channels = 1 if digits else data.channels or 3
     examples = ImageExamples(channels=channels, size=None if digits else data.image_size)
-    stream = Stream(source, examples, seed=seed)
+    stream = Stream(source, examples, seed=seed, partitions=data.partitions)
     first = next((shard for shard in source.shards if shard.rows), None)
     if first is None:
         where = data.source.partition(":")[2]
@@ -100,13 +105,13 @@ def open_data(data: DataSection | str, *, seed: int = DEFAULT_SEED) -> Data:
     return Data(stream=stream, info=DataInfo(shape=shape), fingerprint=prints)
 
 
-def _prepared(source, prints: dict, *, seed: int) -> Data:
+def _prepared(source, prints: dict, *, seed: int, partitions: int) -> Data:
     from gentrain.data.prepared import PreparedExamples
     from gentrain.data.stream import Stream
     from gentrain.data.text import ByteTokenizer, PretrainedTokenizer
 
     manifest = source.manifest
-    stream = Stream(source, PreparedExamples(manifest), seed=seed)
+    stream = Stream(source, PreparedExamples(manifest), seed=seed, partitions=partitions)
     if manifest["modality"] == "image":
         return Data(
             stream=stream, info=DataInfo(shape=tuple(manifest["shape"])), fingerprint=prints

@@ -22,7 +22,8 @@ from gentrain.spec import DataSection
 from gentrain.storage import filesystem
 
 TOKENIZER_FILE = "tokenizer.json"
-COUNTS = b"gentrain.counts"  # a shard file's metadata: its training and held-out examples
+COUNTS = b"gentrain.counts"  # a shard file's metadata: its training and held-out examples,
+SOURCE = b"gentrain.source"  # and the digest of the data and settings it was prepared from
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def prepare(
     fs.create_dir(root, recursive=True)
     worker_data = _tokenizer_beside_shards(opened, data, out)
     shards = opened.stream.source.shards
-    found = _written(fs, root)
+    found = _written(fs, root, digest, out)
     counts = {index: found[index] for index in range(len(shards)) if index in found}
     for index in counts:
         if on_shard:
@@ -70,7 +71,12 @@ def prepare(
         ray.data.DataContext.get_current().enable_progress_bars = False
         results = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
             _PrepareShards,
-            fn_constructor_kwargs={"data": ray.put(worker_data), "out": out, "dtype": dtype},
+            fn_constructor_kwargs={
+                "data": ray.put(worker_data),
+                "out": out,
+                "dtype": dtype,
+                "digest": digest,
+            },
             batch_size=1,
             concurrency=max(1, min(len(todo), int(ray.available_resources().get("CPU", 1)))),
             num_cpus=1,
@@ -88,11 +94,11 @@ def prepare(
 class _PrepareShards:
     """A Ray Data worker: opens the data once, then prepares the shards it is handed."""
 
-    def __init__(self, data, out: str, dtype: str):
+    def __init__(self, data, out: str, dtype: str, digest: str):
         import ray
 
         self.data: Data = ray.get(data) if isinstance(data, ray.ObjectRef) else data
-        self.out, self.dtype = out, dtype
+        self.out, self.dtype, self.digest = out, dtype, digest
 
     def __call__(self, batch: dict) -> dict:
         index = int(batch["index"][0])
@@ -102,7 +108,9 @@ class _PrepareShards:
         table = shard_table(
             examples.arrays(train).astype(self.dtype), examples.arrays(heldout).astype(self.dtype)
         )
-        table = table.replace_schema_metadata({COUNTS: f"{len(train)} {len(heldout)}"})
+        table = table.replace_schema_metadata(
+            {COUNTS: f"{len(train)} {len(heldout)}", SOURCE: self.digest}
+        )
         fs, root = filesystem(self.out)
         name = f"{root}/{_shard_file(index)}"
         partial = name if self.out.startswith("s3://") else f"{name}.{os.getpid()}.partial"
@@ -124,17 +132,24 @@ def _tokenizer_beside_shards(opened: Data, data: DataSection, out: str) -> Data:
     return open_data(data.model_copy(update={"tokenizer": f"{out}/{TOKENIZER_FILE}"}))
 
 
-def _written(fs: pyarrow.fs.FileSystem, root: str) -> dict[int, tuple[int, int]]:
-    """Shards a stopped prepare wrote already: index -> (training, held-out) examples."""
+def _written(
+    fs: pyarrow.fs.FileSystem, root: str, digest: str, out: str
+) -> dict[int, tuple[int, int]]:
+    """Shards a stopped prepare of the same data wrote already: index -> (training, held-out)
+    examples. Shards of other data are refused, not mixed in."""
     found = {}
     selector = pyarrow.fs.FileSelector(root, allow_not_found=True)
     for info in fs.get_file_info(selector):
         name = Path(info.path).name
         if name.startswith("shard-") and name.endswith(".parquet"):
             metadata = pq.read_metadata(info.path, filesystem=fs).metadata or {}
-            if COUNTS in metadata:
-                train, heldout = metadata[COUNTS].decode().split()
-                found[int(name[6:-8])] = (int(train), int(heldout))
+            if metadata.get(SOURCE) != digest.encode():
+                raise SpecError(
+                    f"--out: {out} holds {name}, prepared from other data or settings; "
+                    "choose another --out"
+                )
+            train, heldout = metadata[COUNTS].decode().split()
+            found[int(name[6:-8])] = (int(train), int(heldout))
     return found
 
 
