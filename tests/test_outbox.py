@@ -4,7 +4,7 @@ order, an empty entry holds nothing back, and a store that never answers leaves 
 import mlflow
 
 from conftest import free_port
-from gentrain import outbox
+from gentrain.tracking import outbox
 
 
 def _run(tmp_path):

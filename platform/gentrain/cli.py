@@ -389,7 +389,8 @@ def upload_runs(
 ) -> None:
     """Send what runs kept in their outbox while the tracking store was away (metrics,
     samples, model, their end) to the store they belong to."""
-    from gentrain import outbox, tracking
+    from gentrain import tracking
+    from gentrain.tracking import outbox
 
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # a store still away: say so
     if directory is not None and not (directory / outbox.RUN).is_file():

@@ -113,7 +113,7 @@ def end_run(
     """Close the run in the tracking store (`error`: the traceback of a failed one), after what
     rank 0 logged. When the store was away at the end of training (rank 0 left its outbox on
     this machine for later), the end joins the outbox instead, and its directory is returned."""
-    from gentrain import outbox
+    from gentrain.tracking import outbox
 
     kept_in = tracking.outbox_dir(run_id)
     if not (kept_in / outbox.KEPT).exists():

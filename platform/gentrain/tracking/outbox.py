@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from gentrain.errors import first_line
+from gentrain.redact import redact
+from gentrain.tracking.models import log_pytorch_model
+from gentrain.tracking.runs import end_run
+from gentrain.tracking.store import client_for
 
 ENTRIES = "entries.jsonl"  # one JSON object per line: metrics, a tag, an artifact, a model, the end
 SENT = "sent"  # how many bytes of ENTRIES the store has
@@ -175,8 +179,6 @@ def send(directory: Path, *, uri: str, run_id: str) -> None:
     """Send the outbox's unsent entries in order, recording how far the store got."""
     from mlflow.entities import Metric
 
-    from gentrain.tracking import client_for, end_run
-
     client = client_for(uri)
     batch: list[Metric] = []
     through: int | None = None  # the offset after the last entry in `batch`
@@ -221,8 +223,6 @@ def send(directory: Path, *, uri: str, run_id: str) -> None:
 def _log_saved_model(path: Path, *, uri: str, run_id: str, register_as: str | None, **_) -> None:
     import mlflow
 
-    from gentrain.tracking import log_pytorch_model
-
     module = mlflow.pytorch.load_model(str(path), map_location="cpu")
     signature = mlflow.models.Model.load(str(path)).signature
     log_pytorch_model(module, signature, uri=uri, run_id=run_id, register_as=register_as)
@@ -244,6 +244,4 @@ def upload(directory: Path) -> str:
 
 
 def _shown(uri: str) -> str:
-    from gentrain.redact import redact
-
     return redact(uri)

@@ -1,0 +1,42 @@
+"""Everything MLflow: the run of a job, its params, tags, metrics, samples and model.
+
+The driver opens and closes runs; inside Ray only rank 0 logs, through a RunLogger and its
+outbox. One concern a module, imported in one direction: store <- runs <- compare; store <-
+models; store, runs, models <- outbox <- logger.
+"""
+
+from gentrain.tracking.compare import Comparison, compare, log_sweep_outcome
+from gentrain.tracking.logger import RunLogger, outbox_dir, outbox_root
+from gentrain.tracking.models import load_model_state, log_pytorch_model
+from gentrain.tracking.runs import (
+    PARENT,
+    SAMPLED,
+    SWEEP,
+    TRIAL_ID,
+    check_run_exists,
+    check_run_id,
+    end_open_trials,
+    end_run,
+    run_status,
+    start_run,
+    start_sweep_run,
+    trial_run,
+    trial_run_id,
+    unfinished_sweep_run,
+)
+from gentrain.tracking.store import (
+    LOCAL_STORE,
+    SERVER_ENV,
+    check_reachable,
+    client_for,
+    resolve_tracking_uri,
+    ui_command,
+)
+
+__all__ = [
+    "LOCAL_STORE", "PARENT", "SAMPLED", "SERVER_ENV", "SWEEP", "TRIAL_ID", "Comparison",
+    "RunLogger", "check_reachable", "check_run_exists", "check_run_id", "client_for", "compare",
+    "end_open_trials", "end_run", "load_model_state", "log_pytorch_model", "log_sweep_outcome",
+    "outbox_dir", "outbox_root", "resolve_tracking_uri", "run_status", "start_run",
+    "start_sweep_run", "trial_run", "trial_run_id", "ui_command", "unfinished_sweep_run",
+]  # fmt: skip

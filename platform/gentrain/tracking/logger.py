@@ -1,0 +1,115 @@
+"""Rank 0's handle on the job's run: everything it logs goes through the run's outbox."""
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from gentrain.tracking.models import log_pytorch_model, model_format, no_requirement_scan
+from gentrain.tracking.outbox import Outbox, last_step
+from gentrain.tracking.store import client_for
+
+
+def outbox_root() -> Path:
+    """GENTRAIN_OUTBOX, else .gentrain/outbox in the working directory, else (that directory
+    was removed while the run went on) in the home directory."""
+    if configured := os.environ.get("GENTRAIN_OUTBOX"):
+        return Path(configured)
+    try:
+        return Path.cwd() / ".gentrain" / "outbox"
+    except FileNotFoundError:
+        return Path.home() / ".gentrain" / "outbox"
+
+
+def outbox_dir(run_id: str) -> Path:
+    """Where rank 0 keeps what it logs until the tracking store has it (on its own machine)."""
+    return outbox_root() / run_id
+
+
+class RunLogger:
+    """Rank 0's handle on the job's run. Everything goes through an outbox (tracking.outbox):
+    logging never waits on the store. After a resume, steps already in the run's history are
+    not logged again, so a replayed stretch of training never doubles a metric."""
+
+    def __init__(self, *, uri: str, run_id: str, outbox: Path, warn=None):
+        self.uri, self.run_id = uri, run_id
+        history = client_for(uri).get_metric_history(run_id, "loss")
+        sent = max((m.step for m in history), default=0)
+        self.logged_through = max(sent, last_step(outbox, "loss"))
+        self.warn = warn or _log_warning  # shown where the run is watched
+        self.outbox = Outbox(outbox, uri=uri, run_id=run_id, warn=self.warn)
+
+    def log_metrics(self, metrics: dict[str, float], *, step: int) -> None:
+        if step <= self.logged_through or not metrics:
+            return
+        now = int(time.time() * 1000)
+        self.outbox.put({"metrics": [[k, float(v), now, step] for k, v in metrics.items()]})
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.outbox.put({"tag": [key, value]})
+
+    def log_image_grid(self, images, *, step: int) -> None:
+        """images: (N, C, H, W) in [-1, 1] -> samples/step_<step>.png"""
+        from torchvision.utils import save_image
+
+        side = images.shape[-1]
+        scale = max(1, 32 // side)  # small images are enlarged (nearest) so the grid is legible
+        images = images.repeat_interleave(scale, dim=-1).repeat_interleave(scale, dim=-2)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"step_{step}.png"
+            save_image(images.float().cpu() * 0.5 + 0.5, path, nrow=8, padding=2, pad_value=1.0)
+            self.outbox.put_file(path, "samples")
+
+    def log_texts(self, texts: list[str], *, step: int) -> None:
+        """-> samples/step_<step>.txt, one sample after another."""
+        body = "".join(f"--- sample {i}\n{text}\n" for i, text in enumerate(texts))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"step_{step}.txt"
+            path.write_text(body)
+            self.outbox.put_file(path, "samples")
+
+    def log_directory(self, directory: Path, artifact_path: str) -> None:
+        """Every file under `directory`, under `artifact_path` (its subdirectories kept)."""
+        for path in sorted(directory.rglob("*")):
+            if path.is_file():
+                parent = path.parent.relative_to(directory)
+                self.outbox.put_file(path, str(Path(artifact_path) / parent))
+
+    def log_model(self, module, *, example_input, register_as: str | None) -> None:
+        """The final model as an MLflow PyTorch model under `model` (code included, so a fresh
+        process loads it with `mlflow.pytorch.load_model("runs:/<id>/model")`)."""
+        import torch
+        from mlflow.models import infer_signature
+
+        module, example_input = module.cpu().eval(), example_input.cpu()
+        with torch.no_grad():
+            output = module(example_input)
+        signature = None  # a module that returns several tensors is logged without one
+        if isinstance(output, torch.Tensor):
+            signature = infer_signature(example_input.numpy(), output.numpy())
+
+        def log() -> None:
+            log_pytorch_model(
+                module, signature, uri=self.uri, run_id=self.run_id, register_as=register_as
+            )
+
+        def save(path: Path) -> dict:
+            import mlflow
+
+            with no_requirement_scan():
+                mlflow.pytorch.save_model(
+                    module, str(path), signature=signature, **model_format(module)
+                )
+            return {"saved_model": path.name, "register_as": register_as}
+
+        self.outbox.put_model(log, save)
+
+    def close(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for the store to have everything; False: the outbox keeps
+        what it lacks."""
+        return self.outbox.close(timeout)
+
+
+def _log_warning(text: str) -> None:
+    logging.getLogger("gentrain").warning("gentrain: %s", text)
