@@ -1,6 +1,7 @@
 """Shared fixtures. Tests run the real thing small: local Ray, real MLflow stores, gloo on CPU."""
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -44,6 +45,37 @@ def new_store(_blank_store):
         return f"sqlite:///{directory / 'mlflow.db'}"
 
     return make
+
+
+def gentrain_in_terminal(*args: str, cwd: Path, columns: int, env: dict | None = None) -> str:
+    """Run the CLI with its output on a terminal `columns` wide (a pseudo-terminal); what it
+    showed there."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    main, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": "", **(env or {})}
+    for name in ("COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR", "TERM"):
+        environment.pop(name, None)
+    process = subprocess.Popen(
+        [*GENTRAIN, *args], cwd=cwd, stdout=secondary, stderr=secondary, env=environment
+    )
+    os.close(secondary)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the process ended and closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    process.wait(timeout=60)
+    os.close(main)
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode()).replace("\r\n", "\n")
 
 
 def gentrain(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None, preexec_fn=None):

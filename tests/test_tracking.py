@@ -1,11 +1,14 @@
-"""A run's start in a real local MLflow store: what the store cannot take never leaves a run
-RUNNING, and a spec value longer than MLflow takes as a param does not fail the run."""
+"""Runs in a real local MLflow store: what the store cannot take never leaves a run
+RUNNING, a spec value longer than MLflow takes as a param does not fail the run, and
+`gentrain runs compare` shows runs in a terminal, piped, as CSV and as JSON."""
+
+import json
 
 import mlflow
 import pytest
 import yaml
 
-from conftest import JOBS
+from conftest import JOBS, gentrain, gentrain_in_terminal
 from gentrain import spec as spec_module
 from gentrain import tracking
 from gentrain.errors import GentrainError
@@ -36,3 +39,50 @@ def test_a_store_that_refuses_the_spec_ends_the_run_failed(new_store, tmp_path):
     (run,) = client.search_runs([client.get_experiment_by_name(spec.experiment).experiment_id])
     assert run.info.status == "FAILED"
     assert run.data.tags["gentrain.failure"].startswith("the tracking store did not take the spec")
+
+
+def _two_runs(uri: str) -> list[str]:
+    """Two runs of one experiment whose params differ (one value long), with a loss each."""
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("compared")
+    ids = []
+    for lr, note, loss in ((0.1, "short", 0.5), (0.01, "a-long-value-" * 8, 0.25)):
+        run = client.create_run(experiment, run_name=f"lr-{lr}")
+        client.log_param(run.info.run_id, "optim.lr", lr)
+        client.log_param(run.info.run_id, "note", note)
+        client.log_metric(run.info.run_id, "loss", loss)
+        client.set_terminated(run.info.run_id)
+        ids.append(run.info.run_id)
+    return ids
+
+
+def test_runs_compare_as_a_table_csv_or_json_unwrapped_when_piped(new_store, tmp_path):
+    uri = new_store(tmp_path)
+    first, second = _two_runs(uri)
+    base = ["runs", "compare", "compared", "--tracking-uri", uri]
+
+    piped = gentrain(*base, cwd=tmp_path)  # into a pipe, as `> file` does
+    assert piped.returncode == 0, piped.stderr
+    rows = [line for line in piped.stdout.splitlines() if first[:8] in line or second[:8] in line]
+    assert len(rows) == 2 and "a-long-value-" * 8 in rows[0], "a run's row is one whole line"
+    assert second[:8] in rows[0], "best (lowest loss) first"
+
+    shown = gentrain_in_terminal(*base, cwd=tmp_path, columns=60)
+    assert first[:8] in shown and max(len(line) for line in shown.splitlines()) <= 60, shown
+    assert "a-long-value-" * 8 not in shown.replace("\n", ""), "in a terminal cells fold"
+
+    csv_out = gentrain(*base, "--format", "csv", cwd=tmp_path).stdout
+    assert csv_out.splitlines()[0] == "run_id,name,status,note,optim.lr,loss"
+    assert csv_out.splitlines()[1].startswith(f"{second},lr-0.01,FINISHED,")
+
+    parsed = json.loads(gentrain(*base, "--format", "json", cwd=tmp_path).stdout)
+    assert (parsed["metric"], parsed["mode"], parsed["params"]) == (
+        "loss",
+        "min",
+        ["note", "optim.lr"],
+    )
+    assert [row["run_id"] for row in parsed["rows"]] == [second, first]
+    assert parsed["rows"][0]["loss"] == 0.25
+
+    bad = gentrain(*base, "--format", "xml", cwd=tmp_path)
+    assert bad.returncode == 2 and "'xml' is not one of 'table', 'csv', 'json'" in bad.stderr

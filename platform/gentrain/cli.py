@@ -2,12 +2,14 @@
 
 Bad input exits 2 with one line on stderr; a failed run exits 1."""
 
+import json
 import math
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -420,9 +422,15 @@ def compare_runs(
         str | None,
         typer.Option("--tracking-uri", help="Default: MLFLOW_TRACKING_URI, else ./mlflow.db."),
     ] = None,
+    form: Annotated[
+        Literal["table", "csv", "json"],
+        typer.Option(
+            "--format", help="table (a row a run; unwrapped when not a terminal), csv or json."
+        ),
+    ] = "table",
 ) -> None:
-    """A table of an experiment's runs (or one sweep's trials): the params that differ and the
-    final metrics, best first."""
+    """An experiment's runs (or one sweep's trials): the params that differ and the final
+    metrics, best first."""
     from gentrain import tracking
 
     _check_run_id(parent, "--parent")
@@ -433,16 +441,31 @@ def compare_runs(
         _fail(str(error), 2)
     if not comparison.rows:
         _fail(f"EXPERIMENT: no runs in '{experiment}'" + (f" under {parent}" if parent else ""), 2)
-    table = Table(title=f"{experiment}: best {comparison.metric} first ({comparison.mode})")
+    if form == "csv":
+        sys.stdout.write(comparison.csv())
+    elif form == "json":
+        sys.stdout.write(json.dumps({"experiment": experiment, **asdict(comparison)}, indent=1))
+        sys.stdout.write("\n")
+    else:
+        _print_comparison(comparison, title=f"{experiment}: best {comparison.metric} first")
+
+
+def _print_comparison(comparison, *, title: str) -> None:
+    """A row a run; in a terminal cells fold to its width, elsewhere (a file, a pipe) a row is
+    one line however wide."""
+    table = Table(title=f"{title} ({comparison.mode})")
     columns = ["run", "status", *comparison.params, *comparison.metrics]
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=not out.is_terminal)
     for row in comparison.rows:
         cells = [row["run_id"][:8], row["status"]]
         cells += [str(row.get(name, "")) for name in comparison.params]
         cells += [_short(row[name]) if name in row else "" for name in comparison.metrics]
         table.add_row(*cells)
-    out.print(table, soft_wrap=False)  # cells wrap within the table
+    if out.is_terminal:
+        out.print(table, soft_wrap=False)  # cells wrap within the table
+    else:
+        Console(width=100_000, emoji=False).print(table, soft_wrap=False)
 
 
 @app.command()
