@@ -3,6 +3,9 @@ RUNNING, a spec value longer than MLflow takes as a param does not fail the run,
 `gentrain runs compare` shows runs in a terminal, piped, as CSV and as JSON."""
 
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -12,6 +15,7 @@ from conftest import JOBS, gentrain, gentrain_in_terminal
 from gentrain import spec as spec_module
 from gentrain import tracking
 from gentrain.errors import GentrainError
+from gentrain.tracking import source
 
 LONG = "x" * 7000  # MLflow takes params of at most 6000 characters
 
@@ -39,6 +43,49 @@ def test_a_store_that_refuses_the_spec_ends_the_run_failed(new_store, tmp_path):
     (run,) = client.search_runs([client.get_experiment_by_name(spec.experiment).experiment_id])
     assert run.info.status == "FAILED"
     assert run.data.tags["gentrain.failure"].startswith("the tracking store did not take the spec")
+
+
+def _git(directory, *args: str) -> str:
+    identity = ["-c", "user.name=t", "-c", "user.email=t@example.com"]
+    done = subprocess.run(["git", *identity, *args], cwd=directory, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_run_names_its_checkout_and_opens_in_the_training_view(new_store, tmp_path, monkeypatch):
+    checkout = tmp_path / "checkout"
+    (checkout / "jobs").mkdir(parents=True)
+    shutil.copy(JOBS / "vae_digits.yaml", checkout / "jobs" / "vae.yaml")
+    _git(checkout, "init", "-q", "-b", "main")
+    _git(checkout, "remote", "add", "origin", "https://user:secret@git.example.com/team/models")
+    _git(checkout, "add", ".")
+    _git(checkout, "commit", "-qm", "a job")
+    commit = _git(checkout, "rev-parse", "HEAD")
+    monkeypatch.chdir(checkout)
+    monkeypatch.delenv(source.SOURCE_ENV, raising=False)
+    assert source.describe("jobs/vae.yaml") == {
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": "jobs/vae.yaml",
+        "mlflow.source.git.commit": commit,
+        "mlflow.source.git.dirty": "false",
+        "mlflow.source.git.branch": "main",
+        "mlflow.source.git.repoURL": "https://git.example.com/team/models",  # no password
+    }
+    (checkout / "jobs" / "vae.yaml").write_text("changed: not committed\n")
+    submitted = source.describe(Path("jobs/vae.yaml"), kind="JOB")
+    assert (submitted["mlflow.source.git.dirty"], submitted["mlflow.source.type"]) == ("true", "JOB")
+
+    store = new_store(tmp_path)
+    monkeypatch.setenv(source.SOURCE_ENV, json.dumps(submitted))  # as a submitted job has it
+    spec = spec_module.load(JOBS / "vae_digits.yaml")
+    run = mlflow.MlflowClient(store).get_run(tracking.start_run(spec, uri=store))
+    assert {k: run.data.tags[k] for k in submitted} == submitted
+    experiment = mlflow.MlflowClient(store).get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+    monkeypatch.chdir(tmp_path)  # outside a checkout: no git tags
+    monkeypatch.delenv(source.SOURCE_ENV)
+    assert set(source.current()) == {"mlflow.source.type", "mlflow.source.name"}
 
 
 def _two_runs(uri: str) -> list[str]:

@@ -235,6 +235,9 @@ def run(
     _check_run_id(resume, "--resume")
     _check_data(job)
     from gentrain import launch
+    from gentrain.tracking import source
+
+    source.hand_on(spec)
 
     progress = _TrainingProgress(job.train.max_steps)
     try:
@@ -338,6 +341,9 @@ def sweep(
         _fail(f"{spec}: sweep: this spec has no sweep section; `gentrain run` trains it", 2)
     _check_data(job)
     from gentrain import sweep as sweep_module
+    from gentrain.tracking import source
+
+    source.hand_on(spec)
 
     def started(parent_id: str) -> None:
         out.print(f"MLflow parent run {parent_id}: starting the sweep...", markup=False)

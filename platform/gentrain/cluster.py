@@ -17,6 +17,7 @@ import ray
 from gentrain.errors import GentrainError, SpecError, first_line
 from gentrain.families.user import code_to_ship, installed_families
 from gentrain.storage import check_bucket
+from gentrain.tracking import source
 
 EMBEDDED_RAY_TRAIN_SETTINGS = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
@@ -293,7 +294,10 @@ def submit(
             argv += ["--resume", resume_run_id]
         if allow_data_change:
             argv.append("--allow-data-change")
-        job_id = _submit_job(address, argv, runtime_env, metadata={"gentrain.spec": job.name})
+        described = source.describe(spec_file.relative_to(root), kind="JOB")
+        job_id = _submit_job(
+            address, argv, runtime_env, {"gentrain.spec": job.name}, described=described
+        )
     installed = installed_families().get(job.model.family)
     package = installed.dist if installed and ":" not in job.model.family else None
     return Submission(job_id, root, size, excludes, family_code, apart, package)
@@ -310,8 +314,11 @@ def _as_package(module: Path, directory: Path) -> str:
     return str(package)
 
 
-def _submit_job(address: str | None, argv: list[str], runtime_env: dict, metadata: dict) -> str:
+def _submit_job(
+    address: str | None, argv: list[str], runtime_env: dict, metadata: dict, *, described: dict
+) -> str:
     env = {name: os.environ[name] for name in CARRIED_ENV if os.environ.get(name)}
+    env[source.SOURCE_ENV] = json.dumps(described)  # the checkout's, for the job's runs
     client = jobs_client(address)
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:

@@ -11,7 +11,12 @@ import yaml
 from gentrain.errors import ERROR_FILE, GentrainError, SpecError, first_line, traceback_of
 from gentrain.redact import redact_values
 from gentrain.spec import JobSpec, flatten
+from gentrain.tracking import source
 from gentrain.tracking.store import client_for
+
+# The UI opens an experiment of this kind on its runs (model training), not on the GenAI
+# overview of traces and judges.
+TRAINING_EXPERIMENT = {"mlflow.experimentKind": "custom_model_development"}
 
 # MLflow's run ids (uuid hex); a run id also names its checkpoint directory under storage.path
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -50,9 +55,12 @@ def start_run(
 
     experiment = client.get_experiment_by_name(spec.experiment)
     experiment_id = (
-        experiment.experiment_id if experiment else client.create_experiment(spec.experiment)
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment(spec.experiment, tags=TRAINING_EXPERIMENT)
     )
-    run = client.create_run(experiment_id, tags={**_tags(spec), **(tags or {})}, run_name=name)
+    tags = {**_tags(spec), **source.current(), **(tags or {})}
+    run = client.create_run(experiment_id, tags=tags, run_name=name)
     run_id = run.info.run_id
     try:
         _log_spec(client, run_id, spec)
@@ -122,7 +130,9 @@ def trial_run(
         for key, value in sampled.items():  # PBT may have mutated them
             client.set_tag(run_id, key, value)
         return run_id, None
-    tags = {PARENT: parent_id, TRIAL_ID: trial_id, **sampled}
+    parent_tags = client_for(uri).get_run(parent_id).data.tags
+    inherited = {k: v for k, v in parent_tags.items() if k.startswith(source.PREFIX)}
+    tags = {**inherited, PARENT: parent_id, TRIAL_ID: trial_id, **sampled}  # the sweep's source
     return start_run(spec, uri=uri, tags=tags, name=trial_id), None
 
 
