@@ -73,7 +73,8 @@ def test_a_run_names_its_checkout_and_opens_in_the_training_view(new_store, tmp_
     }
     (checkout / "jobs" / "vae.yaml").write_text("changed: not committed\n")
     submitted = source.describe(Path("jobs/vae.yaml"), kind="JOB")
-    assert (submitted["mlflow.source.git.dirty"], submitted["mlflow.source.type"]) == ("true", "JOB")
+    dirty, kind = submitted["mlflow.source.git.dirty"], submitted["mlflow.source.type"]
+    assert (dirty, kind) == ("true", "JOB")
 
     store = new_store(tmp_path)
     monkeypatch.setenv(source.SOURCE_ENV, json.dumps(submitted))  # as a submitted job has it
