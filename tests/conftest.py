@@ -1,5 +1,6 @@
 """Shared fixtures. Tests run the real thing small: local Ray, real MLflow stores, gloo on CPU."""
 
+import json
 import os
 import re
 import shutil
@@ -89,6 +90,24 @@ def gentrain(*args: str, cwd: Path, timeout: float = 600, env: dict | None = Non
         timeout=timeout,
         env={**os.environ, "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": "", **(env or {})},
     )
+
+
+def sample_grids(client, run_id: str) -> dict[int, str]:
+    """step -> artifact path of each sample grid the run logged (MLflow images of key
+    `samples`, as the UI's chart view shows them)."""
+    grids = {}
+    for artifact in client.list_artifacts(run_id, "images"):
+        name = artifact.path.rsplit("/", 1)[-1]
+        if name.startswith("samples+step+") and name.endswith(".png"):
+            grids[int(name.split("+")[2])] = artifact.path
+    return dict(sorted(grids.items()))
+
+
+def sample_texts(client, run_id: str, directory: Path) -> dict[str, list]:
+    """The run's table of sample texts (samples.json), column by column."""
+    local = client.download_artifacts(run_id, "samples.json", str(directory))
+    table = json.loads(Path(local).read_text())  # pandas' "split" layout
+    return {c: [row[i] for row in table["data"]] for i, c in enumerate(table["columns"])}
 
 
 def free_port() -> int:

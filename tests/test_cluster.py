@@ -230,7 +230,7 @@ def test_a_submitted_job_trains_on_both_nodes(cluster, s3_server, tracking_serve
     keys = [item["Key"] for item in listed.get("Contents", [])]
     of_run = [key for key in keys if run.info.run_id in key]
     assert any(key.endswith("spec.yaml") for key in of_run), of_run
-    assert any(key.endswith("samples/step_20.png") for key in of_run), of_run
+    assert any("/images/samples+step+20+" in key for key in of_run), of_run
     (model,) = mlflow.MlflowClient(tracking_server).search_logged_models([run.info.experiment_id])
     assert model.source_run_id == run.info.run_id
     assert any(model.model_id in key and key.endswith("model.pth") for key in keys), keys

@@ -13,7 +13,7 @@ import pytest
 import ray
 import torch
 
-from conftest import JOBS
+from conftest import JOBS, sample_grids, sample_texts
 from gentrain import launch, tracking, trainer
 from gentrain import spec as spec_module
 from gentrain.data import load_dataset
@@ -172,7 +172,7 @@ def train_cell(family: str, strategy: str, one_worker, fresh_process, tmp_path: 
         parts = {p.name for p in (tmp_path / "checkpoints").rglob("pipeline_stage*.pt")}
         assert parts == {"pipeline_stage0.pt", "pipeline_stage1.pt"}
     if strategy == "ddp":  # the whole run, end to end
-        _check_outputs(family, run, client)
+        _check_outputs(family, run, client, tmp_path)
         _check_samples_in_a_fresh_process(family, result, fresh_process)
         if family.startswith("hf_"):
             _check_pretrained_files(family, run, client, tmp_path)
@@ -183,14 +183,16 @@ def _without_image_scores(family: str) -> str:
     return f"eval.metrics=[{', '.join(m for m in metrics if m not in ('fid', 'is'))}]"
 
 
-def _check_outputs(family: str, run, client) -> None:
+def _check_outputs(family: str, run, client, directory: Path) -> None:
     """Evaluation metrics and samples."""
     job = spec_module.load(JOBS / FAMILY_JOBS[family])
     for metric in job.eval_metrics:
         assert math.isfinite(run.data.metrics[metric]), metric
-    suffix = "png" if all_families()[family].modality == "image" else "txt"
-    samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
-    assert f"samples/step_{STEPS}.{suffix}" in samples  # (and step 5's, when stopped there)
+    if all_families()[family].modality == "image":
+        steps = list(sample_grids(client, run.info.run_id))
+    else:
+        steps = sample_texts(client, run.info.run_id, directory)["step"]
+    assert STEPS in steps  # (and step 5's, when stopped there)
 
 
 def _check_pretrained_files(family: str, run, client, tmp_path: Path) -> None:

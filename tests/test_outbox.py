@@ -2,8 +2,9 @@
 order, an empty entry holds nothing back, and a store that never answers leaves it all kept."""
 
 import mlflow
+from PIL import Image
 
-from conftest import free_port
+from conftest import free_port, sample_grids, sample_texts
 from gentrain.tracking import outbox
 
 
@@ -23,12 +24,17 @@ def test_what_is_put_reaches_the_run_and_the_outbox_goes(tmp_path):
     box.put({"tag": ["gentrain.note", "hello"]})
     (tmp_path / "step_3.txt").write_text("a sample")
     box.put_file(tmp_path / "step_3.txt", "samples")
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "grid.png")
+    box.put_image(tmp_path / "grid.png", key="samples", step=3)
+    box.put({"table": {"step": [3], "model": ["a text"]}, "path": "samples.json"})
     assert box.close(timeout=60)
     assert not (tmp_path / "box").exists()
     history = client.get_metric_history(run_id, "loss")
     assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
     assert client.get_run(run_id).data.tags["gentrain.note"] == "hello"
     assert [a.path for a in client.list_artifacts(run_id, "samples")] == ["samples/step_3.txt"]
+    assert list(sample_grids(client, run_id)) == [3]
+    assert sample_texts(client, run_id, tmp_path) == {"step": [3], "model": ["a text"]}
 
 
 def test_a_store_that_never_answers_leaves_everything_kept(tmp_path):

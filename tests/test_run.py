@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import GENTRAIN, JOBS, gentrain, wait_for
+from conftest import GENTRAIN, JOBS, gentrain, sample_grids, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -132,9 +132,9 @@ def test_artifacts_hold_spec_samples_and_model(finished):
     run_id = run.info.run_id
     top = {a.path for a in client.list_artifacts(run_id)}
     assert "spec.yaml" in top
-    samples = {a.path for a in client.list_artifacts(run_id, "samples")}
-    assert samples == {"samples/step_30.png", "samples/step_60.png"}
-    local = client.download_artifacts(run_id, "samples/step_60.png", str(workdir / "dl"))
+    grids = sample_grids(client, run_id)  # MLflow images: the chart view's step slider
+    assert list(grids) == [30, 60]
+    local = client.download_artifacts(run_id, grids[60], str(workdir / "dl"))
     assert Path(local).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

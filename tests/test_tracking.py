@@ -16,6 +16,7 @@ from gentrain import spec as spec_module
 from gentrain import tracking
 from gentrain.errors import GentrainError
 from gentrain.tracking import source
+from gentrain.tracking.logger import text_rows
 
 LONG = "x" * 7000  # MLflow takes params of at most 6000 characters
 
@@ -134,3 +135,15 @@ def test_runs_compare_as_a_table_csv_or_json_unwrapped_when_piped(new_store, tmp
 
     bad = gentrain(*base, "--format", "xml", cwd=tmp_path)
     assert bad.returncode == 2 and "'xml' is not one of 'table', 'csv', 'json'" in bad.stderr
+
+
+def test_preview_texts_become_a_table_a_part_a_column():
+    texts = ["[prompt]\nonce upon\n[reference]\na time\n[model]\na mouse\nran", "just text"]
+    assert text_rows(texts, step=5) == {
+        "step": [5, 5],
+        "sample": [0, 1],
+        "prompt": ["once upon", ""],
+        "reference": ["a time", ""],
+        "model": ["a mouse\nran", ""],
+        "text": ["", "just text"],
+    }

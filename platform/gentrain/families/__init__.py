@@ -105,7 +105,8 @@ class FamilyStep(Protocol):
         self, models: Mapping[str, nn.Module], heldout: torch.Tensor
     ) -> torch.Tensor | list[str]:
         """What a person looks at after an evaluation: an image batch (n, C, H, W) in [-1, 1],
-        saved as samples/step_<N>.png, or texts, saved as samples/step_<N>.txt."""
+        logged as the MLflow image `samples` at the step, or texts, whose parts a line such as
+        "[prompt]" or "[model]" labels, logged as rows of the MLflow table samples.json."""
         ...
 
     def evaluate(self, models: Mapping[str, nn.Module], heldout: torch.Tensor) -> dict[str, float]:

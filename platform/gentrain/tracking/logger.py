@@ -2,6 +2,7 @@
 
 import logging
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -9,6 +10,26 @@ from pathlib import Path
 from gentrain.tracking.models import log_pytorch_model, model_format, no_requirement_scan
 from gentrain.tracking.outbox import Outbox, last_step
 from gentrain.tracking.store import client_for
+
+SAMPLES = "samples"  # the image key of each evaluation's sample grid
+TEXTS = "samples.json"  # the table of each evaluation's sample texts
+
+
+def text_rows(texts: list[str], *, step: int) -> dict[str, list]:
+    """Preview texts as table columns: step, sample, and one column per part label ("[prompt]",
+    "[reference]", "[model]", ... on a line of their own; "text" for a text without any)."""
+    rows = []
+    for number, text in enumerate(texts):
+        row, label = {"step": step, "sample": number}, "text"
+        for line in text.split("\n"):
+            if re.fullmatch(r"\[[a-z_]+\]", line):
+                label = line[1:-1]
+                row.setdefault(label, "")
+            else:
+                row[label] = f"{row[label]}\n{line}" if row.get(label) else line
+        rows.append(row)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return {column: [row.get(column, "") for row in rows] for column in columns}
 
 
 def outbox_root() -> Path:
@@ -50,7 +71,8 @@ class RunLogger:
         self.outbox.put({"tag": [key, value]})
 
     def log_image_grid(self, images, *, step: int) -> None:
-        """images: (N, C, H, W) in [-1, 1] -> samples/step_<step>.png"""
+        """images: (N, C, H, W) in [-1, 1] -> one grid, MLflow's image `samples` at `step`: the
+        run's chart view shows it with a step slider, the compare view runs side by side."""
         from torchvision.utils import save_image
 
         side = images.shape[-1]
@@ -59,15 +81,12 @@ class RunLogger:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"step_{step}.png"
             save_image(images.float().cpu() * 0.5 + 0.5, path, nrow=8, padding=2, pad_value=1.0)
-            self.outbox.put_file(path, "samples")
+            self.outbox.put_image(path, key=SAMPLES, step=step)
 
     def log_texts(self, texts: list[str], *, step: int) -> None:
-        """-> samples/step_<step>.txt, one sample after another."""
-        body = "".join(f"--- sample {i}\n{text}\n" for i, text in enumerate(texts))
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"step_{step}.txt"
-            path.write_text(body)
-            self.outbox.put_file(path, "samples")
+        """-> rows of MLflow's table samples.json (the compare view shows runs' texts side by
+        side): the step, the sample's number and each labelled part of it."""
+        self.outbox.put({"table": text_rows(texts, step=step), "path": TEXTS})
 
     def log_directory(self, directory: Path, artifact_path: str) -> None:
         """Every file under `directory`, under `artifact_path` (its subdirectories kept)."""

@@ -20,7 +20,8 @@ from gentrain.tracking.models import log_pytorch_model
 from gentrain.tracking.runs import end_run
 from gentrain.tracking.store import client_for
 
-ENTRIES = "entries.jsonl"  # one JSON object per line: metrics, a tag, an artifact, a model, the end
+ENTRIES = "entries.jsonl"  # a JSON object a line: metrics, a tag, an artifact, an image, a table,
+# a model, the end
 SENT = "sent"  # how many bytes of ENTRIES the store has
 RUN = "run.json"  # the run and its tracking store
 KEPT = "kept"  # written when rank 0 stopped waiting for the store: the outbox is for later
@@ -54,6 +55,15 @@ class Outbox:
         kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, kept)
         self.put({"artifact": str(kept.relative_to(self.directory)), "path": artifact_path})
+
+    def put_image(self, source: Path, *, key: str, step: int) -> None:
+        """A copy of the image file `source`, to be logged as MLflow's image `key` at `step`."""
+        kept = self.directory / "files" / "images" / f"{key}-{step}{source.suffix}"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, kept)
+        now = int(time.time() * 1000)
+        entry = {"key": key, "step": step, "timestamp": now}
+        self.put({"image": str(kept.relative_to(self.directory)), **entry})
 
     def put_model(self, log: Callable[[], None], save: Callable[[Path], dict]) -> None:
         """The final model: `log()` logs it to the store once the entries before it are sent;
@@ -206,6 +216,10 @@ def send(directory: Path, *, uri: str, run_id: str) -> None:
             client.set_tag(run_id, *entry["tag"])
         elif "artifact" in entry:
             client.log_artifact(run_id, str(directory / entry["artifact"]), entry["path"])
+        elif "image" in entry:
+            _log_image(client, run_id, directory / entry["image"], entry)
+        elif "table" in entry:
+            client.log_table(run_id, data=entry["table"], artifact_file=entry["path"])
         elif "saved_model" in entry:
             _log_saved_model(directory / entry["saved_model"], uri=uri, run_id=run_id, **entry)
         elif "end" in entry:
@@ -218,6 +232,15 @@ def send(directory: Path, *, uri: str, run_id: str) -> None:
             )
         sent_through(offset)
     send_batch()
+
+
+def _log_image(client, run_id: str, path: Path, entry: dict) -> None:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        step, timestamp = entry["step"], entry["timestamp"]
+        client.log_image(run_id, image, key=entry["key"], step=step, timestamp=timestamp)
 
 
 def _log_saved_model(path: Path, *, uri: str, run_id: str, register_as: str | None, **_) -> None:

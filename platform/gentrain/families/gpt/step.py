@@ -48,17 +48,19 @@ class GPTStep:
         return models[self.network].sample(n)
 
     def preview(self, models: Mapping[str, nn.Module], heldout: torch.Tensor) -> list[str]:
-        """Four held-out prompts (half a window, spread over the held-out text) each continued to
-        a whole window by the model, then four unconditional samples."""
+        """Four held-out prompts (half a window, spread over the held-out text), each with the
+        held-out text that follows it and the model's continuation to a whole window, then four
+        unconditional samples."""
         gpt = models[self.network]
         half = self.seq_len // 2
         picks = torch.linspace(0, len(heldout) - 1, 4).long().unique()
         prompts = heldout[picks, :half].to(next(gpt.parameters()).device)
         wholes = gpt.generate(prompts, self.seq_len - half)
         texts = [
-            f"[prompt]\n{self.decode(whole[:half].tolist())}\n[model]\n"
-            f"{self.decode(whole[half:].tolist())}"
-            for whole in wholes
+            f"[prompt]\n{self.decode(whole[:half].tolist())}\n"
+            f"[reference]\n{self.decode(reference.tolist())}\n"
+            f"[model]\n{self.decode(whole[half:].tolist())}"
+            for whole, reference in zip(wholes, heldout[picks, half:], strict=True)
         ]
         return texts + [f"[sample]\n{self.decode(ids.tolist())}" for ids in self.sample(models, 4)]
 
