@@ -93,6 +93,21 @@ def test_no_planted_secret_reaches_what_the_run_wrote(finished):
     assert [p for p in written if PLANTED.encode() in p.read_bytes()] == []
 
 
+def test_the_run_names_its_data_and_the_commit_of_its_spec(finished):
+    workdir, _, run = finished
+    inputs = _client(workdir).get_run(run.info.run_id).inputs.dataset_inputs
+    contexts = {i.dataset.name: {t.key: t.value for t in i.tags} for i in inputs}
+    assert contexts == {
+        "digits": {"mlflow.data.context": "train"},
+        "digits-heldout": {"mlflow.data.context": "eval"},
+    }
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=JOBS, capture_output=True, text=True)
+    tags = run.data.tags  # the spec lies in this repository's checkout
+    assert tags["mlflow.source.git.commit"] == head.stdout.strip()
+    assert tags["mlflow.source.name"] == f"jobs/{Path(SPEC).name}"
+    assert tags["mlflow.source.type"] == "LOCAL"
+
+
 def test_cli_shows_driver_progress_and_ends_with_the_run_id(finished):
     _, result, run = finished
     assert f"done: MLflow run {run.info.run_id}" in result.stdout

@@ -10,12 +10,15 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
+from PIL import Image
 
 from conftest import JOBS, gentrain, gentrain_in_terminal
 from gentrain import spec as spec_module
 from gentrain import tracking
+from gentrain.data import open_data
 from gentrain.errors import GentrainError
-from gentrain.tracking import source
+from gentrain.tracking import outbox, source
+from gentrain.tracking.datasets import dataset_inputs
 from gentrain.tracking.logger import text_rows
 
 LONG = "x" * 7000  # MLflow takes params of at most 6000 characters
@@ -147,3 +150,46 @@ def test_preview_texts_become_a_table_a_part_a_column():
         "model": ["a mouse\nran", ""],
         "text": ["", "just text"],
     }
+
+
+def _inputs(client, run_id: str) -> dict[str, tuple]:
+    """name -> (digest, context, profile, schema) of the run's dataset inputs."""
+    found = {}
+    for item in client.get_run(run_id).inputs.dataset_inputs:
+        context = {tag.key: tag.value for tag in item.tags}["mlflow.data.context"]
+        dataset = item.dataset
+        found[dataset.name] = (dataset.digest, context, json.loads(dataset.profile), dataset)
+    return found
+
+
+def test_a_runs_data_are_mlflow_dataset_inputs_whose_digest_follows_the_data(new_store, tmp_path):
+    uri = new_store(tmp_path)
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("datasets")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(30):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(images / f"{i}.png")
+
+    def logged(source: str) -> dict[str, tuple]:
+        run_id = client.create_run(experiment).info.run_id
+        box = outbox.Outbox(tmp_path / "box", uri=uri, run_id=run_id, warn=print)
+        box.put({"datasets": dataset_inputs(open_data(source), source)})
+        assert box.close(timeout=60)
+        return _inputs(client, run_id)
+
+    digits = logged("builtin:digits")
+    assert set(digits) == {"digits", "digits-heldout"}
+    assert (digits["digits"][1], digits["digits-heldout"][1]) == ("train", "eval")
+    train, heldout = (digits[name][2]["examples"] for name in ("digits", "digits-heldout"))
+    stream = open_data("builtin:digits").stream
+    assert (train, heldout) == (len(stream.everything()), len(stream.heldout(limit=10**6)))
+    schema = json.loads(digits["digits"][3].schema)
+    assert "[-1, 1, 8, 8]" in json.dumps(schema).replace("(", "[").replace(")", "]")
+    assert logged("builtin:digits")["digits"][0] == digits["digits"][0], "same data, same digest"
+
+    first = logged(f"images:{images}")
+    assert json.loads(first["images"][3].source) == {"uri": str(images)}
+    assert first["images"][3].source_type == "local" and first["images"][2]["files"] == 30
+    Image.new("RGB", (8, 8), "blue").save(images / "new.png")
+    assert logged(f"images:{images}")["images"][0] != first["images"][0], "new data, new digest"

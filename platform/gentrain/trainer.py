@@ -29,6 +29,7 @@ from gentrain.noise import DrawPlan
 from gentrain.spec import JobSpec
 from gentrain.strategies import Strategy, make_strategy
 from gentrain.tracking import RunLogger, outbox_dir
+from gentrain.tracking.datasets import dataset_inputs
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,8 @@ def train(config: dict[str, Any], session: Session) -> None:
             f"trains on {family.modality}s"
         )
     logger, board = _tracking(config, rank) if rank == 0 else (None, None)
+    if logger:
+        logger.log_datasets(dataset_inputs(data, spec.data.source))
     if logger and hasattr(data.tokenizer, "to_json"):
         _log_tokenizer(data.tokenizer, logger)
     try:

@@ -212,14 +212,26 @@ def _known_good(data: DataSection) -> bool:
     return data.source.startswith("builtin:") and data.tokenizer in ("byte", "bpe")
 
 
+def example_counts(opened: Data) -> dict[str, int] | None:
+    """Training and held-out examples, from metadata: prepared data and images (rows, each held
+    out or not by its hash); None for text, whose windows are known only once tokenized."""
+    source = opened.stream.source
+    if manifest := getattr(source, "manifest", None):
+        return dict(manifest["examples"])
+    if opened.modality != "image":
+        return None
+    heldout = sum(len(source.heldout_rows(shard, range(shard.rows))) for shard in source.shards)
+    return {"train": sum(shard.rows for shard in source.shards) - heldout, "heldout": heldout}
+
+
 def _check_size(opened: Data, data: DataSection, *, batch_size: int) -> None:
     """A dataset smaller than one global batch, or with nothing held out, is refused: counted
     from row counts for images, and for text only when it is small enough to read here."""
     source, where = opened.stream.source, data.source.partition(":")[2]
     shards = source.shards
     if opened.modality == "image":
-        heldout = sum(len(source.heldout_rows(shard, range(shard.rows))) for shard in shards)
-        train, unit = sum(shard.rows for shard in shards) - heldout, "images"
+        counted = example_counts(opened)
+        train, heldout, unit = counted["train"], counted["heldout"], "images"
     elif sum(shard.size for shard in shards) <= 16 << 20:
         counts = [[len(part) for part in opened.stream.read(shard)] for shard in shards]
         train, heldout = (sum(column) for column in zip(*counts, strict=True))

@@ -88,6 +88,10 @@ class RunLogger:
         side): the step, the sample's number and each labelled part of it."""
         self.outbox.put({"table": text_rows(texts, step=step), "path": TEXTS})
 
+    def log_datasets(self, entries: list[dict]) -> None:
+        """MLflow dataset inputs (tracking.datasets); a resumed run's are not logged twice."""
+        self.outbox.put({"datasets": entries})
+
     def log_directory(self, directory: Path, artifact_path: str) -> None:
         """Every file under `directory`, under `artifact_path` (its subdirectories kept)."""
         for path in sorted(directory.rglob("*")):

@@ -16,6 +16,7 @@ from typing import Any
 
 from gentrain.errors import first_line
 from gentrain.redact import redact
+from gentrain.tracking.datasets import CONTEXT
 from gentrain.tracking.models import log_pytorch_model
 from gentrain.tracking.runs import end_run
 from gentrain.tracking.store import client_for
@@ -218,6 +219,8 @@ def send(directory: Path, *, uri: str, run_id: str) -> None:
             client.log_artifact(run_id, str(directory / entry["artifact"]), entry["path"])
         elif "image" in entry:
             _log_image(client, run_id, directory / entry["image"], entry)
+        elif "datasets" in entry:
+            _log_datasets(client, run_id, entry["datasets"])
         elif "table" in entry:
             client.log_table(run_id, data=entry["table"], artifact_file=entry["path"])
         elif "saved_model" in entry:
@@ -232,6 +235,16 @@ def send(directory: Path, *, uri: str, run_id: str) -> None:
             )
         sent_through(offset)
     send_batch()
+
+
+def _log_datasets(client, run_id: str, entries: list[dict]) -> None:
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = [
+        DatasetInput(Dataset(**entry["dataset"]), tags=[InputTag(CONTEXT, entry["context"])])
+        for entry in entries
+    ]
+    client.log_inputs(run_id, datasets=inputs)  # MLflow keeps one of each (dataset, run)
 
 
 def _log_image(client, run_id: str, path: Path, entry: dict) -> None:
