@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import GENTRAIN, JOBS, gentrain, sample_grids, wait_for
+from gentrain.tracking.system import node_name
 
 pytestmark = pytest.mark.slow
 
@@ -75,6 +76,8 @@ def finished(tmp_path_factory):
         *SMALL_JOB,
         "--set",
         "tracking.register_as=digits-gan",
+        "--set",
+        "tracking.system_metrics_every=1",
         cwd=workdir,
         env=SECRETS,
     )
@@ -106,6 +109,22 @@ def test_the_run_names_its_data_and_the_commit_of_its_spec(finished):
     assert tags["mlflow.source.git.commit"] == head.stdout.strip()
     assert tags["mlflow.source.name"] == f"jobs/{Path(SPEC).name}"
     assert tags["mlflow.source.type"] == "LOCAL"
+
+
+def test_the_node_logs_what_the_machine_was_doing(finished):
+    workdir, _, run = finished
+    system = [name for name in run.data.metrics if name.startswith("system/")]
+    nodes = {name.split("/")[1] for name in system}
+    assert nodes == {node_name(0)}, "one node (its first worker logs), named"
+    shown = {name.split("/", 2)[2] for name in system}
+    wanted = {
+        "cpu_utilization_percentage",
+        "system_memory_usage_megabytes",
+        "disk_usage_percentage",
+    }
+    assert wanted <= shown and any(name.startswith("network_") for name in shown), shown
+    cpu = _client(workdir).get_metric_history(run.info.run_id, system[0])
+    assert len(cpu) >= 2, "sampled every second through the run"
 
 
 def test_cli_shows_driver_progress_and_ends_with_the_run_id(finished):

@@ -278,6 +278,9 @@ class TrackingSection(Section):
     # how long a finished run waits for a tracking store that is away before it leaves what
     # the store lacks in its outbox for `gentrain runs upload`
     wait_at_end: float = Field(120.0, ge=0)
+    # CPU, memory, disk, network and GPU of every node that runs a worker, every this many seconds
+    system_metrics: bool = True
+    system_metrics_every: float = Field(10.0, ge=0.5, le=3600)
 
 
 class StorageSection(Section):

@@ -29,6 +29,7 @@ from gentrain.noise import DrawPlan
 from gentrain.spec import JobSpec
 from gentrain.strategies import Strategy, make_strategy
 from gentrain.tracking import RunLogger, outbox_dir
+from gentrain.tracking import system as system_metrics
 from gentrain.tracking.datasets import dataset_inputs
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class Session(Protocol):
     rank: int
     world: int
     device: torch.device
+    node: int | None  # the node's rank when this process logs its node's system metrics
 
     def resume_from(self) -> Checkpoint | None: ...
 
@@ -56,6 +58,7 @@ class PlainSession:
 
     def __init__(self, rank: int = 0, world: int = 1):
         self.rank, self.world, self.device = rank, world, torch.device("cpu")
+        self.node = None
 
     def resume_from(self) -> Checkpoint | None:
         return None
@@ -69,6 +72,8 @@ class RayTrainSession:
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
+        # this node's rank when this process is the node's first worker, else None
+        self.node = context.get_node_rank() if context.get_local_rank() == 0 else None
 
     def resume_from(self) -> Checkpoint | None:
         """Ray Train's latest checkpoint of this run, or a newer one in the run's directory: a
@@ -105,11 +110,12 @@ def train(config: dict[str, Any], session: Session) -> None:
             f"trains on {family.modality}s"
         )
     logger, board = _tracking(config, rank) if rank == 0 else (None, None)
-    if logger:
-        logger.log_datasets(dataset_inputs(data, spec.data.source))
-    if logger and hasattr(data.tokenizer, "to_json"):
-        _log_tokenizer(data.tokenizer, logger)
+    monitor = _system_metrics(spec, config, session)
     try:
+        if logger:
+            logger.log_datasets(dataset_inputs(data, spec.data.source))
+        if logger and hasattr(data.tokenizer, "to_json"):
+            _log_tokenizer(data.tokenizer, logger)
         _seed_everything(spec.train.seed)  # same initial weights on every rank
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -128,8 +134,23 @@ def train(config: dict[str, Any], session: Session) -> None:
         message = out_of_memory_message(spec, where=where, params=params, peak=peak)
         raise GentrainError(message) from None
     finally:
+        if monitor:
+            system_metrics.stop(monitor)
         if logger:
             logger.close(timeout=spec.tracking.wait_at_end)
+
+
+def _system_metrics(spec: JobSpec, config: dict[str, Any], session: Session):
+    """The monitor of this node's system metrics, on the node's first worker (None elsewhere,
+    or when tracking.system_metrics is off)."""
+    if not spec.tracking.system_metrics or session.node is None:
+        return None
+    return system_metrics.start(
+        uri=config["tracking_uri"],
+        run_id=config["run_id"],
+        node_rank=session.node,
+        every_s=spec.tracking.system_metrics_every,
+    )
 
 
 def _log_tokenizer(tokenizer, logger: RunLogger) -> None:
