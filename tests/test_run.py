@@ -5,6 +5,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -115,7 +116,8 @@ def test_the_node_logs_what_the_machine_was_doing(finished):
     workdir, _, run = finished
     system = [name for name in run.data.metrics if name.startswith("system/")]
     nodes = {name.split("/")[1] for name in system}
-    assert nodes == {node_name(0)}, "one node (its first worker logs), named"
+    assert nodes == {node_name(0)}, "one node (its first worker logs)"
+    assert run.data.tags["gentrain.node_0"] == socket.gethostname()
     shown = {name.split("/", 2)[2] for name in system}
     wanted = {
         "cpu_utilization_percentage",

@@ -1,15 +1,17 @@
 """What each machine was doing: CPU, memory, disk, network and, where present, GPU utilisation
 and memory of every node that runs a worker, through MLflow's system-metrics monitor (the run
 page's System metrics). Each node's first worker logs its node's series as
-system/node<N>-<host>/<metric>, so that nodes are told apart."""
+system/node_<N>/<metric>, the names the UI charts node by node, and the node's host name as
+the tag gentrain.node_<N>."""
 
-import re
 import socket
 import threading
 
+from gentrain.tracking.store import client_for
+
 
 def node_name(node_rank: int) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", f"node{node_rank}-{socket.gethostname()}")
+    return f"node_{node_rank}"
 
 
 def start(*, uri: str, run_id: str, node_rank: int, every_s: float):
@@ -24,6 +26,10 @@ def start(*, uri: str, run_id: str, node_rank: int, every_s: float):
         tracking_uri=uri,
     )
     monitor.start()
+    try:
+        client_for(uri).set_tag(run_id, f"gentrain.{node_name(node_rank)}", socket.gethostname())
+    except Exception:  # a store that is away: the series still tell the nodes apart
+        pass
     return monitor
 
 
