@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from browser import browse, needs_browser, ui_server
 from conftest import GENTRAIN, JOBS, gentrain, sample_grids, wait_for
 from gentrain.tracking.system import node_name
 
@@ -127,6 +128,21 @@ def test_the_node_logs_what_the_machine_was_doing(finished):
     assert wanted <= shown and any(name.startswith("network_") for name in shown), shown
     cpu = _client(workdir).get_metric_history(run.info.run_id, system[0])
     assert len(cpu) >= 2, "sampled every second through the run"
+
+
+@needs_browser
+def test_the_run_page_shows_its_data_source_machine_and_samples_in_a_browser(finished):
+    workdir, _, run = finished
+    run_id, experiment_id = run.info.run_id, run.info.experiment_id
+    commit = run.data.tags["mlflow.source.git.commit"]
+    with ui_server(workdir) as address:
+        page = browse(f"{address}/#/experiments/{experiment_id}/runs/{run_id}")
+        charts = browse(f"{address}/#/experiments/{experiment_id}/runs/{run_id}/model-metrics")
+    assert "Model training" in page.text, "the experiment opens as a training one"
+    assert f"Source dcgan_digits.yaml {commit[:7]}" in page.text, page.text[:3000]
+    assert "Datasets digits (" in page.text
+    assert "System metrics" in page.text and "system/node_0/cpu_utilization_percentage" in page.text
+    assert "get-artifact?path=images%2Fsamples%2Bstep%2B" in charts.html, "the sample grid"
 
 
 def test_cli_shows_driver_progress_and_ends_with_the_run_id(finished):

@@ -18,6 +18,7 @@ import ray
 import yaml
 from ray import tune
 
+from browser import browse, needs_browser, ui_server
 from conftest import GENTRAIN, gentrain, wait_for
 from gentrain import spec as spec_module
 from gentrain import sweep, tracking
@@ -152,6 +153,17 @@ def test_runs_compare_prints_a_sweeps_trials_best_first(grid, tmp_path):
     assert "optim.lr" in result.stdout and "train.seed" in result.stdout
     with pytest.raises(SpecError, match="no experiment 'no-such-experiment'"):
         tracking.compare(uri=grid.tracking_uri, experiment="no-such-experiment")
+
+
+@needs_browser
+def test_the_sweeps_view_lists_its_trials_best_first_with_a_parallel_chart(grid, tmp_path):
+    with ui_server(tmp_path, grid.tracking_uri) as address:
+        page = browse(f"{address}/{grid.view}")
+    assert f"sweep sweep-test: trials by {grid.metric}" in page.text, page.text[:3000]
+    best_first = sorted(_children(grid), key=lambda r: r.data.metrics[grid.metric])
+    shown = [page.text.find(run.info.run_name) for run in best_first]
+    assert -1 not in shown and shown == sorted(shown), "every trial listed, best first"
+    assert "Parallel Coordinates" in page.text and "optim.lr" in page.text
 
 
 def _branin(config: dict) -> float:

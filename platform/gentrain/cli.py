@@ -378,6 +378,7 @@ def sweep(
         f"compare: gentrain runs compare {result.experiment} --parent {result.parent_run_id}",
         markup=False,
     )
+    out.print(f"look at it: {_ui_address(result.tracking_uri, result.view)}", markup=False)
 
 
 def _short(value) -> str:
@@ -700,11 +701,15 @@ def _print_summary(result) -> None:
     if final:
         out.print("final: " + "  ".join(f"{k} {v:.4g}" for k, v in final.items()), markup=False)
     out.print(f"tracking store: {redact(result.tracking_uri)}", markup=False)
-    if result.tracking_uri.startswith(("http://", "https://")):  # a server: its UI is there
-        server = redact(result.tracking_uri).rstrip("/")
-        out.print(f"look at it: {server}/#/runs/{result.run_id}", markup=False)
-    else:
-        out.print("look at it: gentrain ui   (then open http://127.0.0.1:5000)", markup=False)
+    address = _ui_address(result.tracking_uri, f"#/runs/{result.run_id}")
+    out.print(f"look at it: {address}", markup=False)
+
+
+def _ui_address(tracking_uri: str, path: str) -> str:
+    """Where the MLflow UI shows `path`: on the tracking server, else on `gentrain ui`."""
+    if tracking_uri.startswith(("http://", "https://")):  # a server: its UI is there
+        return f"{redact(tracking_uri).rstrip('/')}/{path}"
+    return f"gentrain ui   (then open http://127.0.0.1:5000/{path})"
 
 
 def main() -> None:

@@ -56,6 +56,7 @@ class SweepResult:
     best_run_id: str | None
     best_value: float | None
     trials: list[TrialOutcome]
+    view: str  # the trials side by side in the MLflow UI: its address after the server's
 
 
 def run(
@@ -81,6 +82,14 @@ def run(
         tracking.start_run(spec, uri=uri, resume_run_id=parent_id)
     else:
         parent_id = tracking.start_sweep_run(spec, uri=uri)
+        tracking.save_sweep_view(
+            uri=uri,
+            parent_id=parent_id,
+            name=spec.name,
+            metric=sweep.metric,
+            mode=sweep.mode,
+            params=list(sweep.space),
+        )
     if on_start:
         on_start(parent_id)
     outcomes: dict[str, TrialOutcome] = {}
@@ -120,6 +129,7 @@ def run(
         best_run_id=best["run_id"],
         best_value=best[sweep.metric],
         trials=list(outcomes.values()),
+        view=tracking.sweep_view_path(uri=uri, parent_id=parent_id),
     )
 
 

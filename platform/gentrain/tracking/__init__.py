@@ -1,7 +1,7 @@
 """Everything MLflow: the run of a job, its params, tags, metrics, samples and model.
 
 The driver opens and closes runs; inside Ray only rank 0 logs, through a RunLogger and its
-outbox. One concern a module, imported in one direction: store <- runs <- compare; store <-
+outbox. One concern a module, imported in one direction: store <- runs <- compare, views; store <-
 models; store, runs, models <- outbox <- logger.
 """
 
@@ -32,11 +32,13 @@ from gentrain.tracking.store import (
     resolve_tracking_uri,
     ui_command,
 )
+from gentrain.tracking.views import save_sweep_view, sweep_view_path
 
 __all__ = [
     "LOCAL_STORE", "PARENT", "SAMPLED", "SERVER_ENV", "SWEEP", "TRIAL_ID", "Comparison",
     "RunLogger", "check_reachable", "check_run_exists", "check_run_id", "client_for", "compare",
     "end_open_trials", "end_run", "load_model_state", "log_pytorch_model", "log_sweep_outcome",
     "outbox_dir", "outbox_root", "resolve_tracking_uri", "run_status", "start_run",
-    "start_sweep_run", "trial_run", "trial_run_id", "ui_command", "unfinished_sweep_run",
+    "save_sweep_view", "start_sweep_run", "sweep_view_path", "trial_run", "trial_run_id",
+    "ui_command", "unfinished_sweep_run",
 ]  # fmt: skip

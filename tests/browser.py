@@ -1,0 +1,70 @@
+"""The MLflow UI as a person sees it: `gentrain ui` on a store, pages rendered by headless
+Chromium (Debian's `chromium`, which .ci/run installs), read from the DOM they end with."""
+
+import html
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import GENTRAIN, free_port
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed")
+
+
+@dataclass(frozen=True)
+class Page:
+    html: str  # the DOM once the page has rendered
+    text: str  # what it shows, as one line of words
+
+
+@contextmanager
+def ui_server(workdir: Path, tracking_uri: str | None = None):
+    """`gentrain ui` in `workdir` (its store: `tracking_uri`, else the directory's); yields the
+    address it serves."""
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri or ""}
+    ui = subprocess.Popen(
+        [*GENTRAIN, "ui", "--port", str(port)],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{address}/health", timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the UI did not come up"
+                time.sleep(0.5)
+        yield address
+    finally:
+        os.killpg(ui.pid, 9)
+        ui.wait()
+
+
+def browse(url: str, *, height: int = 3000) -> Page:
+    """The page at `url` after up to 30 s of its (virtual) time, in a window tall enough for
+    its charts to render."""
+    shown = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size=1600,{height}",
+         "--virtual-time-budget=30000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    body = re.sub(r"<style[^>]*>.*?</style>", " ", shown.stdout, flags=re.S)
+    text = html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", body)))
+    return Page(html=shown.stdout, text=text)
