@@ -64,7 +64,7 @@ def test_a_logged_mlflow_model_initialises_the_exported_network(tmp_path):
     step, trained = _models(seed=3)
     module, example = step.export(trained)
     logger = tracking.RunLogger(uri=uri, run_id=run_id, outbox=tmp_path / "outbox")
-    logger.log_model(module, example_input=example, register_as="gan-src")
+    logger.log_model(module, example_input=example, register_as="gan-src", step=1)
     assert logger.close(timeout=120), "the store took the model"
     for source in (f"runs:/{run_id}/model", "models:/gan-src/1"):
         step, fresh = _models(seed=4)

@@ -130,6 +130,26 @@ def test_the_node_logs_what_the_machine_was_doing(finished):
     assert len(cpu) >= 2, "sampled every second through the run"
 
 
+def test_each_checkpoint_is_a_logged_model_with_its_steps_metrics(finished):
+    workdir, _, run = finished
+    client = _client(workdir)
+    models = {m.name: m for m in client.search_logged_models([run.info.experiment_id])}
+    assert set(models) == {
+        "checkpoint-step-20",
+        "checkpoint-step-40",
+        "checkpoint-step-60",
+        "model",
+    }
+    at_60 = {m.key: m for m in models["checkpoint-step-60"].metrics}
+    assert {"loss", "fid", "is"} <= set(at_60) and {m.step for m in at_60.values()} == {60}
+    assert at_60["fid"].value == run.data.metrics["fid"], "the run's own value at that step"
+    assert models["checkpoint-step-20"].tags["gentrain.checkpoints"].endswith(run.info.run_id)
+    final = {m.key: m.value for m in models["model"].metrics}  # what the registry shows
+    assert final["fid"] == run.data.metrics["fid"]
+    fids = client.get_metric_history(run.info.run_id, "fid")
+    assert sorted(m.step for m in fids) == [30, 60], "the run's history has each value once"
+
+
 @needs_browser
 def test_the_run_page_shows_its_data_source_machine_and_samples_in_a_browser(finished):
     workdir, _, run = finished

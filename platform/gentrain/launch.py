@@ -183,6 +183,7 @@ def fit(
             "run_id": run_id,
             "tracking_uri": uri,
             "outbox": str(tracking.outbox_dir(run_id).resolve()),
+            "checkpoints": f"{storage_path(spec)}/{run_id}",
             "progress": board_name,
             "threads": threads,
             "allow_data_change": allow_data_change,

@@ -294,6 +294,7 @@ def _trial(config: dict[str, Any], *, setup: dict[str, Any]) -> None:
                 "run_id": run_id,
                 "tracking_uri": uri,
                 "threads": setup["threads"],
+                "checkpoints": tune.get_context().get_trial_dir(),
             }
             trainer.train(config, _TrialSession(spec))
         else:

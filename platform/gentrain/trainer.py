@@ -263,6 +263,7 @@ class _Loop:
         self.rank, self.world = session.rank, session.world
         self.step_fn, self.strategy, self.data = step_fn, strategy, data
         self.run_id = config["run_id"]
+        self.checkpoints = config.get("checkpoints", "")  # where the run's checkpoints go
         self.logger, self.board = logger, board  # rank 0's; None elsewhere
         self.quality = None  # built at the first evaluation (rank 0)
         self.positions: dict[int, Position] = {}  # of the partitions this worker reads
@@ -448,6 +449,8 @@ class _Loop:
                 (directory / checkpoints.STATE).write_text(json.dumps(state))
             checkpoints.seal(directory, rank=self.rank)
             self.session.report(metrics, checkpoint=directory)
+        if self.logger:
+            self.logger.log_checkpoint(step=step, location=self.checkpoints)
 
     def _all_positions(self) -> list[dict[str, int]]:
         """Every partition's position: each worker knows those of the partitions it reads."""
@@ -465,7 +468,10 @@ class _Loop:
                 export_files(models, Path(tmp))
                 self.logger.log_directory(Path(tmp), "pretrained")
         self.logger.log_model(
-            module, example_input=example, register_as=self.spec.tracking.register_as
+            module,
+            example_input=example,
+            register_as=self.spec.tracking.register_as,
+            step=self.spec.train.max_steps,
         )
 
 

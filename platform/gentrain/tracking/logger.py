@@ -60,12 +60,22 @@ class RunLogger:
         self.logged_through = max(sent, last_step(outbox, "loss"))
         self.warn = warn or _log_warning  # shown where the run is watched
         self.outbox = Outbox(outbox, uri=uri, run_id=run_id, warn=self.warn)
+        self._step_metrics: list[list] = []  # the entries logged at the latest step
 
     def log_metrics(self, metrics: dict[str, float], *, step: int) -> None:
         if step <= self.logged_through or not metrics:
             return
         now = int(time.time() * 1000)
-        self.outbox.put({"metrics": [[k, float(v), now, step] for k, v in metrics.items()]})
+        entries = [[k, float(v), now, step] for k, v in metrics.items()]
+        if self._step_metrics[:1] and self._step_metrics[0][3] != step:
+            self._step_metrics = []
+        self._step_metrics += entries  # a checkpoint at this step links to them
+        self.outbox.put({"metrics": entries})
+
+    def log_checkpoint(self, *, step: int, location: str) -> None:
+        """The checkpoint taken at `step` as a logged model, with the metrics of its step."""
+        metrics = [entry for entry in self._step_metrics if entry[3] == step]
+        self.outbox.put({"checkpoint": {"step": step, "metrics": metrics, "location": location}})
 
     def set_tag(self, key: str, value: str) -> None:
         self.outbox.put({"tag": [key, value]})
@@ -99,7 +109,7 @@ class RunLogger:
                 parent = path.parent.relative_to(directory)
                 self.outbox.put_file(path, str(Path(artifact_path) / parent))
 
-    def log_model(self, module, *, example_input, register_as: str | None) -> None:
+    def log_model(self, module, *, example_input, register_as: str | None, step: int) -> None:
         """The final model as an MLflow PyTorch model under `model` (code included, so a fresh
         process loads it with `mlflow.pytorch.load_model("runs:/<id>/model")`)."""
         import torch
@@ -114,7 +124,12 @@ class RunLogger:
 
         def log() -> None:
             log_pytorch_model(
-                module, signature, uri=self.uri, run_id=self.run_id, register_as=register_as
+                module,
+                signature,
+                uri=self.uri,
+                run_id=self.run_id,
+                register_as=register_as,
+                step=step,
             )
 
         def save(path: Path) -> dict:
@@ -124,7 +139,7 @@ class RunLogger:
                 mlflow.pytorch.save_model(
                     module, str(path), signature=signature, **model_format(module)
                 )
-            return {"saved_model": path.name, "register_as": register_as}
+            return {"saved_model": path.name, "register_as": register_as, "step": step}
 
         self.outbox.put_model(log, save)
 

@@ -1,4 +1,5 @@
-"""The final model: saved and logged as an MLflow PyTorch model, and loaded back."""
+"""Models of a run: the final one saved and logged as an MLflow PyTorch model (and loaded back),
+and its checkpoints as logged models linked to their step's metrics."""
 
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,7 +46,11 @@ def no_requirement_scan():
         setattr(environment, name, scan)
 
 
-def log_pytorch_model(module, signature, *, uri: str, run_id: str, register_as: str | None):
+def log_pytorch_model(
+    module, signature, *, uri: str, run_id: str, register_as: str | None, step: int = 0
+):
+    """The final model as the run's logged model `model` (MLflow links it to the run's metrics at
+    `step`, and the registry shows them), registered as `register_as` when set."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
@@ -55,8 +60,32 @@ def log_pytorch_model(module, signature, *, uri: str, run_id: str, register_as: 
             name="model",
             signature=signature,
             registered_model_name=register_as,
+            step=step,
             **model_format(module),
         )
+
+
+def log_checkpoint_model(client, *, run_id: str, step: int, metrics: list, location: str):
+    """A checkpoint as a logged model of the run without files of its own (they stay in
+    storage.path): named checkpoint-step-<step>, the run's output at `step`, linked to the
+    metrics logged at that step (`metrics`: [key, value, timestamp, step] as the run has them),
+    so that a run's checkpoints are compared as models are."""
+    from mlflow.entities import LoggedModelOutput, Metric
+
+    experiment_id = client.get_run(run_id).info.experiment_id
+    model = client.create_logged_model(
+        experiment_id,
+        name=f"checkpoint-step-{step}",
+        source_run_id=run_id,
+        tags={"gentrain.checkpoint_step": str(step), "gentrain.checkpoints": location},
+        model_type="gentrain checkpoint",
+    )
+    client.log_outputs(run_id, models=[LoggedModelOutput(model.model_id, step=step)])
+    # the run's own metrics, now also the model's (the run keeps one of each: same timestamps)
+    linked = [Metric(key, value, ms, at, model_id=model.model_id) for key, value, ms, at in metrics]
+    if linked:
+        client.log_batch(run_id, metrics=linked)
+    client.finalize_logged_model(model.model_id, "READY")
 
 
 class _active_run:

@@ -17,7 +17,7 @@ from typing import Any
 from gentrain.errors import first_line
 from gentrain.redact import redact
 from gentrain.tracking.datasets import CONTEXT
-from gentrain.tracking.models import log_pytorch_model
+from gentrain.tracking.models import log_checkpoint_model, log_pytorch_model
 from gentrain.tracking.runs import end_run
 from gentrain.tracking.store import client_for
 
@@ -219,6 +219,8 @@ def send(directory: Path, *, uri: str, run_id: str) -> None:
             client.log_artifact(run_id, str(directory / entry["artifact"]), entry["path"])
         elif "image" in entry:
             _log_image(client, run_id, directory / entry["image"], entry)
+        elif "checkpoint" in entry:
+            log_checkpoint_model(client, run_id=run_id, **entry["checkpoint"])
         elif "datasets" in entry:
             _log_datasets(client, run_id, entry["datasets"])
         elif "table" in entry:
@@ -256,12 +258,14 @@ def _log_image(client, run_id: str, path: Path, entry: dict) -> None:
         client.log_image(run_id, image, key=entry["key"], step=step, timestamp=timestamp)
 
 
-def _log_saved_model(path: Path, *, uri: str, run_id: str, register_as: str | None, **_) -> None:
+def _log_saved_model(
+    path: Path, *, uri: str, run_id: str, register_as: str | None, step: int = 0, **_
+) -> None:
     import mlflow
 
     module = mlflow.pytorch.load_model(str(path), map_location="cpu")
     signature = mlflow.models.Model.load(str(path)).signature
-    log_pytorch_model(module, signature, uri=uri, run_id=run_id, register_as=register_as)
+    log_pytorch_model(module, signature, uri=uri, run_id=run_id, register_as=register_as, step=step)
 
 
 def keep_end(directory: Path, *, status: str, reason: str | None, error: str | None) -> None:
