@@ -198,6 +198,15 @@ def _submit_and_follow(cluster: Cluster, workdir: Path):
     return result
 
 
+def _commit_all(directory: Path) -> str:
+    """`directory` as a git checkout of one commit; returns the commit."""
+    identity = ["-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "the job"]):
+        subprocess.run(["git", *identity, *args], cwd=directory, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True)
+    return head.stdout.decode().strip()
+
+
 def _local_store(workdir: Path) -> str:
     return f"sqlite:///{workdir / 'mlflow.db'}"
 
@@ -215,6 +224,7 @@ def test_a_submitted_job_trains_on_both_nodes(cluster, s3_server, tracking_serve
     spec.write_text(spec.read_text().replace("family: gan", "family: tiny_vae:FAMILY"))
     shutil.copy(REPO / "examples" / "tiny_vae.py", tmp_path / "tiny_vae.py")
     (tmp_path / "mlflow.db").touch()  # a local store: never shipped with the job
+    head = _commit_all(tmp_path)  # a checkout: the job ships without .git, reports its commit
     result = _submit_and_follow(cluster, tmp_path)
     assert "submitted job" in result.stdout and "SUCCEEDED" in result.stdout
     assert f"shipped {tmp_path} (" in result.stdout and "without .git, .venv" in result.stdout
@@ -224,6 +234,8 @@ def test_a_submitted_job_trains_on_both_nodes(cluster, s3_server, tracking_serve
     run = _only_run(tmp_path, tracking_server)
     assert run.info.status == "FINISHED"
     assert f"look at it: {tracking_server}/#/runs/{run.info.run_id}\n" in result.stdout
+    tags = run.data.tags
+    assert (tags["mlflow.source.type"], tags["mlflow.source.git.commit"]) == ("JOB", head)
     assert not (tmp_path / "mlruns").exists(), "tracked by the server, nothing local"
     # its artifacts went through the server to S3
     listed = s3_server.client().list_objects_v2(Bucket=ARTIFACTS)
@@ -231,7 +243,8 @@ def test_a_submitted_job_trains_on_both_nodes(cluster, s3_server, tracking_serve
     of_run = [key for key in keys if run.info.run_id in key]
     assert any(key.endswith("spec.yaml") for key in of_run), of_run
     assert any("/images/samples+step+20+" in key for key in of_run), of_run
-    (model,) = mlflow.MlflowClient(tracking_server).search_logged_models([run.info.experiment_id])
+    models = mlflow.MlflowClient(tracking_server).search_logged_models([run.info.experiment_id])
+    (model,) = [m for m in models if m.name == "model"]  # (and its checkpoints)
     assert model.source_run_id == run.info.run_id
     assert any(model.model_id in key and key.endswith("model.pth") for key in keys), keys
     # the module's first job: the cluster's only Ray Train workers

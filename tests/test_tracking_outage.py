@@ -144,7 +144,8 @@ def _assert_whole(server: TrackingServer, run_id: str) -> None:
     with tempfile.TemporaryDirectory() as directory:
         texts = sample_texts(client, run_id, Path(directory))
     assert set(texts["step"]) == {STEPS} and texts["model"], "the last evaluation's texts"
-    (model,) = client.search_logged_models([run.info.experiment_id])
+    models = client.search_logged_models([run.info.experiment_id])
+    (model,) = [m for m in models if m.name == "model"]  # (and its checkpoints)
     assert model.source_run_id == run_id
 
 
