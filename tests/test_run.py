@@ -4,6 +4,7 @@ in a local MLflow store, checkpointed under storage.path; failure and resume und
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -159,7 +160,8 @@ def test_the_run_page_shows_its_data_source_machine_and_samples_in_a_browser(fin
         page = browse(f"{address}/#/experiments/{experiment_id}/runs/{run_id}")
         charts = browse(f"{address}/#/experiments/{experiment_id}/runs/{run_id}/model-metrics")
     assert "Model training" in page.text, "the experiment opens as a training one"
-    assert f"Source dcgan_digits.yaml {commit[:7]}" in page.text, page.text[:3000]
+    source = re.search(r"Source dcgan_digits\.yaml (\S+ )?(\w+) ", page.text)  # (branch) commit
+    assert source and source[2] == commit[:7], page.text[page.text.find("About this run") :][:600]
     assert "Datasets digits (" in page.text
     assert "System metrics" in page.text and "system/node_0/cpu_utilization_percentage" in page.text
     assert "get-artifact?path=images%2Fsamples%2Bstep%2B" in charts.html, "the sample grid"
