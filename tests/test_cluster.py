@@ -171,7 +171,7 @@ def _job_spec(workdir: Path, steps: int, tracking_uri: str | None = None) -> Pat
             "checkpoint_every": 10,
         },
         "eval": {"metrics": [], "num_samples": 32},
-        "tracking": {"uri": tracking_uri or _local_store(workdir)},
+        "tracking": {"uri": tracking_uri or _local_store(workdir), "system_metrics_every": 1},
         "storage": {"path": f"s3://{BUCKET}/{workdir.name}"},
     }
     path = workdir / "job.yaml"
@@ -236,6 +236,10 @@ def test_a_submitted_job_trains_on_both_nodes(cluster, s3_server, tracking_serve
     assert f"look at it: {tracking_server}/#/runs/{run.info.run_id}\n" in result.stdout
     tags = run.data.tags
     assert (tags["mlflow.source.type"], tags["mlflow.source.git.commit"]) == ("JOB", head)
+    nodes = {name.split("/")[1] for name in run.data.metrics if name.startswith("system/")}
+    assert nodes == {"node_0", "node_1"}, "each node's own series"
+    inputs = mlflow.MlflowClient(tracking_server).get_run(run.info.run_id).inputs
+    assert {i.dataset.name for i in inputs.dataset_inputs} == {"digits", "digits-heldout"}
     assert not (tmp_path / "mlruns").exists(), "tracked by the server, nothing local"
     # its artifacts went through the server to S3
     listed = s3_server.client().list_objects_v2(Bucket=ARTIFACTS)
