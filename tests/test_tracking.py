@@ -140,15 +140,19 @@ def test_runs_compare_as_a_table_csv_or_json_unwrapped_when_piped(new_store, tmp
     assert bad.returncode == 2 and "'xml' is not one of 'table', 'csv', 'json'" in bad.stderr
 
 
-def test_preview_texts_become_a_table_a_part_a_column():
-    texts = ["[prompt]\nonce upon\n[reference]\na time\n[model]\na mouse\nran", "just text"]
+def test_preview_texts_become_a_table_of_prompts_generations_and_references():
+    texts = [
+        "[prompt]\nonce upon\n[reference]\na time\n[model]\na mouse\nran",
+        "[sample]\nfree text",
+        "[original]\nthe cat\n[masked]\nthe ▯\n[filled]\nthe dog\n[note]\nown label",
+    ]
     assert text_rows(texts, step=5) == {
-        "step": [5, 5],
-        "sample": [0, 1],
-        "prompt": ["once upon", ""],
-        "reference": ["a time", ""],
-        "model": ["a mouse\nran", ""],
-        "text": ["", "just text"],
+        "prompt": ["once upon", "(free sample 1)", "the ▯"],
+        "generation": ["a mouse\nran", "free text", "the dog"],
+        "reference": ["a time", "", "the cat"],
+        "step": [5, 5, 5],
+        "sample": [0, 1, 2],
+        "note": ["", "", "own label"],
     }
 
 

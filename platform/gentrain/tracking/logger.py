@@ -15,21 +15,45 @@ SAMPLES = "samples"  # the image key of each evaluation's sample grid
 TEXTS = "samples.json"  # the table of each evaluation's sample texts
 
 
+# A preview text's parts are labelled by lines such as "[prompt]"; the table's columns gather
+# them by role. The UI's compare view groups rows by the first column and puts the second of
+# each run side by side: the same prompt, each run's generation.
+ROLES = {
+    "prompt": ("prompt", "masked"),
+    "generation": ("model", "filled", "sample", "text"),
+    "reference": ("reference", "original"),
+}
+
+
 def text_rows(texts: list[str], *, step: int) -> dict[str, list]:
-    """Preview texts as table columns: step, sample, and one column per part label ("[prompt]",
-    "[reference]", "[model]", ... on a line of their own; "text" for a text without any)."""
+    """Preview texts as table columns: prompt, generation, reference, step, sample, then any
+    part whose label has no role. A text without a prompt (a free sample) is named by number."""
     rows = []
     for number, text in enumerate(texts):
-        row, label = {"step": step, "sample": number}, "text"
-        for line in text.split("\n"):
-            if re.fullmatch(r"\[[a-z_]+\]", line):
-                label = line[1:-1]
-                row.setdefault(label, "")
-            else:
-                row[label] = f"{row[label]}\n{line}" if row.get(label) else line
+        parts = _labelled_parts(text)
+        row = {role: _first(parts, labels) for role, labels in ROLES.items()}
+        row["prompt"] = row["prompt"] or f"(free sample {number})"
+        row |= {"step": step, "sample": number}
+        known = {label for labels in ROLES.values() for label in labels}
+        row |= {label: part for label, part in parts.items() if label not in known}
         rows.append(row)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     return {column: [row.get(column, "") for row in rows] for column in columns}
+
+
+def _labelled_parts(text: str) -> dict[str, str]:
+    parts, label = {}, "text"
+    for line in text.split("\n"):
+        if re.fullmatch(r"\[[a-z_]+\]", line):
+            label = line[1:-1]
+            parts.setdefault(label, "")
+        else:
+            parts[label] = f"{parts[label]}\n{line}" if parts.get(label) else line
+    return parts
+
+
+def _first(parts: dict[str, str], labels: tuple[str, ...]) -> str:
+    return next((parts[label] for label in labels if label in parts), "")
 
 
 def outbox_root() -> Path:
