@@ -62,6 +62,7 @@ def main() -> None:
             url = f"{address}/#/experiments/{experiment.experiment_id}/runs?compareRunsMode=CHART"
             subprocess.run(
                 [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                 "--run-all-compositor-stages-before-draw",
                  "--window-size=1600,1100", "--virtual-time-budget=30000",
                  f"--screenshot={args.out.resolve()}", url],
                 check=True, capture_output=True,

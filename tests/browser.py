@@ -61,6 +61,7 @@ def browse(url: str, *, height: int = 3000) -> Page:
     its charts to render."""
     shown = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size=1600,{height}",
+         "--run-all-compositor-stages-before-draw",  # charts render once laid out and painted
          "--virtual-time-budget=30000", "--dump-dom", url],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
