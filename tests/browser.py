@@ -26,13 +26,9 @@ class Page:
     text: str  # what it shows, as one line of words
 
 
-@contextmanager
-def ui_server(workdir: Path, tracking_uri: str | None = None):
-    """`gentrain ui` in `workdir` (its store: `tracking_uri`, else the directory's); yields the
-    address it serves."""
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri or ""}
-    ui = subprocess.Popen(
+def start_ui(workdir: Path, port: int, env: dict[str, str]) -> subprocess.Popen:
+    """`gentrain ui` in a session of its own (stop it by killing the whole session)."""
+    return subprocess.Popen(
         [*GENTRAIN, "ui", "--port", str(port)],
         cwd=workdir,
         stdout=subprocess.DEVNULL,
@@ -40,6 +36,14 @@ def ui_server(workdir: Path, tracking_uri: str | None = None):
         env=env,
         start_new_session=True,
     )
+
+
+@contextmanager
+def ui_server(workdir: Path, tracking_uri: str | None = None):
+    """`gentrain ui` in `workdir` (its store: `tracking_uri`, else the directory's); yields the
+    address it serves once it answers."""
+    port = free_port()
+    ui = start_ui(workdir, port, {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri or ""})
     address = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

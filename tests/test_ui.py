@@ -9,6 +9,7 @@ import urllib.request
 import mlflow
 import pytest
 
+from browser import start_ui
 from conftest import GENTRAIN, free_port
 
 pytestmark = pytest.mark.slow
@@ -18,7 +19,7 @@ def test_ui_serves_the_local_store_on_loopback(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.MlflowClient(store).create_experiment("seen-in-ui")
     port = free_port()
-    ui = _start_ui(tmp_path, port, {**os.environ, "MLFLOW_TRACKING_URI": store})
+    ui = start_ui(tmp_path, port, {**os.environ, "MLFLOW_TRACKING_URI": store})
     try:
         assert "seen-in-ui" in _experiments_shown(port)
         listening = subprocess.run(
@@ -30,18 +31,6 @@ def test_ui_serves_the_local_store_on_loopback(tmp_path):
     finally:
         os.killpg(ui.pid, 9)
         ui.wait()
-
-
-def _start_ui(workdir, port: int, env: dict[str, str]) -> subprocess.Popen:
-    """`gentrain ui` in a session of its own (the test kills the whole session)."""
-    return subprocess.Popen(
-        [*GENTRAIN, "ui", "--port", str(port)],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
 
 
 def _job_consumers_under(session: int) -> list[str]:
@@ -71,7 +60,7 @@ def test_processes_that_first_open_a_new_local_store_together_all_work(tmp_path)
     once broke it for one of them ("Online migration expected to match one row")."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     port = free_port()
-    ui = _start_ui(tmp_path, port, env)
+    ui = start_ui(tmp_path, port, env)
     lookups = [
         subprocess.Popen(
             [*GENTRAIN, "runs", "compare", "nothing-yet"],
