@@ -207,7 +207,7 @@ def test_artifacts_hold_spec_samples_and_model(finished):
     top = {a.path for a in client.list_artifacts(run_id)}
     assert "spec.yaml" in top
     grids = sample_grids(client, run_id)  # MLflow images: the chart view's step slider
-    assert list(grids) == [30, 60]
+    assert list(grids) == [0, 30, 60], "the untrained model's, then each evaluation's"
     local = client.download_artifacts(run_id, grids[60], str(workdir / "dl"))
     assert Path(local).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -143,7 +143,7 @@ def _assert_whole(server: TrackingServer, run_id: str) -> None:
     assert [m.step for m in _loss_history(server, run_id)] == list(range(1, STEPS + 1))
     with tempfile.TemporaryDirectory() as directory:
         texts = sample_texts(client, run_id, Path(directory))
-    assert set(texts["step"]) == {STEPS} and all(texts["generation"]), "the last evaluation's"
+    assert set(texts["step"]) == {0, STEPS} and all(texts["generation"]), "untrained, and last"
     models = client.search_logged_models([run.info.experiment_id])
     (model,) = [m for m in models if m.name == "model"]  # (and its checkpoints)
     assert model.source_run_id == run_id

@@ -280,6 +280,8 @@ class _Loop:
         )
         self.positions, self.partitions = batches.positions, batches.count
         try:
+            if start_step == 0:
+                self._preview_untrained()
             self._run(batches, start_step=start_step)
         finally:
             batches.close()
@@ -387,16 +389,24 @@ class _Loop:
         with self.strategy.full_models() as models:
             return self._evaluate_on_rank0(models, step) if self.rank == 0 else {}
 
-    def _evaluate_on_rank0(self, models: dict[str, torch.nn.Module], step: int) -> dict:
+    def _preview_untrained(self) -> None:
+        """The untrained model's preview at step 0, where the UI's step slider starts."""
+        with self.strategy.full_models() as models:
+            if self.rank == 0:
+                self._evaluate_on_rank0(models, 0, scored=False)
+
+    def _evaluate_on_rank0(
+        self, models: dict[str, torch.nn.Module], step: int, *, scored: bool = True
+    ) -> dict:
         wanted = self.spec.eval_metrics
         for model in models.values():
             model.eval()
-        quality = self._image_quality() if self.spec.image_features else None
+        quality = self._image_quality() if self.spec.image_features and scored else None
         cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=cuda), torch.no_grad():
             torch.manual_seed(EVAL_SEED)
             preview = self.step_fn.preview(models, self.heldout())
-            scores = self.step_fn.evaluate(models, self.heldout())
+            scores = self.step_fn.evaluate(models, self.heldout()) if scored else {}
             if quality is not None:
                 samples = _sample_in_chunks(self.step_fn, models, self.spec.eval.num_samples)
                 scores.update(quality.compute(samples))
@@ -408,7 +418,7 @@ class _Loop:
             self.logger.log_texts(preview, step=step)
         scores = {name: value for name, value in scores.items() if name in wanted}
         self.logger.log_metrics(scores, step=step)
-        if self.board:
+        if self.board and scores:
             self.board.push.remote(self.run_id, step, scores)
         return scores
 
