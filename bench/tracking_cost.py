@@ -25,6 +25,10 @@ def measure(kind: str, evaluations: int, work: Path) -> dict[str, float]:
     logger = RunLogger(uri=uri, run_id=run_id, outbox=work / f"outbox-{kind}")
     grid = torch.rand(64, 3, 32, 32) * 2 - 1
     texts = [f"[prompt]\n{'a prompt ' * 8}\n[reference]\n{'text ' * 40}\n[model]\n{'x' * 200}"] * 8
+    log = logger.log_image_grid if kind == "image" else logger.log_texts
+    log(grid if kind == "image" else texts, step=0)  # warm-up: imports, the first upload
+    logger.outbox.close(timeout=600)
+    logger = RunLogger(uri=uri, run_id=run_id, outbox=work / f"outbox-{kind}")
     put = 0.0
     start = time.perf_counter()
     for step in range(1, evaluations + 1):

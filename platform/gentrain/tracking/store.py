@@ -14,6 +14,8 @@ from gentrain.spec import JobSpec
 # included; gentrain names the run itself.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 os.environ.setdefault("MLFLOW_PRINT_MODEL_URLS_ON_CREATION", "false")
+# nor a progress bar for each artifact it fetches (a table it appends to is fetched first)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 LOCAL_STORE = "mlflow.db"
 
