@@ -314,7 +314,7 @@ class _TrialSession:
     """A single-worker trial reports to Ray Tune, which keeps its checkpoints and hands back the
     one to resume from (its own after a restore, a better trial's after a PBT exploit)."""
 
-    rank, world, node = 0, 1, 0  # each trial's run shows its machine
+    rank, world, node, one_node = 0, 1, 0, True  # each trial's run shows its machine
 
     def __init__(self, spec: JobSpec):
         cuda = spec.train.use_gpu and torch.cuda.is_available()

@@ -46,6 +46,7 @@ class Session(Protocol):
     world: int
     device: torch.device
     node: int | None  # the node's rank when this process logs its node's system metrics
+    one_node: bool  # every worker of the job on this one node
 
     def resume_from(self) -> Checkpoint | None: ...
 
@@ -58,7 +59,7 @@ class PlainSession:
 
     def __init__(self, rank: int = 0, world: int = 1):
         self.rank, self.world, self.device = rank, world, torch.device("cpu")
-        self.node = None
+        self.node, self.one_node = None, True
 
     def resume_from(self) -> Checkpoint | None:
         return None
@@ -74,6 +75,7 @@ class RayTrainSession:
         self.device = ray.train.torch.get_device()
         # this node's rank when this process is the node's first worker, else None
         self.node = context.get_node_rank() if context.get_local_rank() == 0 else None
+        self.one_node = context.get_local_world_size() == self.world
 
     def resume_from(self) -> Checkpoint | None:
         """Ray Train's latest checkpoint of this run, or a newer one in the run's directory: a
@@ -149,6 +151,7 @@ def _system_metrics(spec: JobSpec, config: dict[str, Any], session: Session):
         uri=config["tracking_uri"],
         run_id=config["run_id"],
         node_rank=session.node,
+        nodes_apart=not session.one_node,
         every_s=spec.tracking.system_metrics_every,
     )
 

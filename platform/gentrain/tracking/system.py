@@ -1,8 +1,9 @@
 """What each machine was doing: CPU, memory, disk, network and, where present, GPU utilisation
 and memory of every node that runs a worker, through MLflow's system-metrics monitor (the run
-page's System metrics). Each node's first worker logs its node's series as
-system/node_<N>/<metric>, the names the UI charts node by node, and the node's host name as
-the tag gentrain.node_<N>."""
+page's System metrics). Each node's first worker logs its node's series, and the node's host
+as the tag gentrain.node_<N>. A job on one node logs system/<metric>, which the UI shows as
+system metrics everywhere; a job on several logs system/node_<N>/<metric>, the names the UI's
+run page charts node by node."""
 
 import socket
 import threading
@@ -14,15 +15,16 @@ def node_name(node_rank: int) -> str:
     return f"node_{node_rank}"
 
 
-def start(*, uri: str, run_id: str, node_rank: int, every_s: float):
-    """A started monitor (stop it with stop()); after a resume its steps go on."""
+def start(*, uri: str, run_id: str, node_rank: int, nodes_apart: bool, every_s: float):
+    """A started monitor (stop it with stop()); after a resume its steps go on. `nodes_apart`:
+    the job has several nodes, whose series are told apart by name."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     monitor = SystemMetricsMonitor(
         run_id,
         sampling_interval=every_s,
         resume_logging=True,
-        node_id=node_name(node_rank),
+        node_id=node_name(node_rank) if nodes_apart else None,
         tracking_uri=uri,
     )
     monitor.start()
