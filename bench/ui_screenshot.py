@@ -1,7 +1,8 @@
 """README's screenshot of the MLflow UI comparing two DCGAN runs: their sample grids side by
-side at each evaluation's step, and their metrics. Trains two short `small` DCGAN runs on the
-digits (two learning rates) into a fresh store, serves it with `gentrain ui`, and has headless
-Chromium (Debian's `chromium`) photograph the experiment's chart view.
+side at the last evaluation's step, and their FID and loss. Trains two short `small` DCGAN
+runs on the digits (two learning rates) into a fresh store, saves a view of those charts,
+serves the store with `gentrain ui`, and has headless Chromium (Debian's `chromium`)
+photograph it.
 
     python bench/ui_screenshot.py [--out bench/ui_compare.png] [--steps 300]
 """
@@ -57,13 +58,28 @@ def main() -> None:
                     time.sleep(0.5)
             import mlflow
 
+            from gentrain.tracking.views import save_view
+
             client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
             experiment = client.get_experiment_by_name("dcgan-compare")
-            url = f"{address}/#/experiments/{experiment.experiment_id}/runs?compareRunsMode=CHART"
+            charts = [
+                {"type": "IMAGE", "imageKeys": ["samples"], "step": args.steps,
+                 "showRunParams": False, "displayName": f"samples at step {args.steps}"},
+                {"type": "LINE", "metricKey": "fid", "displayName": "FID", "xAxisKey": "step"},
+                {"type": "LINE", "metricKey": "loss", "displayName": "loss", "xAxisKey": "step"},
+            ]  # fmt: skip
+            path = save_view(
+                client,
+                experiment.experiment_id,
+                key="readme",
+                name="two DCGAN runs",
+                charts=charts,
+            )
+            url = f"{address}/{path}"
             subprocess.run(
                 [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                  "--run-all-compositor-stages-before-draw",
-                 "--window-size=1600,1100", "--virtual-time-budget=30000",
+                 "--window-size=1600,1500", "--virtual-time-budget=30000",
                  f"--screenshot={args.out.resolve()}", url],
                 check=True, capture_output=True,
             )  # fmt: skip
