@@ -37,7 +37,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "ui_compare.png")
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
-    chromium = shutil.which("chromium") or sys.exit("needs Debian's chromium")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        print("skipped: needs Debian's chromium")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for lr in (2e-4, 2e-3):
