@@ -386,7 +386,8 @@ def test_resume_after_the_driver_is_killed_continues_the_same_run(new_store, tmp
 
 def test_a_killed_worker_is_restarted_from_the_last_checkpoint(new_store, tmp_path, finished):
     new_store(tmp_path)
-    driver = _start_driver(tmp_path)
+    no_system_metrics = ["tracking.system_metrics=false", "tracking.system_metrics_every=1"]
+    driver = _start_driver(tmp_path, *(x for s in no_system_metrics for x in ("--set", s)))
     try:
         wait_for(lambda: _logged_through(tmp_path) >= 25, 300, "step 25, past a checkpoint", 0.2)
         workers = _train_workers_of(driver.pid)
@@ -398,6 +399,7 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(new_store, tmp_pa
     assert driver.returncode == 0, stderr
     run = _only_run(tmp_path)
     assert run.info.status == "FINISHED"
+    assert not [name for name in run.data.metrics if name.startswith("system/")], "turned off"
     _assert_same_history_as(finished, tmp_path, run.info.run_id)
 
 
