@@ -90,7 +90,7 @@ def test_a_run_names_its_checkout_and_opens_in_the_training_view(new_store, tmp_
 
     monkeypatch.chdir(tmp_path)  # outside a checkout: no git tags
     monkeypatch.delenv(source.SOURCE_ENV)
-    assert set(source.current()) == {"mlflow.source.type", "mlflow.source.name"}
+    assert set(source.of_spec(None)) == {"mlflow.source.type", "mlflow.source.name"}
 
 
 def _two_runs(uri: str) -> list[str]:

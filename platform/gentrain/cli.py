@@ -237,8 +237,6 @@ def run(
     from gentrain import launch
     from gentrain.tracking import source
 
-    source.hand_on(spec)
-
     progress = _TrainingProgress(job.train.max_steps)
     try:
         with progress:
@@ -250,6 +248,7 @@ def run(
                 on_start=progress.started,
                 on_progress=progress.update,
                 on_warning=_warn,
+                source_tags=source.of_spec(spec),
             )
     except SpecError as error:
         _fail(str(error), 2)
@@ -343,8 +342,6 @@ def sweep(
     from gentrain import sweep as sweep_module
     from gentrain.tracking import source
 
-    source.hand_on(spec)
-
     def started(parent_id: str) -> None:
         out.print(f"MLflow parent run {parent_id}: starting the sweep...", markup=False)
 
@@ -361,7 +358,12 @@ def sweep(
 
     try:
         result = sweep_module.run(
-            job, address=address, resume=resume, on_start=started, on_trial=trial_ended
+            job,
+            address=address,
+            resume=resume,
+            on_start=started,
+            on_trial=trial_ended,
+            source_tags=source.of_spec(spec),
         )
     except SpecError as error:
         _fail(str(error), 2)

@@ -79,9 +79,12 @@ def run(
     on_warning: WarningCallback | None = None,
     on_start: Callable[[str], None] | None = None,
     allow_data_change: bool = False,
+    source_tags: dict[str, str] | None = None,
 ) -> RunResult:
+    """Train `spec` as one MLflow run; `source_tags`: where its code came from
+    (tracking.source; default: the working directory's checkout)."""
     uri = connect(spec, address, resume_run_id=resume_run_id, allow_data_change=allow_data_change)
-    run_id = tracking.start_run(spec, uri=uri, resume_run_id=resume_run_id)
+    run_id = tracking.start_run(spec, uri=uri, resume_run_id=resume_run_id, source_tags=source_tags)
     if on_start:
         on_start(run_id)
     try:

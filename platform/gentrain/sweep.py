@@ -66,6 +66,7 @@ def run(
     resume: bool = False,
     on_start: Callable[[str], None] | None = None,
     on_trial: Callable[[TrialOutcome], None] | None = None,
+    source_tags: dict[str, str] | None = None,
 ) -> SweepResult:
     sweep = spec.sweep
     if sweep is None:
@@ -81,7 +82,7 @@ def run(
             )
         tracking.start_run(spec, uri=uri, resume_run_id=parent_id)
     else:
-        parent_id = tracking.start_sweep_run(spec, uri=uri)
+        parent_id = tracking.start_sweep_run(spec, uri=uri, source_tags=source_tags)
         tracking.save_sweep_view(
             uri=uri,
             parent_id=parent_id,

@@ -104,7 +104,8 @@ class Outbox:
                 try:
                     with _one_try(timeout_s=10):
                         send(self.directory, uri=self.uri, run_id=self.run_id)
-                    if self.model is not None and self.done:
+                    # the model last: MLflow links it to the metrics the run has by then
+                    if self.model is not None and self.done and not unsent(self.directory):
                         log, _ = self.model
                         with _one_try(timeout_s=None):  # an upload takes as long as it takes
                             log()

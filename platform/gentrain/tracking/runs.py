@@ -45,6 +45,7 @@ def start_run(
     resume_run_id: str | None = None,
     tags: dict[str, str] | None = None,
     name: str | None = None,
+    source_tags: dict[str, str] | None = None,
 ) -> str:
     """Create the job's run (or reopen `resume_run_id`) with params, tags and spec.yaml."""
     client = client_for(uri)
@@ -59,7 +60,8 @@ def start_run(
         if experiment
         else client.create_experiment(spec.experiment, tags=TRAINING_EXPERIMENT)
     )
-    tags = {**_tags(spec), **source.current(), **(tags or {})}
+    described = source_tags if source_tags is not None else source.of_spec(None)
+    tags = {**_tags(spec), **described, **(tags or {})}
     run = client.create_run(experiment_id, tags=tags, run_name=name)
     run_id = run.info.run_id
     try:
@@ -93,8 +95,14 @@ SWEEP = "gentrain.sweep"  # on a sweep's parent run: the spec's sha256
 SAMPLED = "gentrain.sampled."  # + dotted key: a trial's value of one searched key
 
 
-def start_sweep_run(spec: JobSpec, *, uri: str) -> str:
-    return start_run(spec, uri=uri, tags={SWEEP: spec.sha256()}, name=f"sweep-{spec.name}")
+def start_sweep_run(spec: JobSpec, *, uri: str, source_tags: dict[str, str] | None = None) -> str:
+    return start_run(
+        spec,
+        uri=uri,
+        tags={SWEEP: spec.sha256()},
+        name=f"sweep-{spec.name}",
+        source_tags=source_tags,
+    )
 
 
 def unfinished_sweep_run(spec: JobSpec, *, uri: str) -> str | None:

@@ -1,8 +1,8 @@
 """Where a run's code came from, as MLflow's standard source tags (the UI's Source column and
 run page): the spec file, and inside a git checkout its commit, branch, remote and whether
-tracked files had uncommitted changes. The CLI describes its checkout once and hands the
-description on (SOURCE_ENV), so that a job submitted to a cluster, which runs from a copy of
-the working directory without its git history, reports the checkout it was submitted from."""
+tracked files had uncommitted changes. `gentrain submit` describes its checkout and hands the
+description to the job (SOURCE_ENV), so that a job on a cluster, which runs from a copy of the
+working directory without its git history, reports the checkout it was submitted from."""
 
 import json
 import os
@@ -41,13 +41,8 @@ def describe(spec_file: str | Path | None, *, kind: str = "LOCAL") -> dict[str, 
     return tags
 
 
-def hand_on(spec_file: str | Path) -> None:
-    """Describe the checkout of `spec_file` for the runs this process starts, unless a
-    submitter described its own already."""
-    os.environ.setdefault(SOURCE_ENV, json.dumps(describe(spec_file)))
-
-
-def current() -> dict[str, str]:
-    """The source tags handed on, else those of the working directory."""
+def of_spec(spec_file: str | Path | None) -> dict[str, str]:
+    """The source tags a submitter handed on (SOURCE_ENV), else those of `spec_file`'s checkout
+    (None: the working directory's)."""
     handed = os.environ.get(SOURCE_ENV)
-    return json.loads(handed) if handed else describe(None)
+    return json.loads(handed) if handed else describe(spec_file)
