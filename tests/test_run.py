@@ -369,7 +369,9 @@ def test_resume_after_the_driver_is_killed_continues_the_same_run(new_store, tmp
     new_store(tmp_path)
     driver = _start_driver(tmp_path)
     try:
-        wait_for(lambda: _logged_through(tmp_path) >= 25, 300, "step 25, past a checkpoint", 0.2)
+        # past step 30's evaluation, most often before step 40's checkpoint: the resumed run
+        # replays from step 20, and logs step 30's samples no second time
+        wait_for(lambda: _logged_through(tmp_path) >= 35, 300, "step 35, past an evaluation", 0.2)
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
@@ -382,6 +384,9 @@ def test_resume_after_the_driver_is_killed_continues_the_same_run(new_store, tmp
     run = _only_run(tmp_path)
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     _assert_same_history_as(finished, tmp_path, run_id)
+    grids = [a.path for a in _client(tmp_path).list_artifacts(run_id, "images")]
+    steps = sorted(int(p.split("+")[2]) for p in grids if p.endswith(".png"))
+    assert steps == [0, 30, 60], "each evaluation's samples once"
 
 
 def test_a_killed_worker_is_restarted_from_the_last_checkpoint(new_store, tmp_path, finished):

@@ -75,7 +75,8 @@ def outbox_dir(run_id: str) -> Path:
 class RunLogger:
     """Rank 0's handle on the job's run. Everything goes through an outbox (tracking.outbox):
     logging never waits on the store. After a resume, steps already in the run's history are
-    not logged again, so a replayed stretch of training never doubles a metric."""
+    not logged again, so a replayed stretch of training never doubles a metric, a sample or a
+    checkpoint's model."""
 
     def __init__(self, *, uri: str, run_id: str, outbox: Path, warn=None):
         self.uri, self.run_id = uri, run_id
@@ -86,8 +87,13 @@ class RunLogger:
         self.outbox = Outbox(outbox, uri=uri, run_id=run_id, warn=self.warn)
         self._step_metrics: list[list] = []  # the entries logged at the latest step
 
+    def _replayed(self, step: int) -> bool:
+        """Whether `step` was logged before this process started (a resumed run replays the
+        steps after its checkpoint; a fresh run logs step 0's samples)."""
+        return self.logged_through > 0 and step <= self.logged_through
+
     def log_metrics(self, metrics: dict[str, float], *, step: int) -> None:
-        if step <= self.logged_through or not metrics:
+        if self._replayed(step) or not metrics:
             return
         now = int(time.time() * 1000)
         entries = [[k, float(v), now, step] for k, v in metrics.items()]
@@ -98,6 +104,8 @@ class RunLogger:
 
     def log_checkpoint(self, *, step: int, location: str) -> None:
         """The checkpoint taken at `step` as a logged model, with the metrics of its step."""
+        if self._replayed(step):
+            return
         metrics = [entry for entry in self._step_metrics if entry[3] == step]
         self.outbox.put({"checkpoint": {"step": step, "metrics": metrics, "location": location}})
 
@@ -109,6 +117,8 @@ class RunLogger:
         run's chart view shows it with a step slider, the compare view runs side by side."""
         from torchvision.utils import save_image
 
+        if self._replayed(step):
+            return
         side = images.shape[-1]
         scale = max(1, 32 // side)  # small images are enlarged (nearest) so the grid is legible
         images = images.repeat_interleave(scale, dim=-1).repeat_interleave(scale, dim=-2)
@@ -120,6 +130,8 @@ class RunLogger:
     def log_texts(self, texts: list[str], *, step: int) -> None:
         """-> rows of MLflow's table samples.json (the compare view shows runs' texts side by
         side): the step, the sample's number and each labelled part of it."""
+        if self._replayed(step):
+            return
         self.outbox.put({"table": text_rows(texts, step=step), "path": TEXTS})
 
     def log_datasets(self, entries: list[dict]) -> None:
