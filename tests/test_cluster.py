@@ -236,8 +236,10 @@ def test_a_submitted_job_trains_on_both_nodes(cluster, s3_server, tracking_serve
     assert f"look at it: {tracking_server}/#/runs/{run.info.run_id}\n" in result.stdout
     tags = run.data.tags
     assert (tags["mlflow.source.type"], tags["mlflow.source.git.commit"]) == ("JOB", head)
-    nodes = {name.split("/")[1] for name in run.data.metrics if name.startswith("system/")}
-    assert nodes == {"node_0", "node_1"}, "each node's own series"
+    # both Ray nodes here run on one machine (one IP), which Ray Train counts as one node: its
+    # first worker logs the machine's series, unprefixed (tests/test_tracking.py: several)
+    system = {name for name in run.data.metrics if name.startswith("system/")}
+    assert "system/cpu_utilization_percentage" in system, system
     inputs = mlflow.MlflowClient(tracking_server).get_run(run.info.run_id).inputs
     assert {i.dataset.name for i in inputs.dataset_inputs} == {"digits", "digits-heldout"}
     assert not (tmp_path / "mlruns").exists(), "tracked by the server, nothing local"

@@ -4,7 +4,9 @@ RUNNING, a spec value longer than MLflow takes as a param does not fail the run,
 
 import json
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import mlflow
@@ -17,7 +19,7 @@ from gentrain import spec as spec_module
 from gentrain import tracking
 from gentrain.data import open_data
 from gentrain.errors import GentrainError
-from gentrain.tracking import outbox, source
+from gentrain.tracking import outbox, source, system
 from gentrain.tracking.datasets import dataset_inputs
 from gentrain.tracking.logger import text_rows
 
@@ -197,3 +199,20 @@ def test_a_runs_data_are_mlflow_dataset_inputs_whose_digest_follows_the_data(new
     assert first["images"][3].source_type == "local" and first["images"][2]["files"] == 30
     Image.new("RGB", (8, 8), "blue").save(images / "new.png")
     assert logged(f"images:{images}")["images"][0] != first["images"][0], "new data, new digest"
+
+
+def test_each_node_of_a_job_on_several_logs_its_own_system_metrics(new_store, tmp_path):
+    uri = new_store(tmp_path)
+    client = mlflow.MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("nodes")).info.run_id
+    monitors = [
+        system.start(uri=uri, run_id=run_id, node_rank=rank, nodes_apart=True, every_s=0.5)
+        for rank in (0, 1)
+    ]
+    time.sleep(2)
+    for monitor in monitors:
+        system.stop(monitor)
+    run = client.get_run(run_id)
+    for rank in (0, 1):
+        assert f"system/node_{rank}/cpu_utilization_percentage" in run.data.metrics
+        assert run.data.tags[f"gentrain.node_{rank}"] == socket.gethostname()
