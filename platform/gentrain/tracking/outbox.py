@@ -52,19 +52,21 @@ class Outbox:
 
     def put_file(self, source: Path, artifact_path: str) -> None:
         """A copy of `source`, to be logged under `artifact_path`."""
-        kept = self.directory / "files" / artifact_path / source.name
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, kept)
-        self.put({"artifact": str(kept.relative_to(self.directory)), "path": artifact_path})
+        kept = self._keep(source, Path(artifact_path) / source.name)
+        self.put({"artifact": kept, "path": artifact_path})
 
     def put_image(self, source: Path, *, key: str, step: int) -> None:
         """A copy of the image file `source`, to be logged as MLflow's image `key` at `step`."""
-        kept = self.directory / "files" / "images" / f"{key}-{step}{source.suffix}"
+        kept = self._keep(source, Path("images") / f"{key}-{step}{source.suffix}")
+        now = int(time.time() * 1000)
+        self.put({"image": kept, "key": key, "step": step, "timestamp": now})
+
+    def _keep(self, source: Path, name: Path) -> str:
+        """Copy `source` into the outbox as files/`name`; its path inside the outbox."""
+        kept = self.directory / "files" / name
         kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, kept)
-        now = int(time.time() * 1000)
-        entry = {"key": key, "step": step, "timestamp": now}
-        self.put({"image": str(kept.relative_to(self.directory)), **entry})
+        return str(kept.relative_to(self.directory))
 
     def put_model(self, log: Callable[[], None], save: Callable[[Path], dict]) -> None:
         """The final model: `log()` logs it to the store once the entries before it are sent;
