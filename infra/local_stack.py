@@ -1,13 +1,17 @@
 """A local stack for trying gentrain's cluster path on one machine, every service bound to
-127.0.0.1: an MLflow tracking server backed by PostgreSQL (Debian's `postgresql` package), its
-artifacts in S3 on a local S3-compatible server (moto's; or your MinIO with --s3-endpoint, taking
-its credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+127.0.0.1: an MLflow tracking server with authentication on (infra/mlflow_server.py), its runs and
+users in PostgreSQL (Debian's `postgresql` package), its artifacts in S3 on a local S3-compatible
+server (moto's; or your MinIO with --s3-endpoint, taking its credentials from AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY).
 
     python infra/local_stack.py start DIR [--s3-endpoint URL] [--bucket NAME]
     python infra/local_stack.py stop DIR
 
 `start` writes DIR/env (mode 600): the settings a gentrain job uses (`source DIR/env`):
-MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL and the S3 credentials. Needs `pip install -e '.[stack]'`.
+MLFLOW_TRACKING_URI, the MLflow admin's MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD,
+AWS_ENDPOINT_URL and the S3 credentials. The admin's password is MLFLOW_AUTH_ADMIN_PASSWORD where
+set, else generated at the first start and kept in DIR/mlflow-auth/. Needs
+`pip install -e '.[stack]'`.
 """
 
 import argparse
@@ -16,6 +20,7 @@ import glob
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -26,8 +31,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from mlflow_server import ADMIN, admin_password
+
 BIN = Path(sys.executable).parent
 STATE = "state.json"
+AUTH_STATE = "mlflow-auth"  # the MLflow server's auth config and generated secrets
 
 
 def main() -> None:
@@ -49,19 +57,25 @@ def start(directory: Path, s3_endpoint: str | None, bucket: str) -> None:
         sys.exit(f"{directory}: a stack is already there; `stop` it first")
     state: dict = {"pids": []}
     try:
-        database = _start_postgres(state, directory)
+        databases = _start_postgres(state, directory)
         s3 = _start_s3(state, directory, s3_endpoint)
         _create_bucket(s3, bucket)
-        tracking_uri = _start_mlflow(state, directory, database, s3, f"s3://{bucket}/artifacts")
+        tracking_uri = _start_mlflow(state, directory, databases, s3, f"s3://{bucket}/artifacts")
     except BaseException:
         _stop(state)
         raise
     (directory / STATE).write_text(json.dumps(state))
-    env = {"MLFLOW_TRACKING_URI": tracking_uri, **s3}
+    admin = {
+        "MLFLOW_TRACKING_USERNAME": os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME") or ADMIN,
+        "MLFLOW_TRACKING_PASSWORD": admin_password(directory / AUTH_STATE, os.environ),
+    }
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, **admin, **s3}
     env_file = directory / "env"
     env_file.touch(mode=0o600)
-    env_file.write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
-    print(f"MLflow {tracking_uri}: PostgreSQL, artifacts in s3://{bucket}")
+    env_file.chmod(0o600)
+    env_file.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()))
+    print(f"MLflow {tracking_uri}: sign-in required, PostgreSQL, artifacts in s3://{bucket}")
+    print(f"MLflow admin: {admin['MLFLOW_TRACKING_USERNAME']} (password in {env_file})")
     print(f"S3 {s3['AWS_ENDPOINT_URL']}")
     print(f"settings for jobs: source {env_file}")
 
@@ -90,8 +104,9 @@ def _stop(state: dict) -> None:
 # --- PostgreSQL ----------------------------------------------------------------------------
 
 
-def _start_postgres(state: dict, directory: Path) -> str:
-    """A new PostgreSQL cluster with a database `mlflow`; returns its URI (with the password)."""
+def _start_postgres(state: dict, directory: Path) -> dict[str, str]:
+    """A new PostgreSQL cluster with the databases `mlflow` (runs) and `mlflow_auth` (users and
+    permissions); returns their URIs (with the password) by name."""
     # PostgreSQL refuses to run as root; its files live where the postgres user can reach them
     root = Path(tempfile.mkdtemp(prefix="gentrain-postgres-"))
     data, password, port = root / "data", secrets.token_urlsafe(16), _free_port()
@@ -138,8 +153,12 @@ def _start_postgres(state: dict, directory: Path) -> str:
         host="127.0.0.1", port=port, user="mlflow", password=password, dbname="postgres"
     ) as admin:
         admin.autocommit = True
-        admin.execute("CREATE DATABASE mlflow")
-    return f"postgresql://mlflow:{password}@127.0.0.1:{port}/mlflow"
+        for name in DATABASES:
+            admin.execute(f"CREATE DATABASE {name}")
+    return {name: f"postgresql://mlflow:{password}@127.0.0.1:{port}/{name}" for name in DATABASES}
+
+
+DATABASES = ("mlflow", "mlflow_auth")
 
 
 def _pg_bin(name: str) -> str:
@@ -193,16 +212,20 @@ def _create_bucket(s3: dict[str, str], bucket: str) -> None:
 
 
 def _start_mlflow(
-    state: dict, directory: Path, database: str, s3: dict[str, str], artifacts: str
+    state: dict, directory: Path, databases: dict[str, str], s3: dict[str, str], artifacts: str
 ) -> str:
     port = _free_port()
-    command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
+    server = Path(__file__).with_name("mlflow_server.py")
+    command = [sys.executable, str(server), "--state", str(directory / AUTH_STATE)]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
     command += ["--artifacts-destination", artifacts, "--workers", "1"]
     # the database password stays out of the command line (visible to every user in `ps`)
-    env = {**os.environ, **s3, "MLFLOW_BACKEND_STORE_URI": database}
-    # no job runner and its seven consumers: they serve MLflow's GenAI jobs, which gentrain never
-    # submits (about 25 s of CPU at every start)
-    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    env = {
+        **os.environ,
+        **s3,
+        "MLFLOW_BACKEND_STORE_URI": databases["mlflow"],
+        "MLFLOW_AUTH_DATABASE_URI": databases["mlflow_auth"],
+    }
     log = directory / "mlflow.log"
     server = _spawn(state, log, command, env=env)
     uri = f"http://127.0.0.1:{port}"

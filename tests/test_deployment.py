@@ -35,7 +35,7 @@ def compose():
 
 
 @pytest.fixture(scope="module")
-def manifests():
+def all_manifests():
     docs = [
         doc
         for path in sorted((INFRA / "kuberay").glob("*.yaml"))
@@ -43,6 +43,12 @@ def manifests():
         if doc
     ]
     return {doc["kind"]: doc for doc in docs}
+
+
+@pytest.fixture(scope="module")
+def manifests(all_manifests):
+    """The Ray ones."""
+    return {kind: doc for kind, doc in all_manifests.items() if kind.startswith("Ray")}
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +134,19 @@ def test_compose_runs_mlflow_on_postgres_and_minio(compose):
     assert "postgres-data" in compose["volumes"]
 
 
+def test_compose_mlflow_signs_users_in_with_no_password_in_the_repo(compose):
+    mlflow = compose["services"]["mlflow"]
+    assert mlflow["build"] == {"context": ".", "dockerfile": "mlflow.Dockerfile"}
+    dockerfile = (INFRA / "mlflow.Dockerfile").read_text()
+    assert "COPY mlflow_server.py" in dockerfile and '"mlflow[auth]' in dockerfile
+    entrypoint = next(line for line in dockerfile.splitlines() if line.startswith("ENTRYPOINT"))
+    assert "mlflow_server.py" in entrypoint and "/auth" in entrypoint
+    assert "mlflow-auth:/auth" in mlflow["volumes"] and "mlflow-auth" in compose["volumes"]
+    # the admin's password: the user's, else generated at the first start (no default here)
+    assert mlflow["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"] == "${MLFLOW_AUTH_ADMIN_PASSWORD:-}"
+    assert "mlflow" not in mlflow["command"] and "server" not in mlflow["command"]
+
+
 def test_compose_publishes_ports_on_loopback_only(compose):
     services = compose["services"]
     published = [port for service in services.values() for port in service.get("ports", [])]
@@ -182,10 +201,14 @@ def _containers(manifests):
             yield from group["template"]["spec"]["containers"]
 
 
-def test_kuberay_manifests_are_a_raycluster_and_a_rayjob(manifests):
-    assert manifests.keys() == {"RayCluster", "RayJob"}
-    for doc in manifests.values():
-        assert doc["apiVersion"] == "ray.io/v1" and doc["metadata"]["name"]
+def test_kuberay_manifests_are_a_raycluster_a_rayjob_and_an_mlflow_server(all_manifests):
+    assert all_manifests.keys() == {"RayCluster", "RayJob", "Deployment", "Service"}
+    for kind in ("RayCluster", "RayJob"):
+        assert all_manifests[kind]["apiVersion"] == "ray.io/v1"
+    assert all_manifests["Deployment"]["apiVersion"] == "apps/v1"
+    assert all_manifests["Service"]["apiVersion"] == "v1"
+    for doc in all_manifests.values():
+        assert doc["metadata"]["name"]
 
 
 def test_raycluster_autoscales_cpu_and_gpu_groups(manifests):
@@ -210,13 +233,43 @@ def test_rayjob_runs_a_shipped_gentrain_spec_and_cleans_up(manifests):
     _check_cluster_spec(spec["rayClusterSpec"])
 
 
-def test_kuberay_pods_share_one_image_and_read_aws_keys_from_a_secret(manifests):
+def test_kuberay_pods_share_one_image_and_read_aws_and_mlflow_keys_from_secrets(manifests):
     containers = list(_containers(manifests))
     assert {c["image"] for c in containers} == {IMAGE}
     for container in containers:
         assert {"secretRef": {"name": "gentrain-aws"}} in container["envFrom"]
+        assert {"secretRef": {"name": "gentrain-mlflow"}} in container["envFrom"]
         for variable in container.get("env", []):
             assert not SECRET_NAME.search(variable["name"]), variable["name"]
+
+
+def test_kuberay_mlflow_server_signs_users_in_where_the_ray_pods_look(
+    all_manifests, manifests, compose
+):
+    deployment, service = all_manifests["Deployment"], all_manifests["Service"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == compose["services"]["mlflow"]["image"]  # mlflow.Dockerfile's
+    assert "command" not in container, "the image's entrypoint: mlflow_server.py"
+    variables = {variable["name"]: variable for variable in container["env"]}
+    for name in ("MLFLOW_BACKEND_STORE_URI", "MLFLOW_AUTH_DATABASE_URI"):
+        assert "secretKeyRef" in variables[name]["valueFrom"], name
+    for name, variable in variables.items():
+        if SECRET_NAME.search(name):
+            assert "value" not in variable and "secretKeyRef" in variable["valueFrom"], name
+    assert {"MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"} <= variables.keys()
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"] == labels and service["spec"]["type"] == "ClusterIP"
+    # the Ray pods' MLFLOW_TRACKING_URI is this Service, a name MLflow lets in (--allowed-hosts)
+    address = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
+    port = service["spec"]["ports"][0]["port"]
+    for doc in manifests.values():
+        spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+        env = spec["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+        uri = next(v["value"] for v in env if v["name"] == "MLFLOW_TRACKING_URI")
+        assert uri == f"http://{address}:{port}"
+    allowed = next(a for a in container["args"] if a.startswith("--allowed-hosts="))
+    assert f"{address}:{port}" in allowed.split("=", 1)[1].split(",")
 
 
 # infra/Dockerfile

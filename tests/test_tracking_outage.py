@@ -1,9 +1,11 @@
-"""The MLflow tracking server goes away mid-run (SIGKILL) and comes back, or never does: training
-goes on, what it logged while the server was away reaches it once it is back, and a server that
-never comes back leaves the run's outbox for `gentrain runs upload`."""
+"""The MLflow tracking server (with sign-in on, as gentrain deploys it) goes away mid-run
+(SIGKILL) and comes back, or never does: training goes on, what it logged while the server was
+away reaches it once it is back, and a server that never comes back leaves the run's outbox for
+`gentrain runs upload`."""
 
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -15,8 +17,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import GENTRAIN, JOBS, gentrain, sample_texts, wait_for
-from gentrain import tracking
+from conftest import GENTRAIN, JOBS, REPO, gentrain, sample_texts, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -24,26 +25,30 @@ STEPS = 150  # about 12 s of training: it goes on while the server is away
 
 
 class TrackingServer:
-    """`mlflow server` on 127.0.0.1 over one SQLite store and artifact directory: killed and
-    started again, it is the same server."""
+    """infra/mlflow_server.py (MLflow's server, sign-in on) on 127.0.0.1 over one SQLite store,
+    user database and artifact directory: killed and started again, it is the same server."""
+
+    ADMIN = "admin"
 
     def __init__(self, workdir: Path):
         self.workdir, self.port = workdir, _port_the_kernel_never_picks()
         self.uri = f"http://127.0.0.1:{self.port}"
+        self.password = secrets.token_urlsafe(16)  # the admin's, whom the tests sign in as
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         log = self.workdir / "server.log"
         with log.open("ab") as output:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"]
+                [sys.executable, str(REPO / "infra" / "mlflow_server.py")]
+                + ["--state", str(self.workdir / "auth"), "--host", "127.0.0.1"]
                 + ["--port", str(self.port), "--workers", "1"]
                 + ["--backend-store-uri", f"sqlite:///{self.workdir / 'server.db'}"]
                 + ["--artifacts-destination", str(self.workdir / "artifacts")],
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, **tracking.SERVER_ENV},
+                env={**os.environ, "MLFLOW_AUTH_ADMIN_PASSWORD": self.password},
             )
         ended = self.process.poll
         wait_for(lambda: self.answers() or ended() is not None, 120, "the MLflow server")
@@ -60,6 +65,16 @@ class TrackingServer:
             return urllib.request.urlopen(f"{self.uri}/health", timeout=2).status == 200
         except OSError:
             return False
+
+    def refuses_strangers(self) -> bool:
+        """Whether a request without credentials gets 401."""
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(f"{self.uri}/api/2.0/mlflow/experiments/search", timeout=5)
+        except OSError as err:
+            return getattr(err, "code", None) == 401
+        return False
 
     def client(self) -> mlflow.MlflowClient:
         return mlflow.MlflowClient(self.uri)
@@ -85,8 +100,10 @@ def _port_the_kernel_never_picks() -> int:
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, monkeypatch):
     found = TrackingServer(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", found.ADMIN)  # the job's and the tests'
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", found.password)
     found.start()
     yield found
     if found.process.poll() is None:
@@ -150,6 +167,7 @@ def _assert_whole(server: TrackingServer, run_id: str) -> None:
 
 
 def test_metrics_logged_while_the_server_was_away_reach_it_when_it_is_back(server, tmp_path):
+    assert server.refuses_strangers()
     job = _start_job(server, tmp_path)
     try:
         killed_at = _kill_once_training_logs(server)

@@ -149,7 +149,7 @@ def connect(
         ensure_available(spec.image_features)  # before anything starts, not at the first eval
     check_bucket(spec.storage.path, "storage.path")
     uri = tracking.resolve_tracking_uri(spec)
-    tracking.check_reachable(uri)
+    tracking.check_reachable(uri, experiment=spec.experiment, write=True)
     if resume_run_id is not None:
         tracking.check_run_exists(resume_run_id, uri=uri)
         if not allow_data_change:

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gentrain.errors import SpecError
+from gentrain.tracking.access import refusal
 from gentrain.tracking.runs import PARENT, SAMPLED, children
 from gentrain.tracking.store import client_for
 
@@ -39,8 +40,10 @@ def compare(*, uri: str, experiment: str | None = None, parent_id: str | None = 
     if parent_id is not None:
         try:
             parent = client.get_run(parent_id)
-        except Exception:
-            raise SpecError(f"--parent: no MLflow run '{parent_id}' in {uri}") from None
+        except Exception as err:
+            raise refusal(err, uri) or SpecError(
+                f"--parent: no MLflow run '{parent_id}' in {uri}"
+            ) from None
         runs = children(parent_id, uri=uri)
         metric = parent.data.params.get("sweep.metric", "loss")
         mode = parent.data.params.get("sweep.mode", "min")

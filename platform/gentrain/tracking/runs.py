@@ -9,14 +9,17 @@ from typing import Any
 import yaml
 
 from gentrain.errors import ERROR_FILE, GentrainError, SpecError, first_line, traceback_of
-from gentrain.redact import redact_values
+from gentrain.redact import redact, redact_values
 from gentrain.spec import JobSpec, flatten
 from gentrain.tracking import source
+from gentrain.tracking.access import refusal, run_user
 from gentrain.tracking.store import client_for
 
 # The UI opens an experiment of this kind on its runs (model training), not on the GenAI
 # overview of traces and judges.
 TRAINING_EXPERIMENT = {"mlflow.experimentKind": "custom_model_development"}
+
+MLFLOW_USER = "mlflow.user"  # the run's user: the one signed in to the tracking server
 
 # MLflow's run ids (uuid hex); a run id also names its checkpoint directory under storage.path
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -34,8 +37,10 @@ def check_run_exists(run_id: str, *, uri: str, option: str = "--resume") -> None
     check_run_id(run_id, option)
     try:
         client_for(uri).get_run(run_id)
-    except Exception:
-        raise SpecError(f"{option}: no MLflow run '{run_id}' in {uri}") from None
+    except Exception as err:
+        raise refusal(err, uri) or SpecError(
+            f"{option}: no MLflow run '{run_id}' in {redact(uri)}"
+        ) from None
 
 
 def start_run(
@@ -61,7 +66,7 @@ def start_run(
         else client.create_experiment(spec.experiment, tags=TRAINING_EXPERIMENT)
     )
     described = source_tags if source_tags is not None else source.of_spec(None)
-    tags = {**_tags(spec), **described, **(tags or {})}
+    tags = {MLFLOW_USER: run_user(), **_tags(spec), **described, **(tags or {})}
     run = client.create_run(experiment_id, tags=tags, run_name=name)
     run_id = run.info.run_id
     try:

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gentrain import places
-from gentrain.errors import GentrainError, SpecError
+from gentrain.errors import SpecError
 from gentrain.redact import redact
 from gentrain.spec import JobSpec
 
@@ -68,32 +68,46 @@ def _local_store_lock(database: Path):
         os.close(directory)  # releases the lock
 
 
-def check_reachable(uri: str) -> None:
-    """Fail early and plainly when the tracking store cannot be used."""
-    try:
-        client_for(uri).search_experiments(max_results=1)
-    except Exception as err:  # the store's own errors vary by backend
-        raise GentrainError(f"tracking store {uri} is not usable: {err}") from None
-
-
 # MLflow's server starts a job runner and seven job consumers (about 25 s of CPU and their memory)
 # for its GenAI jobs (trace scorers, rollups), which gentrain never submits.
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
-def ui_command(uri: str, *, host: str, port: int) -> list[str]:
-    """argv of the MLflow UI over `uri` (run it with SERVER_ENV under the user's settings)."""
+def ui_sign_in(host: str, *, insecure: bool) -> bool:
+    """Whether `gentrain ui` asks for a user and password (MLflow's basic-auth app, configured by
+    MLFLOW_AUTH_CONFIG_PATH). Beyond loopback it must, unless `insecure`: a SpecError."""
+    config = os.environ.get("MLFLOW_AUTH_CONFIG_PATH")
+    if config and not Path(config).is_file():
+        raise SpecError(f"MLFLOW_AUTH_CONFIG_PATH: no file {config} (MLflow's basic_auth.ini)")
+    if not config and not insecure and not is_loopback(host):
+        raise SpecError(
+            f"--host {host}: the MLflow UI would let anyone who reaches it read and delete every "
+            "run; turn sign-in on with MLFLOW_AUTH_CONFIG_PATH (README: Deploying), or pass "
+            "--insecure"
+        )
+    return bool(config)
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return False
+
+
+def ui_command(uri: str, *, host: str, port: int, sign_in: bool) -> tuple[list[str], dict]:
+    """argv and environment of the MLflow UI over `uri` (with MLflow's basic-auth app when
+    `sign_in`), under the user's settings."""
+    import secrets
     import sys
 
-    return [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
+    argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    argv += ["--host", host, "--port", str(port)]
+    env = {**SERVER_ENV, **os.environ}
+    if sign_in:
+        argv += ["--app-name", "basic-auth"]
+        # the sign-in form's CSRF key: one server, so a new key each start is enough
+        env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_urlsafe(24))
+    return argv, env
