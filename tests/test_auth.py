@@ -100,7 +100,7 @@ def _job(workdir, name: str = EXPERIMENT, *, sweep: bool = True):
     spec["name"] = name
     spec["model"]["flavor"] = "debug"
     spec["train"].update(max_steps=4, log_every=2, eval_every=4, checkpoint_every=4)
-    spec["sweep"].update(concurrency=1, space={"optim.lr": {"grid": [1e-3, 2e-3]}})
+    spec["sweep"].update(concurrency=2, space={"optim.lr": {"grid": [1e-3, 2e-3]}})
     if not sweep:
         del spec["sweep"]
     path = workdir / ("sweep.yaml" if sweep else "run.yaml")
@@ -141,6 +141,15 @@ def test_missing_or_wrong_credentials_are_refused_before_anything_starts(stack, 
         assert line.startswith("error: tracking.uri http://127.0.0.1:")
         assert "the server answered 401 Unauthorized" in line and answer in line
         assert "not-her-password" not in refused.stderr + refused.stdout
+    # a password in the URI: taken, and masked where the URI is shown
+    uri = _as(stack, None)["MLFLOW_TRACKING_URI"].replace("://", "://alice:not-her-password@")
+    refused = gentrain(
+        "run", str(spec), "--set", f"tracking.uri={uri}", cwd=tmp_path, env=_as(stack, None)
+    )
+    assert refused.returncode == 2
+    assert "tracking.uri http://alice:***@127.0.0.1:" in refused.stderr
+    assert "user 'alice'; check the one in tracking.uri" in refused.stderr
+    assert "not-her-password" not in refused.stderr + refused.stdout
     assert client.get_experiment_by_name("refused-before-start") is None, "no run created"
 
 
@@ -193,6 +202,9 @@ def test_bob_given_read_compares_alices_runs_but_cannot_log_or_delete(
     assert seen.returncode == 0, seen.stderr
     rows = json.loads(seen.stdout)["rows"]
     assert sorted(row["run_id"] for row in rows) == sorted(run.info.run_id for run in trials)
+    in_uri = as_bob["MLFLOW_TRACKING_URI"].replace("://", f"://bob:{USERS['bob']}@")
+    seen = gentrain(*compare, "--tracking-uri", in_uri, cwd=tmp_path, env=_as(stack, None))
+    assert seen.returncode == 0, seen.stderr
 
     before = len(client.search_runs([parent.info.experiment_id]))
     sweep, run = _job(tmp_path), _job(tmp_path, sweep=False)

@@ -4,6 +4,7 @@ MLFLOW_TRACKING_TOKEN, or ~/.mlflow/credentials). They are checked before anythi
 server that refuses them is one line naming tracking.uri and what it answered, and no run."""
 
 import getpass
+from urllib.parse import urlsplit
 
 from gentrain.errors import GentrainError, SpecError
 from gentrain.redact import redact
@@ -30,7 +31,7 @@ def check_reachable(uri: str, *, experiment: str | None = None, write: bool = Fa
         permission = _permission(uri, found.experiment_id)
         if permission is not None and permission not in MAY_LOG:
             raise SpecError(
-                f"tracking.uri {redact(uri)}: the server answered 403 Forbidden: {_who()} has "
+                f"tracking.uri {redact(uri)}: the server answered 403 Forbidden: {_who(uri)} has "
                 f"{permission} on experiment '{experiment}' and may not log to it; its owner "
                 "can grant EDIT, or set tracking.experiment to one of your own"
             )
@@ -40,9 +41,10 @@ def refusal(err: Exception, uri: str, *, experiment: str | None = None) -> SpecE
     """A SpecError saying what the server answered when `err` is its refusal (401 or 403)."""
     status = getattr(err, "get_http_status_code", lambda: None)()
     if status == 401:
+        where = "MLFLOW_TRACKING_PASSWORD" if _signed_in_by_env() else "tracking.uri"
         problem = (
-            f"it did not take the password of user '{user()}'; check MLFLOW_TRACKING_PASSWORD"
-            if user()
+            f"it did not take the password of user '{user(uri)}'; check the one in {where}"
+            if user(uri)
             else "no credentials were given; set MLFLOW_TRACKING_USERNAME and "
             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to your MLflow user's"
         )
@@ -51,26 +53,32 @@ def refusal(err: Exception, uri: str, *, experiment: str | None = None) -> SpecE
     if status == 403:
         what = f"experiment '{experiment}'" if experiment else "what was asked"
         return SpecError(
-            f"tracking.uri {redact(uri)}: the server answered 403 Forbidden: {_who()} may not "
+            f"tracking.uri {redact(uri)}: the server answered 403 Forbidden: {_who(uri)} may not "
             f"read {what}; its owner can grant READ (or EDIT to log to it)"
         )
     return None
 
 
-def user() -> str | None:
-    """The MLflow user gentrain signs in as (None: no username given)."""
+def user(uri: str) -> str | None:
+    """The MLflow user gentrain signs in to `uri` as (None: no username given): MLflow's
+    credentials, else the user named in the URI (http://USER:PASSWORD@HOST)."""
+    return _signed_in_by_env() or urlsplit(uri).username
+
+
+def _signed_in_by_env() -> str | None:
+    """The username of MLflow's own credentials (environment or ~/.mlflow/credentials)."""
     from mlflow.utils.credentials import read_mlflow_creds
 
     return read_mlflow_creds().username
 
 
-def run_user() -> str:
+def run_user(uri: str) -> str:
     """Whom a new run is by (its `mlflow.user`): the signed-in user, else this machine's."""
-    return user() or getpass.getuser()
+    return user(uri) or getpass.getuser()
 
 
-def _who() -> str:
-    name = user()
+def _who(uri: str) -> str:
+    name = user(uri)
     return f"user '{name}'" if name else "a client without credentials"
 
 

@@ -66,7 +66,7 @@ def start_run(
         else client.create_experiment(spec.experiment, tags=TRAINING_EXPERIMENT)
     )
     described = source_tags if source_tags is not None else source.of_spec(None)
-    tags = {MLFLOW_USER: run_user(), **_tags(spec), **described, **(tags or {})}
+    tags = {MLFLOW_USER: run_user(uri), **_tags(spec), **described, **(tags or {})}
     run = client.create_run(experiment_id, tags=tags, run_name=name)
     run_id = run.info.run_id
     try:
