@@ -22,7 +22,7 @@ run: setup
 # One process: a run's Ray workers already take both cores (two test processes side by side
 # were slower than one, measured one day). Then the multi-node cluster tests, without embedded Ray.
 test: setup
-	$(BIN)/pytest -q -m "not cluster" --durations=20
+	$(BIN)/pytest -q -m "not cluster" --durations=40
 	$(BIN)/pytest -q -m cluster
 
 bench: setup

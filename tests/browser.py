@@ -26,16 +26,18 @@ class Page:
     text: str  # what it shows, as one line of words
 
 
-def start_ui(workdir: Path, port: int, env: dict[str, str]) -> subprocess.Popen:
-    """`gentrain ui` in a session of its own (stop it by killing the whole session)."""
-    return subprocess.Popen(
-        [*GENTRAIN, "ui", "--port", str(port)],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
+def start_ui(workdir: Path, port: int, env: dict[str, str], *more: str) -> subprocess.Popen:
+    """`gentrain ui --port PORT MORE...` in a session of its own (stop it by killing the whole
+    session); what it prints goes to workdir/ui.log."""
+    with (workdir / "ui.log").open("wb") as log:
+        return subprocess.Popen(
+            [*GENTRAIN, "ui", "--port", str(port), *more],
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
 
 
 @contextmanager

@@ -1,7 +1,8 @@
 """A team's tracking server with sign-in on: infra/local_stack.py's MLflow (basic-auth app, users
 in PostgreSQL). gentrain signs in as the user of MLFLOW_TRACKING_USERNAME / _PASSWORD, is refused
 before anything starts without them, and a teammate given READ on an experiment compares its runs
-but cannot log to them or delete them."""
+but cannot log to them or delete them. (test_cluster.py: a sweep's trials log as its user, the
+one in the cluster nodes' environment.)"""
 
 import importlib.util
 import json
@@ -49,6 +50,7 @@ def test_the_servers_admin_password_is_given_or_generated_once_and_private(tmp_p
         assert (tmp_path / "c" / name).stat().st_mode & 0o077 == 0, name
     config = (tmp_path / "c" / "basic_auth.ini").read_text()
     assert "default_permission = NO_PERMISSIONS" in config
+    assert f"auth_cache_ttl_seconds = {server.CREDENTIALS_CACHED_S}" in config
     assert first["MLFLOW_AUTH_CONFIG_PATH"] == str(tmp_path / "c" / "basic_auth.ini")
 
 
@@ -154,37 +156,33 @@ def test_missing_or_wrong_credentials_are_refused_before_anything_starts(stack, 
 
 
 @pytest.fixture(scope="module")
-def alice_sweep(stack, admin, tmp_path_factory):
-    """A sweep alice ran: (its parent run id, her trials' run ids)."""
+def alices_run(stack, admin, tmp_path_factory):
+    """The run alice trained, in the experiment it made."""
     workdir = tmp_path_factory.mktemp("alice")
-    result = gentrain("sweep", str(_job(workdir)), cwd=workdir, env=_as(stack, "alice"))
+    result = gentrain("run", str(_job(workdir, sweep=False)), cwd=workdir, env=_as(stack, "alice"))
     assert result.returncode == 0, result.stderr[-3000:]
     _, client = admin
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    runs = client.search_runs([experiment.experiment_id])
-    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
-    return parent, [run for run in runs if run is not parent]
+    (run,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    return run
 
 
-def test_alice_owns_the_experiment_her_sweep_made_and_its_trials_log_as_her(admin, alice_sweep):
-    auth, client = admin
-    parent, trials = alice_sweep
-    assert len(trials) == 2 and all(run.info.status == "FINISHED" for run in trials)
-    for run in [parent, *trials]:
-        assert run.data.tags["mlflow.user"] == "alice" and run.info.user_id == "alice"
-    owned = auth.get_user_permission("alice", "experiment", parent.info.experiment_id)
+def test_alice_owns_the_experiment_her_run_made_and_it_is_hers(admin, alices_run):
+    auth, _ = admin
+    assert alices_run.info.status == "FINISHED"
+    assert alices_run.data.tags["mlflow.user"] == "alice" and alices_run.info.user_id == "alice"
+    owned = auth.get_user_permission("alice", "experiment", alices_run.info.experiment_id)
     assert owned.permission == "MANAGE"
-    stranger = auth.get_user_permission("bob", "experiment", parent.info.experiment_id)
+    stranger = auth.get_user_permission("bob", "experiment", alices_run.info.experiment_id)
     assert stranger.permission == "NO_PERMISSIONS"
 
 
 def test_bob_given_read_compares_alices_runs_but_cannot_log_or_delete(
-    stack, admin, alice_sweep, tmp_path
+    stack, admin, alices_run, tmp_path
 ):
-    auth, client = admin
-    parent, trials = alice_sweep
+    _, client = admin
+    experiment_id, run_id = alices_run.info.experiment_id, alices_run.info.run_id
     as_bob = _as(stack, "bob")
-    compare = ["runs", "compare", EXPERIMENT, "--parent", parent.info.run_id, "--format", "json"]
+    compare = ["runs", "compare", EXPERIMENT, "--format", "json"]
 
     unseen = gentrain(*compare, cwd=tmp_path, env=as_bob)
     assert unseen.returncode == 2
@@ -196,32 +194,33 @@ def test_bob_given_read_compares_alices_runs_but_cannot_log_or_delete(
         from mlflow.server import get_app_client
 
         owner = get_app_client("basic-auth", tracking_uri=client.tracking_uri)
-        owner.grant_user_permission("bob", "experiment", parent.info.experiment_id, "READ")
+        owner.grant_user_permission("bob", "experiment", experiment_id, "READ")
 
     seen = gentrain(*compare, cwd=tmp_path, env=as_bob)
     assert seen.returncode == 0, seen.stderr
     rows = json.loads(seen.stdout)["rows"]
-    assert sorted(row["run_id"] for row in rows) == sorted(run.info.run_id for run in trials)
+    assert [row["run_id"] for row in rows] == [run_id]
     in_uri = as_bob["MLFLOW_TRACKING_URI"].replace("://", f"://bob:{USERS['bob']}@")
     seen = gentrain(*compare, "--tracking-uri", in_uri, cwd=tmp_path, env=_as(stack, None))
     assert seen.returncode == 0, seen.stderr
 
-    before = len(client.search_runs([parent.info.experiment_id]))
+    before = len(client.search_runs([experiment_id]))
     sweep, run = _job(tmp_path), _job(tmp_path, sweep=False)
     for refused in (
         gentrain("sweep", str(sweep), cwd=tmp_path, env=as_bob),
-        gentrain("run", str(run), "--resume", trials[0].info.run_id, cwd=tmp_path, env=as_bob),
+        gentrain("run", str(run), "--resume", run_id, cwd=tmp_path, env=as_bob),
     ):
         assert refused.returncode == 2, refused.stderr
         (line,) = refused.stderr.splitlines()
-        assert "tracking.uri" in line and "403 Forbidden: user 'bob' has READ" in line
-    assert len(client.search_runs([parent.info.experiment_id])) == before, "no run created"
+        assert line.startswith("error: tracking.uri http://127.0.0.1:")
+        assert "403 Forbidden to runs in experiment 'alice-vae'" in line
+        assert "the server gives user 'bob' READ on it, not EDIT" in line
+    assert len(client.search_runs([experiment_id])) == before, "no run created"
 
     with pytest.MonkeyPatch.context() as env:  # bob's own client, past gentrain's checks
         env.setenv("MLFLOW_TRACKING_USERNAME", "bob")
         env.setenv("MLFLOW_TRACKING_PASSWORD", USERS["bob"])
         as_client = mlflow.MlflowClient(client.tracking_uri)
-        run_id = trials[0].info.run_id
         assert as_client.get_run(run_id).info.status == "FINISHED"
         for write in (
             lambda: as_client.log_metric(run_id, "loss", 0.0),

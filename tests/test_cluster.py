@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -37,7 +38,7 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(s3_server, tmp_path_factory):
+def cluster(s3_server, tracking_server, tmp_path_factory):
     from ray._private.authentication.authentication_token_generator import (
         generate_new_authentication_token,
     )
@@ -45,8 +46,8 @@ def cluster(s3_server, tmp_path_factory):
     s3_server.client().create_bucket(Bucket=BUCKET)
     token = generate_new_authentication_token()
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
-    # The cluster's own environment: S3 credentials live here, never in a spec or a submission;
-    # a stopped job's driver gets time to close its MLflow run.
+    # The cluster's own environment: S3 and MLflow credentials (tracking_server's) live here,
+    # never in a spec or a submission; a stopped job's driver gets time to close its MLflow run.
     node_env = {**os.environ, **auth, **s3_server.env, "RAY_JOB_STOP_WAIT_TIME_S": "30"}
     node_env["PATH"] = f"{Path(RAY).parent}{os.pathsep}{os.environ['PATH']}"  # gentrain installed
     node_env.pop("RAY_ADDRESS", None)
@@ -114,7 +115,8 @@ def cluster(s3_server, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tracking_server(s3_server, tmp_path_factory):
-    """infra/local_stack.py's MLflow server: PostgreSQL behind it, artifacts in the S3 server."""
+    """infra/local_stack.py's MLflow server (sign-in on): PostgreSQL behind it, artifacts in the
+    S3 server. The module's processes, the cluster's nodes included, sign in as its admin."""
     s3_server.client().create_bucket(Bucket=ARTIFACTS)
     stack = tmp_path_factory.mktemp("stack")
     command = [sys.executable, str(REPO / "infra" / "local_stack.py")]
@@ -130,8 +132,11 @@ def tracking_server(s3_server, tmp_path_factory):
         assert started.returncode == 0, started.stderr
         assert "postgres" in json.loads((stack / "state.json").read_text())
         lines = (stack / "env").read_text().splitlines()
-        settings = dict(line.removeprefix("export ").split("=", 1) for line in lines)
-        yield settings["MLFLOW_TRACKING_URI"]
+        settings = dict(shlex.split(line)[1].split("=", 1) for line in lines)
+        with pytest.MonkeyPatch.context() as patch:
+            for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                patch.setenv(name, settings[name])
+            yield settings["MLFLOW_TRACKING_URI"]
     finally:
         subprocess.run([*command, "stop", str(stack)], env=env, timeout=120)
 
@@ -179,8 +184,13 @@ def _job_spec(workdir: Path, steps: int, tracking_uri: str | None = None) -> Pat
     return path
 
 
+# The submitter's own MLflow credentials, which the server refuses: a job signs in with its
+# node's, and fails if gentrain sent these with it.
+SUBMITTER = {"MLFLOW_TRACKING_USERNAME": "submitter", "MLFLOW_TRACKING_PASSWORD": "planted-0451"}
+
+
 def _client_env(cluster: Cluster) -> dict[str, str]:
-    return {**cluster.env, "RAY_ADDRESS": ""}
+    return {**cluster.env, **SUBMITTER, "RAY_ADDRESS": ""}
 
 
 def _submit_and_follow(cluster: Cluster, workdir: Path):
@@ -234,6 +244,14 @@ def test_a_submitted_job_trains_on_both_nodes(cluster, s3_server, tracking_serve
     run = _only_run(tmp_path, tracking_server)
     assert run.info.status == "FINISHED"
     assert f"look at it: {tracking_server}/#/runs/{run.info.run_id}\n" in result.stdout
+    # signed in as the node's user (the stack's admin), with nothing of the submitter's sent
+    assert run.data.tags["mlflow.user"] == "admin"
+    job_id = result.stdout.split("submitted job ", 1)[1].split()[0]
+    (job,) = [j for j in _ray_list(cluster, "jobs") if j.get("submission_id") == job_id]
+    assert not {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} & set(
+        job["runtime_env"].get("env_vars", {})
+    ), job["runtime_env"]
+    assert SUBMITTER["MLFLOW_TRACKING_PASSWORD"] not in result.stdout + result.stderr
     tags = run.data.tags
     assert (tags["mlflow.source.type"], tags["mlflow.source.git.commit"]) == ("JOB", head)
     # both Ray nodes here run on one machine (one IP), which Ray Train counts as one node: its
@@ -373,6 +391,8 @@ def test_a_submitted_sweep_runs_its_trials_on_both_nodes(
     assert parent.info.status == "FINISHED" and "best_loss" in parent.data.metrics
     assert sorted(run.data.params["optim.lr"] for run in children) == ["0.001", "0.002"]
     assert all(run.info.status == "FINISHED" for run in children)
+    # the sweep and its trials, wherever they ran, signed in as the nodes' MLflow user
+    assert {run.data.tags["mlflow.user"] for run in [parent, *children]} == {"admin"}
     # one CPU a node, two trials at once: one trial on each node
     trials = _ray_list(cluster, "actors", "--filter", "class_name=ImplicitFunc")
     assert len({actor["node_id"] for actor in trials}) == 2, trials

@@ -82,6 +82,7 @@ def grid(local_ray, tmp_path_factory, new_store):
     with pytest.MonkeyPatch.context() as env:
         env.setenv("AWS_ACCESS_KEY_ID", f"id-{PLANTED}")
         env.setenv("AWS_SECRET_ACCESS_KEY", PLANTED)
+        env.setenv("MLFLOW_TRACKING_PASSWORD", PLANTED)
         return sweep.run(spec)
 
 

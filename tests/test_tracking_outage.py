@@ -207,6 +207,13 @@ def test_a_server_that_never_comes_back_leaves_an_outbox_to_upload(server, tmp_p
     assert kept.exists(), "kept until the server takes it"
 
     server.start()
+    wrong = {"MLFLOW_TRACKING_PASSWORD": "not-the-admins"}
+    refused = gentrain("runs", "upload", str(kept), cwd=tmp_path, env=wrong)
+    assert refused.returncode == 2 and kept.exists()
+    assert (
+        "the server answered 401 Unauthorized" in refused.stderr
+        and "nothing is lost" in refused.stderr
+    )
     uploaded = gentrain("runs", "upload", str(kept), cwd=tmp_path)
     assert uploaded.returncode == 0, uploaded.stderr
     assert f"uploaded run {run_id}" in uploaded.stdout

@@ -1,16 +1,19 @@
-"""`gentrain ui` serves the MLflow UI of the configured store, on 127.0.0.1 only."""
+"""`gentrain ui` serves the MLflow UI of the configured store, on 127.0.0.1 only unless it asks
+for a user and password (MLflow's basic-auth app) or is told --insecure."""
 
+import base64
 import json
 import os
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import mlflow
 import pytest
 
 from browser import start_ui
-from conftest import GENTRAIN, free_port
+from conftest import GENTRAIN, free_port, gentrain, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -28,9 +31,72 @@ def test_ui_serves_the_local_store_on_loopback(tmp_path):
         local_addresses = {line.split()[3] for line in listening.splitlines()}
         assert local_addresses == {f"127.0.0.1:{port}"}
         assert not _job_consumers_under(ui.pid), "MLflow's GenAI job consumers were started"
+        said = (tmp_path / "ui.log").read_text()
+        assert f"MLflow UI on http://127.0.0.1:{port} (no sign-in: your local store" in said
     finally:
         os.killpg(ui.pid, 9)
         ui.wait()
+
+
+def test_ui_refuses_to_serve_beyond_loopback_without_sign_in(tmp_path):
+    port = free_port()
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    refused = gentrain("ui", "--host", "0.0.0.0", "--port", str(port), cwd=tmp_path, env=env)
+    assert refused.returncode == 2
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith("error: --host 0.0.0.0: the MLflow UI would let anyone")
+    assert "MLFLOW_AUTH_CONFIG_PATH" in line and "--insecure" in line
+    assert not (tmp_path / "mlflow.db").exists(), "nothing started"
+    server = {"MLFLOW_TRACKING_URI": "http://gentrain:planted-0451@127.0.0.1:9"}
+    pointed = gentrain("ui", "--host", "0.0.0.0", cwd=tmp_path, env=server)
+    assert pointed.returncode == 0, pointed.stderr
+    assert (
+        pointed.stdout == "the tracking server serves its own UI: http://gentrain:***@127.0.0.1:9\n"
+    )
+
+
+def test_ui_beyond_loopback_with_sign_in_lets_in_only_its_users(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.MlflowClient(store).create_experiment("seen-in-ui")
+    config = tmp_path / "basic_auth.ini"
+    config.write_text(
+        "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+        f"database_uri = sqlite:///{tmp_path / 'users.db'}\nadmin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "MLFLOW_AUTH_CONFIG_PATH": str(config)}
+    port = free_port()
+    ui = start_ui(tmp_path, port, {**env, "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD}, *BEYOND)
+    try:
+        wait_for(lambda: _status(port) is not None, 120, "the UI")
+        assert _status(port) == 401
+        assert _status(port, ("admin", "wrong")) == 401
+        assert _status(port, ("admin", ADMIN_PASSWORD)) == 200
+        said = (tmp_path / "ui.log").read_text()
+        assert f"MLflow UI on http://0.0.0.0:{port} (sign-in required" in said
+        assert ADMIN_PASSWORD not in said
+    finally:
+        os.killpg(ui.pid, 9)
+        ui.wait()
+
+
+ADMIN_PASSWORD = "ui-admin-password-0451"
+BEYOND = ("--host", "0.0.0.0")
+
+
+def _status(port: int, user: tuple[str, str] | None = None) -> int | None:
+    """The HTTP status of listing experiments as `user` (None: the UI does not answer yet)."""
+    url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10"
+    request = urllib.request.Request(url)
+    if user:
+        token = base64.b64encode(":".join(user).encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        return urllib.request.urlopen(request, timeout=5).status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return None
 
 
 def _job_consumers_under(session: int) -> list[str]:

@@ -412,6 +412,8 @@ def upload_runs(
     for path in kept:
         try:
             run_id = outbox.upload(path)
+        except SpecError as error:  # refused these credentials
+            _fail(f"{path}: {error}; nothing is lost", 2)
         except Exception as error:  # the store's own errors: still away, refused...
             problem = first_line(error)[:160]
             _fail(

@@ -31,9 +31,9 @@ def check_reachable(uri: str, *, experiment: str | None = None, write: bool = Fa
         permission = _permission(uri, found.experiment_id)
         if permission is not None and permission not in MAY_LOG:
             raise SpecError(
-                f"tracking.uri {redact(uri)}: the server answered 403 Forbidden: {_who(uri)} has "
-                f"{permission} on experiment '{experiment}' and may not log to it; its owner "
-                "can grant EDIT, or set tracking.experiment to one of your own"
+                f"tracking.uri {redact(uri)}: 403 Forbidden to runs in experiment '{experiment}': "
+                f"the server gives {_who(uri)} {permission} on it, not EDIT; its owner can grant "
+                "EDIT, or set tracking.experiment to one of your own"
             )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from gentrain.errors import first_line
 from gentrain.redact import redact
+from gentrain.tracking.access import refusal
 from gentrain.tracking.datasets import CONTEXT
 from gentrain.tracking.models import log_checkpoint_model, log_pytorch_model
 from gentrain.tracking.runs import end_run
@@ -279,9 +280,16 @@ def keep_end(directory: Path, *, status: str, reason: str | None, error: str | N
 
 def upload(directory: Path) -> str:
     """Send what an outbox kept to its run's store; returns the run id. Raises when the store
-    still cannot take it (the outbox stays, the entries sent so far recorded)."""
+    still cannot take it (the outbox stays, the entries sent so far recorded): a SpecError when
+    it refuses these credentials."""
     run = json.loads((directory / RUN).read_text())
-    send(directory, uri=run["tracking_uri"], run_id=run["run_id"])
+    try:
+        send(directory, uri=run["tracking_uri"], run_id=run["run_id"])
+    except Exception as err:
+        refused = refusal(err, run["tracking_uri"])  # wrong credentials: a SpecError
+        if refused is None:
+            raise
+        raise refused from None
     shutil.rmtree(directory)
     return run["run_id"]
 
