@@ -51,7 +51,7 @@ def server_env(state: Path, env: Mapping[str, str]) -> dict[str, str]:
         config,
         "[mlflow]\n"
         f"default_permission = {DEFAULT_PERMISSION}\n"
-        f"database_uri = {database}\n"
+        f"database_uri = {database.replace('%', '%%')}\n"  # read by configparser
         f"admin_username = {env.get('MLFLOW_AUTH_ADMIN_USERNAME', ADMIN)}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         f"auth_cache_ttl_seconds = {CREDENTIALS_CACHED_S}\n",
@@ -76,17 +76,17 @@ def admin_password(state: Path, env: Mapping[str, str]) -> str:
 
 
 def _generated_once(path: Path) -> str:
-    if not path.exists():
+    if not path.exists() or not path.read_text().strip():  # none yet, or its writing cut short
         _write_private(path, secrets.token_urlsafe(24))
     return path.read_text().strip()
 
 
 def _write_private(path: Path, text: str) -> None:
-    """`text` in `path`, readable by its owner only from the first byte on."""
+    """`text` in `path`, readable by its owner only before the first byte is written."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # a file that was already there keeps its mode otherwise
     with os.fdopen(descriptor, "w") as file:
         file.write(text)
-    path.chmod(0o600)
 
 
 if __name__ == "__main__":

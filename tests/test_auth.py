@@ -4,6 +4,7 @@ before anything starts without them, and a teammate given READ on an experiment 
 but cannot log to them or delete them. (test_cluster.py: a sweep's trials log as its user, the
 one in the cluster nodes' environment.)"""
 
+import configparser
 import importlib.util
 import json
 import os
@@ -50,6 +51,11 @@ def test_the_servers_admin_password_is_given_or_generated_once_and_private(tmp_p
         assert (tmp_path / "c" / name).stat().st_mode & 0o077 == 0, name
     config = (tmp_path / "c" / "basic_auth.ini").read_text()
     assert "default_permission = NO_PERMISSIONS" in config
+    encoded = "postgresql://mlflow:p%40ss@db:5432/mlflow_auth"  # a password with an @
+    server.server_env(tmp_path / "d", {"MLFLOW_AUTH_DATABASE_URI": encoded})
+    parsed = configparser.ConfigParser()  # as MLflow reads it
+    parsed.read(tmp_path / "d" / "basic_auth.ini")
+    assert parsed["mlflow"]["database_uri"] == encoded
     assert f"auth_cache_ttl_seconds = {server.CREDENTIALS_CACHED_S}" in config
     assert first["MLFLOW_AUTH_CONFIG_PATH"] == str(tmp_path / "c" / "basic_auth.ini")
 
@@ -105,6 +111,7 @@ def _job(workdir, name: str = EXPERIMENT, *, sweep: bool = True):
     spec["sweep"].update(concurrency=2, space={"optim.lr": {"grid": [1e-3, 2e-3]}})
     if not sweep:
         del spec["sweep"]
+    workdir.mkdir(exist_ok=True)
     path = workdir / ("sweep.yaml" if sweep else "run.yaml")
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -169,7 +176,7 @@ def alices_run(stack, admin, tmp_path_factory):
 def test_alice_owns_the_experiment_her_run_made_and_it_is_hers(admin, alices_run):
     auth, _ = admin
     assert alices_run.info.status == "FINISHED"
-    assert alices_run.data.tags["mlflow.user"] == "alice" and alices_run.info.user_id == "alice"
+    assert alices_run.data.tags["mlflow.user"] == "alice"
     owned = auth.get_user_permission("alice", "experiment", alices_run.info.experiment_id)
     assert owned.permission == "MANAGE"
     stranger = auth.get_user_permission("bob", "experiment", alices_run.info.experiment_id)
@@ -206,9 +213,11 @@ def test_bob_given_read_compares_alices_runs_but_cannot_log_or_delete(
 
     before = len(client.search_runs([experiment_id]))
     sweep, run = _job(tmp_path), _job(tmp_path, sweep=False)
+    bobs = _job(tmp_path / "bob", "bob-vae", sweep=False)  # his spec: the run's experiment counts
     for refused in (
         gentrain("sweep", str(sweep), cwd=tmp_path, env=as_bob),
         gentrain("run", str(run), "--resume", run_id, cwd=tmp_path, env=as_bob),
+        gentrain("run", str(bobs), "--resume", run_id, cwd=tmp_path, env=as_bob),
     ):
         assert refused.returncode == 2, refused.stderr
         (line,) = refused.stderr.splitlines()
@@ -231,3 +240,16 @@ def test_bob_given_read_compares_alices_runs_but_cannot_log_or_delete(
     assert client.get_run(run_id).info.lifecycle_stage == "active"
     url = f"{client.tracking_uri}/api/2.0/mlflow/runs/get?run_id={run_id}"
     assert _status_without_credentials(url) == 401
+
+
+def test_a_password_in_the_tracking_uri_never_travels_with_a_submitted_job(tmp_path):
+    spec = _job(tmp_path, sweep=False)
+    uri = "http://alice:planted-0451@mlflow.example:5000"
+    refused = gentrain(
+        "submit", str(spec), "--address", "http://127.0.0.1:9", "--set", f"tracking.uri={uri}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith("error: tracking.uri: a password in it would travel with the job")
+    assert "planted-0451" not in refused.stderr + refused.stdout

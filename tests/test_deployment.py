@@ -259,6 +259,7 @@ def test_kuberay_mlflow_server_signs_users_in_where_the_ray_pods_look(
     assert {"MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"} <= variables.keys()
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"
     labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"] == labels
     assert service["spec"]["selector"] == labels and service["spec"]["type"] == "ClusterIP"
     # the Ray pods' MLFLOW_TRACKING_URI is this Service, a name MLflow lets in (--allowed-hosts)
     address = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"

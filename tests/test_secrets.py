@@ -8,6 +8,7 @@ import yaml
 from conftest import JOBS, gentrain
 from gentrain import spec as spec_module
 from gentrain import tracking
+from gentrain.errors import first_line, traceback_of
 from gentrain.redact import redact
 
 PLANTED = "planted-secret-0451"
@@ -24,6 +25,14 @@ def test_redact_masks_the_password_of_any_uri():
     assert redact("http://127.0.0.1:5000 user@example.com") == (
         "http://127.0.0.1:5000 user@example.com"
     )
+
+
+def test_an_errors_line_and_traceback_mask_the_password_of_the_url_it_names():
+    try:
+        raise RuntimeError(f"API request to {URI}/api/2.0/mlflow/runs/get failed")
+    except RuntimeError as err:
+        assert "gentrain:***@127.0.0.1:9/api" in first_line(err)
+        assert PLANTED not in first_line(err) + traceback_of(err)
 
 
 def test_params_and_spec_yaml_hold_the_tracking_uri_masked(tmp_path):

@@ -80,6 +80,22 @@ def test_ui_beyond_loopback_with_sign_in_lets_in_only_its_users(tmp_path):
         ui.wait()
 
 
+def test_ui_beyond_loopback_without_sign_in_only_when_told_insecure(tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env.pop("MLFLOW_AUTH_CONFIG_PATH", None)
+    port = free_port()
+    ui = start_ui(tmp_path, port, env, *BEYOND, "--insecure")
+    try:
+        wait_for(lambda: _status(port) is not None, 120, "the UI")
+        assert _status(port) == 200, "no sign-in"
+        said = (tmp_path / "ui.log").read_text()
+        assert "warning: the MLflow UI listens on 0.0.0.0 without sign-in: anyone who" in said
+        assert f"MLflow UI on http://0.0.0.0:{port} (no sign-in: --insecure" in said
+    finally:
+        os.killpg(ui.pid, 9)
+        ui.wait()
+
+
 ADMIN_PASSWORD = "ui-admin-password-0451"
 BEYOND = ("--host", "0.0.0.0")
 

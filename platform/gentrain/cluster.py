@@ -16,6 +16,7 @@ import ray
 
 from gentrain.errors import GentrainError, SpecError, first_line
 from gentrain.families.user import code_to_ship, installed_families
+from gentrain.redact import redact
 from gentrain.storage import check_bucket
 from gentrain.tracking import source
 
@@ -276,6 +277,13 @@ def submit(
     from gentrain import spec as spec_module
 
     job = spec_module.load(spec_file, sets)
+    if job.tracking.uri and redact(job.tracking.uri) != job.tracking.uri:
+        raise SpecError(
+            "tracking.uri: a password in it would travel with the job (its command line and "
+            "files); give the cluster's nodes their own MLflow credentials instead "
+            "(MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD; KubeRay: Secret "
+            "gentrain-mlflow)"
+        )
     if _has_s3_credentials():  # else only the cluster's own environment can tell
         check_bucket(job.storage.path, "storage.path")
     family_code = code_to_ship(job.model.family)

@@ -151,7 +151,7 @@ def connect(
     uri = tracking.resolve_tracking_uri(spec)
     tracking.check_reachable(uri, experiment=spec.experiment, write=True)
     if resume_run_id is not None:
-        tracking.check_run_exists(resume_run_id, uri=uri)
+        tracking.check_run_exists(resume_run_id, uri=uri, write=True)
         if not allow_data_change:
             _check_data_unchanged(spec, resume_run_id)
     user_code = code_to_ship(spec.model.family)

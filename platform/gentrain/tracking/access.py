@@ -6,7 +6,7 @@ server that refuses them is one line naming tracking.uri and what it answered, a
 import getpass
 from urllib.parse import urlsplit
 
-from gentrain.errors import GentrainError, SpecError
+from gentrain.errors import GentrainError, SpecError, first_line
 from gentrain.redact import redact
 from gentrain.tracking.store import client_for
 
@@ -25,23 +25,32 @@ def check_reachable(uri: str, *, experiment: str | None = None, write: bool = Fa
         found = client.get_experiment_by_name(experiment) if experiment else None
     except Exception as err:  # the store's own errors vary by backend
         raise refusal(err, uri, experiment=experiment) or GentrainError(
-            f"tracking store {redact(uri)} is not usable: {err}"
+            f"tracking store {redact(uri)} is not usable: {first_line(err)}"
         ) from None
     if write and found is not None:
-        permission = _permission(uri, found.experiment_id)
-        if permission is not None and permission not in MAY_LOG:
-            raise SpecError(
-                f"tracking.uri {redact(uri)}: 403 Forbidden to runs in experiment '{experiment}': "
-                f"the server gives {_who(uri)} {permission} on it, not EDIT; its owner can grant "
-                "EDIT, or set tracking.experiment to one of your own"
-            )
+        check_can_log(uri, experiment_id=found.experiment_id, experiment=experiment)
 
 
-def refusal(err: Exception, uri: str, *, experiment: str | None = None) -> SpecError | None:
-    """A SpecError saying what the server answered when `err` is its refusal (401 or 403)."""
+def check_can_log(uri: str, *, experiment_id: str, experiment: str) -> None:
+    """A SpecError when the server's auth app gives this user less than EDIT on the experiment:
+    it would answer 403 Forbidden to the run's first write."""
+    permission = _permission(uri, experiment_id)
+    if permission is not None and permission not in MAY_LOG:
+        raise SpecError(
+            f"tracking.uri {redact(uri)}: 403 Forbidden to runs in experiment '{experiment}': "
+            f"the server gives {_who(uri)} {permission} on it, not EDIT; its owner can grant "
+            "EDIT, or set tracking.experiment to one of your own"
+        )
+
+
+def refusal(
+    err: Exception, uri: str, *, experiment: str | None = None, write: bool = False
+) -> SpecError | None:
+    """A SpecError saying what the server answered when `err` is its refusal (401 or 403) of a
+    read (or of a write, when `write`)."""
     status = getattr(err, "get_http_status_code", lambda: None)()
     if status == 401:
-        where = "MLFLOW_TRACKING_PASSWORD" if _signed_in_by_env() else "tracking.uri"
+        where = "tracking.uri" if urlsplit(uri).username else "MLflow's credentials"
         problem = (
             f"it did not take the password of user '{user(uri)}'; check the one in {where}"
             if user(uri)
@@ -52,24 +61,21 @@ def refusal(err: Exception, uri: str, *, experiment: str | None = None) -> SpecE
         return SpecError(f"tracking.uri {redact(uri)}: {answer}: {problem}")
     if status == 403:
         what = f"experiment '{experiment}'" if experiment else "what was asked"
+        need, grant = ("log to", "EDIT") if write else ("read", "READ (or EDIT to log)")
         return SpecError(
             f"tracking.uri {redact(uri)}: the server answered 403 Forbidden: {_who(uri)} may not "
-            f"read {what}; its owner can grant READ (or EDIT to log to it)"
+            f"{need} {what}; its owner can grant {grant}"
         )
     return None
 
 
 def user(uri: str) -> str | None:
-    """The MLflow user gentrain signs in to `uri` as (None: no username given): MLflow's
-    credentials, else the user named in the URI (http://USER:PASSWORD@HOST)."""
-    return _signed_in_by_env() or urlsplit(uri).username
-
-
-def _signed_in_by_env() -> str | None:
-    """The username of MLflow's own credentials (environment or ~/.mlflow/credentials)."""
+    """The MLflow user gentrain signs in to `uri` as (None: no username given): the user named in
+    the URI (http://USER:PASSWORD@HOST, which the HTTP client sends over MLflow's credentials),
+    else MLflow's own (the environment or ~/.mlflow/credentials)."""
     from mlflow.utils.credentials import read_mlflow_creds
 
-    return read_mlflow_creds().username
+    return urlsplit(uri).username or read_mlflow_creds().username
 
 
 def run_user(uri: str) -> str:
@@ -89,6 +95,8 @@ def _permission(uri: str, experiment_id: str) -> str | None:
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
+    if not uri.startswith(("http://", "https://")):  # a store of the user's own
+        return None
     creds = get_default_host_creds(uri)
     try:
         me = http_request(creds, CURRENT_USER, "GET", max_retries=0, timeout=10)

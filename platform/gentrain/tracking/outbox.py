@@ -286,7 +286,7 @@ def upload(directory: Path) -> str:
     try:
         send(directory, uri=run["tracking_uri"], run_id=run["run_id"])
     except Exception as err:
-        refused = refusal(err, run["tracking_uri"])  # wrong credentials: a SpecError
+        refused = refusal(err, run["tracking_uri"], write=True)  # bad credentials: a SpecError
         if refused is None:
             raise
         raise refused from None

@@ -12,7 +12,7 @@ from gentrain.errors import ERROR_FILE, GentrainError, SpecError, first_line, tr
 from gentrain.redact import redact, redact_values
 from gentrain.spec import JobSpec, flatten
 from gentrain.tracking import source
-from gentrain.tracking.access import refusal, run_user
+from gentrain.tracking.access import check_can_log, refusal, run_user
 from gentrain.tracking.store import client_for
 
 # The UI opens an experiment of this kind on its runs (model training), not on the GenAI
@@ -33,14 +33,22 @@ def check_run_id(run_id: str, option: str = "--resume") -> None:
         )
 
 
-def check_run_exists(run_id: str, *, uri: str, option: str = "--resume") -> None:
+def check_run_exists(
+    run_id: str, *, uri: str, option: str = "--resume", write: bool = False
+) -> None:
+    """A SpecError unless the store has the run and lets this user read it (and log to it, when
+    `write`)."""
     check_run_id(run_id, option)
+    client = client_for(uri)
     try:
-        client_for(uri).get_run(run_id)
+        run = client.get_run(run_id)
     except Exception as err:
         raise refusal(err, uri) or SpecError(
             f"{option}: no MLflow run '{run_id}' in {redact(uri)}"
         ) from None
+    if write:
+        experiment = client.get_experiment(run.info.experiment_id)
+        check_can_log(uri, experiment_id=experiment.experiment_id, experiment=experiment.name)
 
 
 def start_run(
