@@ -111,6 +111,11 @@ def _check_data(job, *, on_s3: bool = True) -> None:
             from gentrain.families import get_family
 
             check_source(job.data, family=get_family(job.model.family))
+        questions = job.eval.dataset
+        if questions and (on_s3 or not questions.startswith("s3://")):
+            from gentrain.data import questions as question_files
+
+            question_files.check(questions, job.text_metrics)
     except SpecError as error:
         _fail(str(error), 2)
     except GentrainError as error:  # S3 did not answer, or refused these credentials

@@ -13,7 +13,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig,
 from ray.train.torch import TorchTrainer
 
 from gentrain import checkpoints, cluster, tracking
-from gentrain.data import check_source
+from gentrain.data import check_source, questions
 from gentrain.errors import GentrainError, SpecError, traceback_of
 from gentrain.families import get_family
 from gentrain.families.user import code_to_ship
@@ -143,6 +143,7 @@ def connect(
     storage bucket, the tracking store, the run it resumes and whether its data changed since),
     then join or start Ray; returns the tracking URI."""
     check_source(spec.data, family=get_family(spec.model.family))
+    questions.check(spec.eval.dataset, spec.text_metrics)
     if spec.image_features and cluster.is_embedded(address):
         from gentrain.metrics import ensure_available
 

@@ -11,6 +11,8 @@ from pathlib import Path
 # each end), which every S3-compatible server follows
 S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
 SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/")
+# eval.dataset: a file of questions (gentrain.data.questions)
+EVAL_DATASET_SUFFIXES = (".jsonl", ".csv", ".parquet", ".pq")
 # The MLflow tracking stores gentrain supports: a server, SQLite, PostgreSQL (psycopg: the stack
 # extra), Databricks. MLflow 3 refuses its old file store (./mlruns).
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "databricks")

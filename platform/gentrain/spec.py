@@ -253,12 +253,39 @@ class OptimSection(Section):
         return betas
 
 
+class DecodingSection(Section):
+    """How a text family answers the evaluation's questions (its text-quality metrics)."""
+
+    max_new_tokens: int = Field(64, ge=1, le=4096)
+    temperature: float = Field(1.0, gt=0, description="logits are divided by it")
+    top_k: int = Field(0, ge=0, description="draw from the k likeliest tokens only; 0: all")
+    top_p: float = Field(1.0, gt=0, le=1, description="draw from the smallest set this likely")
+    seed: int = 0
+
+
 class EvalSection(Section):
-    metrics: tuple[str, ...] | None = None  # default: every metric of the family; [] none
+    # default: the family's own metrics (text quality is asked for by name); [] none
+    metrics: tuple[str, ...] | None = None
     num_samples: int = Field(500, ge=2)
     features: str | None = None
     # held-out examples an evaluation reads (the first ones of the held-out split)
     max_examples: int = Field(1000, ge=2)
+    # text quality: questions to answer (columns question, context, ground_truth; .jsonl, .csv or
+    # .parquet, local or s3://), else pairs cut from held-out windows; how many; how to decode
+    dataset: str | None = None
+    num_answers: int = Field(64, ge=2, le=10_000)
+    decoding: DecodingSection = DecodingSection()
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_file(cls, location: str | None) -> str | None:
+        if location is None:
+            return None
+        if not location.lower().endswith(places.EVAL_DATASET_SUFFIXES):
+            raise ValueError(
+                f"{location}: a question file must be {', '.join(places.EVAL_DATASET_SUFFIXES)}"
+            )
+        return places.check_data_location(location, directory=False)
 
 
 class TrackingSection(Section):
@@ -449,11 +476,12 @@ class JobSpec(Section):
                 "ddp and deepspeed work without it"
             )
         _check_data_fits(self.data, family.name, family.modality)
+        allowed = (*family.eval_metrics, *family.text_metrics)
         for metric in self.eval.metrics or ():
-            if metric not in family.eval_metrics:
+            if metric not in allowed:
                 raise SpecError(
                     f"eval.metrics: '{metric}' does not fit family {family.name}; "
-                    f"allowed: {', '.join(family.eval_metrics)}"
+                    f"allowed: {', '.join(allowed)}"
                 )
         if self.eval.features is not None and self.eval.features not in FEATURE_EXTRACTORS:
             raise SpecError(f"eval.features: must be one of {', '.join(FEATURE_EXTRACTORS)}")
@@ -468,6 +496,14 @@ class JobSpec(Section):
         if self.eval.metrics is not None:  # [] turns evaluation metrics off
             return self.eval.metrics
         return get_family(self.model.family).eval_metrics
+
+    @property
+    def text_metrics(self) -> tuple[str, ...]:
+        """The text-quality metrics the job computes (gentrain.metrics.text_quality)."""
+        from gentrain.families import get_family
+
+        offered = get_family(self.model.family).text_metrics
+        return tuple(metric for metric in self.eval_metrics if metric in offered)
 
     @property
     def image_features(self) -> str | None:

@@ -25,6 +25,7 @@ from gentrain.data.stream import Position
 from gentrain.errors import GentrainError
 from gentrain.families import FamilyStep, FamilyWarning, get_family
 from gentrain.memory import is_out_of_memory, out_of_memory_message, peak_memory
+from gentrain.metrics.text import ANSWERS
 from gentrain.noise import DrawPlan
 from gentrain.spec import JobSpec
 from gentrain.strategies import Strategy, make_strategy
@@ -269,6 +270,7 @@ class _Loop:
         self.checkpoints = config.get("checkpoints", "")  # where the run's checkpoints go
         self.logger, self.board = logger, board  # rank 0's; None elsewhere
         self.quality = None  # built at the first evaluation (rank 0)
+        self.text_quality = None  # likewise
         self.positions: dict[int, Position] = {}  # of the partitions this worker reads
         self.partitions = 0  # how many the data is cut into
         self._heldout = None  # read at the first evaluation (rank 0)
@@ -405,6 +407,7 @@ class _Loop:
         for model in models.values():
             model.eval()
         quality = self._image_quality() if self.spec.image_features and scored else None
+        answers = None  # the table of the answers to the text-quality questions
         cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=cuda), torch.no_grad():
             torch.manual_seed(EVAL_SEED)
@@ -413,13 +416,22 @@ class _Loop:
             if quality is not None:
                 samples = _sample_in_chunks(self.step_fn, models, self.spec.eval.num_samples)
                 scores.update(quality.compute(samples))
+            if scored and self.spec.text_metrics:
+                found, answers = self._text_quality(models, step)
+                scores.update(found)
         for model in models.values():
             model.train()
         if isinstance(preview, torch.Tensor):
             self.logger.log_image_grid(preview, step=step)
         else:
             self.logger.log_texts(preview, step=step)
-        scores = {name: value for name, value in scores.items() if name in wanted}
+        if answers:
+            self.logger.log_table(answers, path=ANSWERS, step=step)
+        scores = {
+            name: value
+            for name, value in scores.items()
+            if name in wanted or name.removesuffix("_raw") in self.spec.text_metrics
+        }
         self.logger.log_metrics(scores, step=step)
         if self.board and scores:
             self.board.push.remote(self.run_id, step, scores)
@@ -434,6 +446,30 @@ class _Loop:
                 real_images=self.heldout(),
             )
         return self.quality
+
+    def _text_quality(self, models: dict[str, torch.nn.Module], step: int):
+        """The text-quality metrics of the model's answers, and their table (metrics/text.py)."""
+        evaluation = self.spec.eval
+        if self.text_quality is None:
+            from gentrain.data import questions
+            from gentrain.metrics.text import TextQuality
+
+            tokenizer = self.data.stream.examples.tokenizer
+            self.text_quality = TextQuality(
+                metrics=self.spec.text_metrics,
+                heldout=self.heldout(),
+                encode=tokenizer.encode,
+                decode=tokenizer.decode,
+                count=evaluation.num_answers,
+                max_new_tokens=evaluation.decoding.max_new_tokens,
+                questions=questions.read(evaluation.dataset) if evaluation.dataset else None,
+            )
+        torch.manual_seed(evaluation.decoding.seed)
+        return self.text_quality.compute(
+            lambda prompts: self.step_fn.answer(models, prompts, evaluation.decoding),
+            device=self.session.device,
+            step=step,
+        )
 
     def heldout(self) -> torch.Tensor:
         """The first eval.max_examples held-out examples (read once)."""

@@ -69,6 +69,18 @@ def run_blocks(blocks: Sequence[nn.Module], args: tuple[torch.Tensor, ...]) -> A
 
 
 REQUIRED_METHODS = ("build", "loss", "sample")
+# what a text family whose step defines answer() may offer as eval.metrics: scored by the
+# platform from its answers (gentrain.metrics.text_quality)
+TEXT_QUALITY = ("similarity", "relevance", "coherence", "fluency", "groundedness", "mauve")
+
+
+class Decoding(Protocol):
+    """How answer() writes (the spec's eval.decoding)."""
+
+    max_new_tokens: int
+    temperature: float
+    top_k: int  # 0: every token
+    top_p: float  # 1: every token
 
 
 class FamilyStep(Protocol):
@@ -109,6 +121,13 @@ class FamilyStep(Protocol):
         "[prompt]" or "[model]" labels, logged as rows of the MLflow table samples.json."""
         ...
 
+    def answer(
+        self, models: Mapping[str, nn.Module], prompts: torch.Tensor, decoding: Decoding
+    ) -> torch.Tensor:
+        """Optional, text families: the tokens (B, decoding.max_new_tokens) the model writes after
+        each prompt of `prompts` (B, P); the platform scores them (FamilySpec.text_metrics)."""
+        ...
+
     def evaluate(self, models: Mapping[str, nn.Module], heldout: torch.Tensor) -> dict[str, float]:
         """The family's own held-out metrics (e.g. bits_per_dim, perplexity); image families'
         FID and IS are computed by the platform from `sample`."""
@@ -133,6 +152,9 @@ class FamilySpec:
     step: str | type  # its FamilyStep class, or "module:Class" (imported when a step is made)
     # what `eval.metrics` may name; image families' fid and is come from `sample`
     eval_metrics: tuple[str, ...] = ()
+    # the text-quality metrics (of TEXT_QUALITY) `eval.metrics` may add: the platform scores
+    # the answers of the step's answer()
+    text_metrics: tuple[str, ...] = ()
     default_source: str | None = None  # the data a spec without data.source trains on
     # settings that name a place: setting -> True a directory, False a file, None either; local
     # paths must exist (made absolute) or be s3://
@@ -145,6 +167,8 @@ class FamilySpec:
     validate: str | Callable[[Any, Any], None] | None = None
 
     def __post_init__(self):
+        unknown = set(self.text_metrics) - set(TEXT_QUALITY)
+        assert not unknown, f"{self.name}: no text-quality metric {sorted(unknown)}"
         if self.default_source is None:
             default = "builtin:digits" if self.modality == "image" else "builtin:python_docs"
             object.__setattr__(self, "default_source", default)

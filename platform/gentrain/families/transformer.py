@@ -66,3 +66,20 @@ class NormHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(x))
+
+
+def draw_token(
+    logits: torch.Tensor, *, temperature: float, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
+    """One token per row of `logits` (B, vocab): drawn at `temperature` from the `top_k` likeliest
+    (0: all) and the smallest set whose probability reaches `top_p` (nucleus sampling). (B, 1)"""
+    logits = logits / temperature
+    if top_k:
+        kth = logits.topk(min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        ordered, order = logits.sort(dim=-1, descending=True)
+        before = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1)  # mass of the likelier
+        ordered = ordered.masked_fill(before >= top_p, float("-inf"))  # the likeliest stays
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, ordered)
+    return torch.multinomial(logits.softmax(-1), 1)

@@ -132,7 +132,13 @@ class RunLogger:
         side): the step, the sample's number and each labelled part of it."""
         if self._replayed(step):
             return
-        self.outbox.put({"table": text_rows(texts, step=step), "path": TEXTS})
+        self.log_table(text_rows(texts, step=step), path=TEXTS, step=step)
+
+    def log_table(self, columns: dict[str, list], *, path: str, step: int) -> None:
+        """-> rows of the MLflow table `path` (each evaluation's rows added to it)."""
+        if self._replayed(step):
+            return
+        self.outbox.put({"table": columns, "path": path})
 
     def log_datasets(self, entries: list[dict]) -> None:
         """MLflow dataset inputs (tracking.datasets); a resumed run's are not logged twice."""

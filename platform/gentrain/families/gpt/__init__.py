@@ -1,6 +1,6 @@
 """GPT family: a decoder-only transformer trained on next-token prediction."""
 
-from gentrain.families import FamilySpec, register
+from gentrain.families import TEXT_QUALITY, FamilySpec, register
 from gentrain.families.gpt.config import GPTConfig
 
 FAMILY = register(
@@ -14,6 +14,7 @@ FAMILY = register(
             "base": {"layers": 12, "dim": 768, "heads": 12, "dropout": 0.1},  # GPT-2 small
         },
         eval_metrics=("perplexity",),
+        text_metrics=TEXT_QUALITY,
         default_source="builtin:python_docs",
         step="gentrain.families.gpt.step:GPTStep",
     )

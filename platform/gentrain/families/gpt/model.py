@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from gentrain.families.gpt.config import GPTConfig
-from gentrain.families.transformer import Block, Embeddings, init_weights
+from gentrain.families.transformer import Block, Embeddings, draw_token, init_weights
 
 
 class GPT(nn.Module):
@@ -40,16 +40,25 @@ class GPT(nn.Module):
         return self.head(self.norm(x))
 
     @torch.no_grad()
-    def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    def generate(
+        self,
+        prompt_ids: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float = 1.0,
+    ) -> torch.Tensor:
         """`prompt_ids` (B, P), P >= 1, followed by `max_new_tokens` sampled tokens: (B, P + new).
-        Each token is drawn given the last `context` tokens. Call it in eval mode (no dropout)."""
+        Each token is drawn given the last `context` tokens, by the config's temperature and top_k
+        unless given. Call it in eval mode (no dropout)."""
+        temperature = self.config.temperature if temperature is None else temperature
+        top_k = self.config.top_k if top_k is None else top_k
         ids = prompt_ids
         for _ in range(max_new_tokens):
-            logits = self(ids[:, -self.context :])[:, -1].float() / self.config.temperature
-            if self.config.top_k:
-                kth = logits.topk(min(self.config.top_k, self.vocab_size)).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            ids = torch.cat([ids, torch.multinomial(logits.softmax(-1), 1)], dim=1)
+            logits = self(ids[:, -self.context :])[:, -1].float()  # (B, vocab)
+            drawn = draw_token(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+            ids = torch.cat([ids, drawn], dim=1)
         return ids
 
     def sample(self, n: int) -> torch.Tensor:

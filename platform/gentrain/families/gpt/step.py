@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gentrain.families import DataInfo, PipelineForm
+from gentrain.families import DataInfo, Decoding, PipelineForm
 from gentrain.families.gpt.config import GPTConfig
 from gentrain.families.gpt.model import GPT
 from gentrain.families.transformer import NormHead
@@ -63,6 +63,19 @@ class GPTStep:
             for whole, reference in zip(wholes, heldout[picks, half:], strict=True)
         ]
         return texts + [f"[sample]\n{self.decode(ids.tolist())}" for ids in self.sample(models, 4)]
+
+    def answer(
+        self, models: Mapping[str, nn.Module], prompts: torch.Tensor, decoding: Decoding
+    ) -> torch.Tensor:
+        """The tokens the model writes after each of `prompts` (B, P): (B, max_new_tokens)."""
+        whole = models[self.network].generate(
+            prompts,
+            decoding.max_new_tokens,
+            temperature=decoding.temperature,
+            top_k=decoding.top_k,
+            top_p=decoding.top_p,
+        )
+        return whole[:, prompts.shape[1] :]
 
     def evaluate(self, models: Mapping[str, nn.Module], heldout: torch.Tensor) -> dict[str, float]:
         """Perplexity: exp of the mean next-token cross-entropy over every predicted held-out token

@@ -2,7 +2,7 @@
 language model, and diffusers' UNet2DModel trained as a DDPM. Their models are the libraries'
 own; a run logs them as `save_pretrained` files that `from_pretrained` loads."""
 
-from gentrain.families import FamilySpec, register
+from gentrain.families import TEXT_QUALITY, FamilySpec, register
 from gentrain.families.huggingface.config import TransformersConfig, UNetConfig
 
 LM_FLAVORS = {
@@ -20,6 +20,7 @@ CAUSAL_LM = register(
         flavors=LM_FLAVORS,
         step="gentrain.families.huggingface.causal_lm:CausalLMStep",
         eval_metrics=("perplexity",),
+        text_metrics=TEXT_QUALITY,
         places=LM_PLACES,
         tokenizer_from="pretrained",
         validate="gentrain.families.huggingface.transformers_lm:check_causal_lm",

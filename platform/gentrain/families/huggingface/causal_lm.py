@@ -30,14 +30,24 @@ class CausalLM(nn.Module):
         return self.hf(input_ids=ids, use_cache=False).logits
 
     @torch.no_grad()
-    def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    def generate(
+        self,
+        prompt_ids: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+    ) -> torch.Tensor:
         """`prompt_ids` (B, P) and `max_new_tokens` tokens sampled after them (transformers'
-        generate, sampling the whole distribution): (B, P + new)."""
+        generate; by default from the whole distribution): (B, P + new)."""
         return self.hf.generate(
             input_ids=prompt_ids,
             attention_mask=torch.ones_like(prompt_ids),
             do_sample=True,
-            top_k=0,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
             max_new_tokens=max_new_tokens,
             min_new_tokens=max_new_tokens,
             pad_token_id=self.start_id,

@@ -1,0 +1,119 @@
+"""A text family's answers to the evaluation's questions, scored (metrics/text_quality.py) and
+laid out as the table a person reads, worst answers first."""
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from gentrain.data.questions import Question
+from gentrain.metrics.text_quality import CharNgrams, Encoder, Item, raw_scores, score
+
+ANSWERS = "answers.json"  # the MLflow table of each evaluation's answers and their scores
+BATCH = 32  # prompts generated at once
+
+
+class TextQuality:
+    """The metrics `metrics` (of gentrain.families.TEXT_QUALITY) of a model's answers.
+
+    The questions are `questions` (eval.dataset), else pairs cut from the first `count` held-out
+    windows: the window's first half is the question and its context, the `max_new_tokens` that
+    follow are the ground truth. The other held-out windows are fluency's reference text.
+    """
+
+    def __init__(
+        self,
+        *,
+        metrics: Sequence[str],
+        heldout: torch.Tensor,
+        encode: Callable[[str], list[int]],
+        decode: Callable[[list[int]], str],
+        count: int,
+        max_new_tokens: int,
+        questions: Sequence[Question] | None = None,
+    ):
+        self.metrics, self.decode = tuple(metrics), decode
+        if questions:
+            self.questions = list(questions[:count])
+            self.prompts = [encode(q.question) or encode("\n") for q in self.questions]
+            reference = heldout
+        else:
+            half = heldout.shape[1] // 2
+            pairs = heldout[:count]
+            self.prompts = [window[:half].tolist() for window in pairs]
+            self.questions = [
+                Question(question=text, context=text, ground_truth=decode(truth))
+                for text, truth in zip(
+                    (decode(p) for p in self.prompts),
+                    (w[half : half + max_new_tokens].tolist() for w in pairs),
+                    strict=True,
+                )
+            ]
+            reference = heldout[count:] if len(heldout) > count else heldout
+        self.encoder = Encoder()
+        self.reference = CharNgrams("".join(decode(window.tolist()) for window in reference))
+
+    def compute(
+        self, answer: Callable[[torch.Tensor], torch.Tensor], *, device: torch.device, step: int
+    ) -> tuple[dict[str, float], dict[str, list]]:
+        """The metrics (each metric's mean 1-5 score, and `<metric>_raw` its mean raw value;
+        `mauve` in [0, 1]) of the answers `answer` writes for the prompts (B, P) -> (B, new),
+        and the table of the answers, worst first."""
+        answers = self._answers(answer, device)
+        items = [
+            Item(q.question, a, context=q.context, ground_truth=q.ground_truth)
+            for q, a in zip(self.questions, answers, strict=True)
+        ]
+        per_item = [m for m in self.metrics if m != "mauve"]
+        raw = raw_scores(items, per_item, encoder=self.encoder, reference=self.reference)
+        scores = {m: [score(m, value) for value in raw[m]] for m in per_item}
+        found: dict[str, float] = {}
+        for metric in per_item:
+            found[metric] = float(np.mean(scores[metric]))
+            found[f"{metric}_raw"] = float(np.mean(raw[metric]))
+        if "mauve" in self.metrics:
+            truths = [q.ground_truth or "" for q in self.questions]
+            found["mauve"] = mauve(self.encoder(truths), self.encoder(answers))
+        return found, _table(items, raw, scores, step=step)
+
+    def _answers(self, answer, device: torch.device) -> list[str]:
+        """The decoded answers, in the questions' order: prompts of one length are generated
+        together (no padding, which the models have no mask for)."""
+        answers: list[str] = [""] * len(self.prompts)
+        by_length: dict[int, list[int]] = {}
+        for i, prompt in enumerate(self.prompts):
+            by_length.setdefault(len(prompt), []).append(i)
+        for indices in by_length.values():
+            for start in range(0, len(indices), BATCH):
+                chunk = indices[start : start + BATCH]
+                prompts = torch.tensor([self.prompts[i] for i in chunk], device=device)
+                for i, ids in zip(chunk, answer(prompts).tolist(), strict=True):
+                    answers[i] = self.decode(ids)
+        return answers
+
+
+def mauve(reference: np.ndarray, generated: np.ndarray, *, seed: int = 25) -> float:
+    """MAUVE (mauve-text) between two sets of embeddings (N, D): 1 when they are spread alike."""
+    import mauve as mauve_text
+
+    result = mauve_text.compute_mauve(
+        p_features=reference, q_features=generated, seed=seed, verbose=False
+    )
+    return float(result.mauve)
+
+
+def _table(items: list[Item], raw, scores, *, step: int) -> dict[str, list]:
+    """Columns of the answers table: step, the question's parts, the answer, each score and its
+    raw value; rows by their mean score, lowest first."""
+    order = sorted(range(len(items)), key=lambda i: np.mean([s[i] for s in scores.values()] or [0]))
+    table: dict[str, list] = {
+        "step": [step] * len(items),
+        "question": [items[i].question for i in order],
+        "context": [items[i].context for i in order],
+        "ground_truth": [items[i].ground_truth for i in order],
+        "answer": [items[i].answer for i in order],
+    }
+    for metric in scores:
+        table[metric] = [scores[metric][i] for i in order]
+        table[f"{metric}_raw"] = [round(raw[metric][i], 4) for i in order]
+    return table

@@ -1,0 +1,106 @@
+"""The offline text scorer measures something: on fixed passages of the built-in corpus, the true
+continuation scores above its words shuffled, an unrelated passage and random bytes."""
+
+import random
+
+import numpy as np
+import pytest
+
+from gentrain.data.text import corpus_rows
+from gentrain.metrics.text_quality import (
+    CUT_POINTS,
+    CharNgrams,
+    Encoder,
+    Item,
+    raw_scores,
+    score,
+    sentences,
+)
+
+METRICS = tuple(CUT_POINTS)
+
+
+@pytest.fixture(scope="module")
+def passages():
+    """(question, truth sentences) of 30 topics, and the other topics' text as training text."""
+    rng = random.Random(0)
+    rows = corpus_rows("python_docs")
+    rng.shuffle(rows)
+    chosen = [r for r in rows[:80] if len(sentences(r)) >= 8][:30]
+    training = "".join(r for r in rows if r not in chosen)
+    return [(" ".join(sentences(r)[:3]), sentences(r)[3:6]) for r in chosen], training
+
+
+@pytest.fixture(scope="module")
+def measured(passages):
+    """Each kind of answer's raw scores, item by item."""
+    pairs, training = passages
+    rng = random.Random(1)
+    kinds: dict[str, list[Item]] = {}
+    for i, (question, truth) in enumerate(pairs):
+        other_question, other = pairs[(i + 1) % len(pairs)]
+        words = " ".join(truth).split()
+        rng.shuffle(words)
+        mixed = [truth[0], other[1], pairs[(i + 2) % len(pairs)][1][2]]
+        noise = "".join(chr(rng.randrange(33, 127)) for _ in range(len(" ".join(truth))))
+        answers = {
+            "truth": " ".join(truth),
+            "shuffled words": " ".join(words),
+            "unrelated": " ".join(other),
+            "random bytes": noise,
+            "passages mixed": " ".join(mixed),
+        }
+        for kind, answer in answers.items():
+            with_truth = f"{question} {' '.join(truth)}"
+            kinds.setdefault(kind, []).append(
+                Item(question, answer, context=with_truth, ground_truth=" ".join(truth))
+            )
+        kinds.setdefault("context without it", []).append(
+            Item(question, " ".join(truth), context=f"{question} {' '.join(other)}")
+        )
+    encoder, reference = Encoder(), CharNgrams(training)
+    return {
+        kind: raw_scores(items, METRICS if kind != "context without it" else ("groundedness",),
+                         encoder=encoder, reference=reference)
+        for kind, items in kinds.items()
+    }  # fmt: skip
+
+
+def _mean(measured, kind: str, metric: str) -> float:
+    return float(np.mean(measured[kind][metric]))
+
+
+def test_similarity_and_relevance_rank_the_truth_first(measured):
+    for metric in ("similarity", "relevance"):
+        means = [_mean(measured, kind, metric) for kind in
+                 ("truth", "shuffled words", "unrelated", "random bytes")]  # fmt: skip
+        assert means == sorted(means, reverse=True), (metric, means)
+    truth, unrelated = measured["truth"]["similarity"], measured["unrelated"]["similarity"]
+    assert all(t > u for t, u in zip(truth, unrelated, strict=True))
+
+
+def test_groundedness_needs_the_answer_in_the_context(measured):
+    grounded = measured["truth"]["groundedness"]
+    ungrounded = measured["context without it"]["groundedness"]
+    assert all(g > u for g, u in zip(grounded, ungrounded, strict=True))
+    assert _mean(measured, "truth", "groundedness") > _mean(measured, "unrelated", "groundedness")
+
+
+def test_coherence_falls_for_a_jumble_of_passages_and_for_noise(measured):
+    truth = _mean(measured, "truth", "coherence")
+    assert truth > _mean(measured, "passages mixed", "coherence")
+    assert truth > _mean(measured, "random bytes", "coherence")
+
+
+def test_fluency_falls_for_shuffled_words_and_random_bytes(measured):
+    truth, shuffled = measured["truth"]["fluency"], measured["shuffled words"]["fluency"]
+    assert all(t < s for t, s in zip(truth, shuffled, strict=True)), "bits per character"
+    assert max(shuffled) < min(measured["random bytes"]["fluency"])
+
+
+def test_scores_are_1_to_5_and_the_truth_scores_above_noise(measured):
+    for metric in METRICS:
+        truth = [score(metric, raw) for raw in measured["truth"][metric]]
+        noise = [score(metric, raw) for raw in measured["random bytes"][metric]]
+        assert set(truth + noise) <= {1, 2, 3, 4, 5}
+        assert np.mean(truth) > np.mean(noise) + 1, (metric, truth, noise)
