@@ -5,8 +5,12 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
-from gentrain.data.text import corpus_rows
+from gentrain.data.text import ByteTokenizer, corpus_rows
+from gentrain.families.gpt.config import GPTConfig
+from gentrain.families.gpt.model import GPT
+from gentrain.metrics.text import mauve
 from gentrain.metrics.text_quality import (
     CUT_POINTS,
     CharNgrams,
@@ -32,10 +36,16 @@ def passages():
 
 
 @pytest.fixture(scope="module")
-def measured(passages):
-    """Each kind of answer's raw scores, item by item."""
-    pairs, training = passages
+def encoder():
+    return Encoder()
+
+
+@pytest.fixture(scope="module")
+def answers(passages):
+    """Each kind of answer to each question, as the items the scorer reads."""
+    pairs, _ = passages
     rng = random.Random(1)
+    untrained = _untrained_answers([question for question, _ in pairs])
     kinds: dict[str, list[Item]] = {}
     for i, (question, truth) in enumerate(pairs):
         other_question, other = pairs[(i + 1) % len(pairs)]
@@ -45,6 +55,8 @@ def measured(passages):
         noise = "".join(chr(rng.randrange(33, 127)) for _ in range(len(" ".join(truth))))
         answers = {
             "truth": " ".join(truth),
+            "sentences shuffled": " ".join(rng.sample(truth, len(truth))),
+            "untrained model": untrained[i],
             "shuffled words": " ".join(words),
             "unrelated": " ".join(other),
             "random bytes": noise,
@@ -58,12 +70,29 @@ def measured(passages):
         kinds.setdefault("context without it", []).append(
             Item(question, " ".join(truth), context=f"{question} {' '.join(other)}")
         )
-    encoder, reference = Encoder(), CharNgrams(training)
+    return kinds
+
+
+@pytest.fixture(scope="module")
+def measured(passages, answers, encoder):
+    """Each kind of answer's raw scores, item by item."""
+    reference = CharNgrams(passages[1])
     return {
         kind: raw_scores(items, METRICS if kind != "context without it" else ("groundedness",),
                          encoder=encoder, reference=reference)
-        for kind, items in kinds.items()
+        for kind, items in answers.items()
     }  # fmt: skip
+
+
+def _untrained_answers(questions: list[str]) -> list[str]:
+    """What an untrained byte-level GPT writes after each question."""
+    tokenizer = ByteTokenizer()
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(layers=2, dim=32, heads=2), vocab_size=256, context=127, start_id=10)
+    prompts = torch.tensor([tokenizer.encode(question)[-64:] for question in questions])
+    with torch.no_grad():
+        written = gpt.generate(prompts, 200)[:, 64:]
+    return [tokenizer.decode(ids) for ids in written.tolist()]
 
 
 def _mean(measured, kind: str, metric: str) -> float:
@@ -86,10 +115,33 @@ def test_groundedness_needs_the_answer_in_the_context(measured):
     assert _mean(measured, "truth", "groundedness") > _mean(measured, "unrelated", "groundedness")
 
 
-def test_coherence_falls_for_a_jumble_of_passages_and_for_noise(measured):
+def test_coherence_falls_for_shuffled_sentences_a_jumble_of_passages_and_noise(measured):
     truth = _mean(measured, "truth", "coherence")
-    assert truth > _mean(measured, "passages mixed", "coherence")
-    assert truth > _mean(measured, "random bytes", "coherence")
+    for kind in ("sentences shuffled", "passages mixed", "random bytes"):
+        assert truth > _mean(measured, kind, "coherence"), kind
+
+
+def test_an_untrained_model_scores_below_the_truth_on_every_metric(measured):
+    for metric in METRICS:
+        truth, untrained = (
+            _mean(measured, "truth", metric),
+            _mean(measured, "untrained model", metric),
+        )
+        assert (truth < untrained) if metric == "fluency" else (truth > untrained), metric
+
+
+def test_mauve_of_heldout_against_heldout_is_above_against_noise_or_an_untrained_model(
+    passages, answers, encoder
+):
+    pairs, _ = passages
+    heldout = encoder([" ".join(truth) for _, truth in pairs])
+    other = encoder([question for question, _ in pairs])  # held-out text too, other passages
+    noise = encoder([item.answer for item in answers["random bytes"]])
+    untrained = encoder([item.answer for item in answers["untrained model"]])
+    alike = mauve(heldout, other)
+    assert alike > 0.5
+    assert alike > mauve(heldout, noise) + 0.3
+    assert alike > mauve(heldout, untrained) + 0.3
 
 
 def test_fluency_falls_for_shuffled_words_and_random_bytes(measured):

