@@ -235,6 +235,33 @@ SPEC_CASES = [
         ],
         "train.deepspeed.nvme_path: give an absolute local directory on the workers' machines",
     ),
+    (
+        MINIMAL,
+        ["eval.metrics=[fid,similarity]"],
+        "eval.metrics: 'similarity' does not fit family gan; allowed: fid, is",
+    ),
+    (
+        GPT,
+        ["eval.metrics=[similarity]", "eval.dataset=missing.jsonl"],
+        "eval.dataset: missing.jsonl does not exist",
+    ),
+    (GPT, ["eval.dataset=corpus.txt"], "eval.dataset: corpus.txt: a question file must be .jsonl, .csv, .parquet, .pq"),
+    (
+        GPT,
+        ["eval.metrics=[relevance,similarity]", "eval.dataset=questions.csv"],
+        "eval.metrics: similarity needs the column 'ground_truth' of eval.dataset",
+    ),
+    (
+        GPT,
+        ["eval.metrics=[relevance]", "eval.dataset=answers.jsonl"],
+        "answers.jsonl has no column 'question' (it has answer)",
+    ),
+    (
+        GPT,
+        ["eval.metrics=[relevance]", "eval.dataset=broken.parquet"],
+        "broken.parquet cannot be read",
+    ),
+    (GPT, ["eval.decoding.top_p=0"], "eval.decoding.top_p: Input should be greater than 0"),
 ]
 
 
@@ -244,6 +271,9 @@ def _write_data(workdir: Path) -> None:
     (pictures / "a.png").write_text("not a picture")
     (pictures / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (workdir / "corpus.txt").write_text("   \n\n")
+    (workdir / "questions.csv").write_text("question,context\nWhat is a list?,A list is ...\n")
+    (workdir / "answers.jsonl").write_text('{"answer": "a list"}\n')
+    (workdir / "broken.parquet").write_bytes(b"PAR1 not parquet")
 
 
 @pytest.mark.parametrize(("text", "overrides", "expected"), SPEC_CASES)
