@@ -105,7 +105,12 @@ def sample_grids(client, run_id: str) -> dict[int, str]:
 
 def sample_texts(client, run_id: str, directory: Path) -> dict[str, list]:
     """The run's table of sample texts (samples.json), column by column."""
-    local = client.download_artifacts(run_id, "samples.json", str(directory))
+    return mlflow_table(client, run_id, "samples.json", directory)
+
+
+def mlflow_table(client, run_id: str, artifact: str, directory: Path) -> dict[str, list]:
+    """An MLflow table the run logged, column by column."""
+    local = client.download_artifacts(run_id, artifact, str(directory))
     table = json.loads(Path(local).read_text())  # pandas' "split" layout
     return {c: [row[i] for row in table["data"]] for i, c in enumerate(table["columns"])}
 

@@ -245,7 +245,11 @@ SPEC_CASES = [
         ["eval.metrics=[similarity]", "eval.dataset=missing.jsonl"],
         "eval.dataset: missing.jsonl does not exist",
     ),
-    (GPT, ["eval.dataset=corpus.txt"], "eval.dataset: corpus.txt: a question file must be .jsonl, .csv, .parquet, .pq"),
+    (
+        GPT,
+        ["eval.dataset=corpus.txt"],
+        "eval.dataset: corpus.txt: a question file must be .jsonl, .csv, .parquet, .pq",
+    ),
     (
         GPT,
         ["eval.metrics=[relevance,similarity]", "eval.dataset=questions.csv"],

@@ -17,7 +17,7 @@ from conftest import JOBS, sample_grids, sample_texts
 from gentrain import launch, tracking, trainer
 from gentrain import spec as spec_module
 from gentrain.data import load_dataset
-from gentrain.families import all_families
+from gentrain.families import TEXT_QUALITY, all_families
 
 DEEPSPEED = ["train.strategy=deepspeed"]
 
@@ -80,6 +80,7 @@ def _job(family: str, strategy: list[str], tmp_path: Path, *more: str):
             f"train.eval_every={STEPS}",
             f"train.checkpoint_every={STEPS}",
             "eval.num_samples=32",
+            "eval.num_answers=16",
             "optim.lr=3e-3",
             "optim.schedule=constant",
             "optim.warmup_steps=0",
@@ -105,7 +106,7 @@ def one_worker(tmp_path_factory, new_store):
         if family not in cache:
             tmp = tmp_path_factory.mktemp(f"one-{family}")
             new_store(tmp)
-            spec = _job(family, ["train.workers=1"], tmp)
+            spec = _job(family, ["train.workers=1", _without_sample_scores(family)], tmp)
             uri = tracking.resolve_tracking_uri(spec)
             run_id = tracking.start_run(spec, uri=uri)
             config = {"spec": spec.to_dict(), "run_id": run_id, "tracking_uri": uri, "threads": 2}
@@ -132,8 +133,8 @@ def train_cell(family: str, strategy: str, one_worker, fresh_process, tmp_path: 
     launch.run (2 gloo workers on the embedded Ray); its loss falls, its run holds what it
     should, and where the family has no batch-dependent layers it follows one worker's loss."""
     settings = STRATEGY_SETTINGS[strategy]
-    if strategy != "ddp":  # FID and IS score samples, whatever trained them: ddp's cell has them
-        settings = [*settings, _without_image_scores(family)]
+    if strategy != "ddp":  # FID, IS and text quality score samples, whatever trained them: ddp's
+        settings = [*settings, _without_sample_scores(family)]  # cell has them
     if family == RESUMED:  # stopped after its checkpoint, then resumed by run id
         half = STEPS // 2
         stopped = launch.run(
@@ -178,9 +179,10 @@ def train_cell(family: str, strategy: str, one_worker, fresh_process, tmp_path: 
             _check_pretrained_files(family, run, client, tmp_path)
 
 
-def _without_image_scores(family: str) -> str:
+def _without_sample_scores(family: str) -> str:
     metrics = spec_module.load(JOBS / FAMILY_JOBS[family]).eval_metrics
-    return f"eval.metrics=[{', '.join(m for m in metrics if m not in ('fid', 'is'))}]"
+    kept = [m for m in metrics if m not in ("fid", "is", *TEXT_QUALITY)]
+    return f"eval.metrics=[{', '.join(kept)}]"
 
 
 def _check_outputs(family: str, run, client, directory: Path) -> None:

@@ -1,0 +1,118 @@
+"""Text quality during training: a GPT answers the questions of a file on S3 at each evaluation,
+and MLflow holds each metric (1-5 and raw), MAUVE and the table of answers, worst first; without
+a file, held-out windows make the questions."""
+
+import json
+import math
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from conftest import JOBS, gentrain, mlflow_table
+from gentrain.data.questions import read
+from gentrain.data.text import ByteTokenizer, corpus_rows
+from gentrain.families import TEXT_QUALITY
+from gentrain.metrics.text import TextQuality
+from gentrain.metrics.text_quality import sentences
+
+pytestmark = pytest.mark.slow
+PER_ANSWER = [m for m in TEXT_QUALITY if m != "mauve"]
+
+
+def _questions(count: int) -> list[dict]:
+    """Three sentences of a passage of the built-in corpus as the question and its context, the
+    next two as the ground truth."""
+    passages = [r for r in corpus_rows("python_docs") if len(sentences(r)) >= 5][:count]
+    return [
+        {
+            "question": " ".join(sentences(p)[:3]),
+            "context": " ".join(sentences(p)[:5]),
+            "ground_truth": " ".join(sentences(p)[3:5]),
+        }
+        for p in passages
+    ]
+
+
+def test_a_gpt_run_answers_the_question_file_on_s3_and_logs_every_score(
+    tmp_path, s3_server, new_store, monkeypatch
+):
+    questions = _questions(12)
+    client = s3_server.client()
+    client.create_bucket(Bucket="gentrain-questions")
+    lines = "".join(json.dumps(q) + "\n" for q in questions)
+    client.put_object(Bucket="gentrain-questions", Key="qa.jsonl", Body=lines.encode())
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    assert [q.__dict__ for q in read("s3://gentrain-questions/qa.jsonl")] == questions
+    new_store(tmp_path)
+    done = gentrain(
+        "run",
+        str(JOBS / "gpt_python_docs.yaml"),
+        *("--set", "model.flavor=debug", "--set", "train.workers=1"),
+        *("--set", "train.max_steps=20", "--set", "train.eval_every=10"),
+        *("--set", "data.batch_size=8", "--set", "eval.num_answers=10"),
+        *("--set", "eval.dataset=s3://gentrain-questions/qa.jsonl"),
+        *("--set", "eval.decoding.max_new_tokens=24"),
+        cwd=tmp_path,
+        env=s3_server.env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("gpt-python-docs").experiment_id])[0]
+    metrics = run.data.metrics
+    for metric in PER_ANSWER:
+        assert 1 <= metrics[metric] <= 5, metric
+        assert math.isfinite(metrics[f"{metric}_raw"]), metric
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
+        assert sorted(steps) == [10, 20], (metric, steps)
+    assert 0 <= metrics["mauve"] <= 1
+    table = mlflow_table(client, run.info.run_id, "answers.json", tmp_path)
+    assert sorted(table["step"]) == [10] * 10 + [20] * 10
+    asked = {q["question"]: q for q in questions[:10]}
+    assert set(table["question"]) == set(asked)
+    for i, question in enumerate(table["question"]):
+        assert table["ground_truth"][i] == asked[question]["ground_truth"]
+        assert table["context"][i] == asked[question]["context"]
+    for step in (10, 20):  # each evaluation's rows, worst answer first
+        rows = [i for i, s in enumerate(table["step"]) if s == step]
+        means = [np.mean([table[m][i] for m in PER_ANSWER]) for i in rows]
+        assert means == sorted(means)
+        assert all(isinstance(table[m][i], int) for m in PER_ANSWER for i in rows)
+
+
+def test_heldout_windows_make_the_questions_and_the_true_continuation_scores_highest():
+    """Without eval.dataset: each window's first half is the question and its context, the
+    tokens after it the ground truth. Answering with that truth scores above an untrained-like
+    answer (random bytes) on every metric."""
+    tokenizer = ByteTokenizer()
+    text = "".join(corpus_rows("python_docs"))[:40_000]
+    windows = torch.tensor(tokenizer.encode(text)[: 300 * 128]).view(300, 128)
+    quality = TextQuality(
+        metrics=TEXT_QUALITY,
+        heldout=windows,
+        encode=tokenizer.encode,
+        decode=tokenizer.decode,
+        count=24,
+        max_new_tokens=48,
+    )
+    truth = {tuple(w[:64].tolist()): w[64:112] for w in windows[:24]}
+    generator = torch.Generator().manual_seed(0)
+
+    def true_answer(prompts: torch.Tensor) -> torch.Tensor:
+        return torch.stack([truth[tuple(p.tolist())] for p in prompts])
+
+    def random_answer(prompts: torch.Tensor) -> torch.Tensor:
+        return torch.randint(32, 127, (len(prompts), 48), generator=generator)
+
+    found, table = quality.compute(true_answer, device=torch.device("cpu"), step=5)
+    noise, _ = quality.compute(random_answer, device=torch.device("cpu"), step=5)
+    first = table["question"].index(tokenizer.decode(windows[0, :64].tolist()))
+    assert table["context"][first] == table["question"][first]
+    assert table["ground_truth"][first] == tokenizer.decode(windows[0, 64:112].tolist())
+    assert table["answer"][first] == table["ground_truth"][first]
+    assert found["similarity"] == 5 and found["similarity_raw"] == pytest.approx(1, abs=1e-5)
+    for metric in PER_ANSWER:
+        assert found[metric] > noise[metric], (metric, found[metric], noise[metric])
+    assert found["mauve"] > 0.9 > 0.2 > noise["mauve"]
