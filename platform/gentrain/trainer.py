@@ -392,7 +392,12 @@ class _Loop:
         """The family's held-out metrics, FID / IS of fresh samples for image families, and a
         preview (sample grid or texts), on rank 0."""
         with self.strategy.full_models() as models:
-            return self._evaluate_on_rank0(models, step) if self.rank == 0 else {}
+            if self.rank != 0:
+                return {}
+            started = time.perf_counter()
+            scores = self._evaluate_on_rank0(models, step)
+            self.logger.log_metrics({"eval_seconds": time.perf_counter() - started}, step=step)
+            return scores
 
     def _preview_untrained(self) -> None:
         """The untrained model's preview at step 0, where the UI's step slider starts."""
