@@ -266,6 +266,12 @@ SPEC_CASES = [
         "broken.parquet cannot be read",
     ),
     (GPT, ["eval.decoding.top_p=0"], "eval.decoding.top_p: Input should be greater than 0"),
+    (
+        GPT,
+        ["model.family=bert", "eval.metrics=[similarity]", "eval.dataset=questions.csv"],
+        "eval.dataset: bert fills masked spans of held-out text, it answers no questions; a "
+        "question file is for gpt, hf_causal_lm",
+    ),
 ]
 
 

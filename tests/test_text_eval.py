@@ -116,3 +116,38 @@ def test_heldout_windows_make_the_questions_and_the_true_continuation_scores_hig
     for metric in PER_ANSWER:
         assert found[metric] > noise[metric], (metric, found[metric], noise[metric])
     assert found["mauve"] > 0.9 > 0.2 > noise["mauve"]
+
+
+def test_a_masked_lm_fills_the_middle_of_heldout_windows():
+    """For bert-like families the question is the window with a span masked (shown as ▯), the
+    ground truth the span; the true span scores 5 on similarity, above random bytes."""
+    tokenizer = ByteTokenizer()
+    text = "".join(corpus_rows("python_docs"))[:40_000]
+    windows = torch.tensor(tokenizer.encode(text)[: 200 * 128]).view(200, 128)
+    mask = 256
+    quality = TextQuality(
+        metrics=("similarity", "fluency"),
+        heldout=windows,
+        encode=tokenizer.encode,
+        decode=tokenizer.decode,
+        count=16,
+        max_new_tokens=16,
+        fill_mask=mask,
+    )
+    masked = [p for p in quality.prompts if p.count(mask) == 16 and p[56:72] == [mask] * 16]
+    assert len(masked) == 16
+
+    def true_fill(prompts: torch.Tensor) -> torch.Tensor:
+        return torch.stack([windows[quality.prompts.index(p.tolist())][56:72] for p in prompts])
+
+    def random_fill(prompts: torch.Tensor) -> torch.Tensor:
+        return torch.randint(32, 127, (len(prompts), 16), generator=torch.Generator())
+
+    found, table = quality.compute(true_fill, device=torch.device("cpu"), step=1)
+    noise, _ = quality.compute(random_fill, device=torch.device("cpu"), step=1)
+    row = table["ground_truth"].index(tokenizer.decode(windows[0, 56:72].tolist()))
+    assert table["question"][row] == (
+        f"{tokenizer.decode(windows[0, :56].tolist())}▯{tokenizer.decode(windows[0, 72:].tolist())}"
+    )
+    assert found["similarity"] == 5 and found["fluency"] > noise["fluency"]
+    assert noise["similarity"] < 3

@@ -455,7 +455,7 @@ class JobSpec(Section):
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> "JobSpec":
-        from gentrain.families import get_family
+        from gentrain.families import all_families, get_family
 
         parts = self.train.data_parallel * self.train.accumulation_steps
         if self.data.batch_size % parts:
@@ -483,6 +483,16 @@ class JobSpec(Section):
                     f"eval.metrics: '{metric}' does not fit family {family.name}; "
                     f"allowed: {', '.join(allowed)}"
                 )
+        if self.eval.dataset and self.text_metrics and family.answers == "fill":
+            writers = [
+                f.name
+                for f in all_families().values()
+                if f.answers == "continue" and f.text_metrics
+            ]
+            raise SpecError(
+                f"eval.dataset: {family.name} fills masked spans of held-out text, it answers no "
+                f"questions; a question file is for {', '.join(writers)}"
+            )
         if self.eval.features is not None and self.eval.features not in FEATURE_EXTRACTORS:
             raise SpecError(f"eval.features: must be one of {', '.join(FEATURE_EXTRACTORS)}")
         if self.sweep is not None:

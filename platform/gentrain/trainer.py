@@ -459,6 +459,7 @@ class _Loop:
             from gentrain.data import questions
             from gentrain.metrics.text import TextQuality
 
+            family = get_family(self.spec.model.family)
             tokenizer = self.data.stream.examples.tokenizer
             self.text_quality = TextQuality(
                 metrics=self.spec.text_metrics,
@@ -468,6 +469,7 @@ class _Loop:
                 count=evaluation.num_answers,
                 max_new_tokens=evaluation.decoding.max_new_tokens,
                 questions=questions.read(evaluation.dataset) if evaluation.dataset else None,
+                fill_mask=self.data.info.mask_id if family.answers == "fill" else None,
             )
         torch.manual_seed(evaluation.decoding.seed)
         return self.text_quality.compute(

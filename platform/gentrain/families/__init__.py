@@ -72,6 +72,11 @@ REQUIRED_METHODS = ("build", "loss", "sample")
 # what a text family whose step defines answer() may offer as eval.metrics: scored by the
 # platform from its answers (gentrain.metrics.text_quality)
 TEXT_QUALITY = ("similarity", "relevance", "coherence", "fluency", "groundedness", "mauve")
+# those that judge a masked LM's fill of a held-out span: whether it restores the span's meaning
+# and reads as the data does (a fill answers no question: relevance, coherence and groundedness
+# judge an answer's relation to its question; a span is too short for MAUVE's clusters)
+FILL_METRICS = ("similarity", "fluency")
+MASK_SHOWN = "▯"  # how text shows a masked token
 
 
 class Decoding(Protocol):
@@ -125,7 +130,9 @@ class FamilyStep(Protocol):
         self, models: Mapping[str, nn.Module], prompts: torch.Tensor, decoding: Decoding
     ) -> torch.Tensor:
         """Optional, text families: the tokens (B, decoding.max_new_tokens) the model writes after
-        each prompt of `prompts` (B, P); the platform scores them (FamilySpec.text_metrics)."""
+        each prompt of `prompts` (B, P), or, where FamilySpec.answers is "fill", the tokens it
+        puts in place of each prompt's mask tokens (B, masked); the platform scores them
+        (FamilySpec.text_metrics)."""
         ...
 
     def evaluate(self, models: Mapping[str, nn.Module], heldout: torch.Tensor) -> dict[str, float]:
@@ -153,8 +160,9 @@ class FamilySpec:
     # what `eval.metrics` may name; image families' fid and is come from `sample`
     eval_metrics: tuple[str, ...] = ()
     # the text-quality metrics (of TEXT_QUALITY) `eval.metrics` may add: the platform scores
-    # the answers of the step's answer()
+    # the answers of the step's answer(), which continues its prompts or fills their mask tokens
     text_metrics: tuple[str, ...] = ()
+    answers: Literal["continue", "fill"] = "continue"
     default_source: str | None = None  # the data a spec without data.source trains on
     # settings that name a place: setting -> True a directory, False a file, None either; local
     # paths must exist (made absolute) or be s3://

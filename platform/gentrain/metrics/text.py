@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from gentrain.data.questions import Question
+from gentrain.families import MASK_SHOWN
 from gentrain.metrics.text_quality import CharNgrams, Encoder, Item, raw_scores, score
 
 ANSWERS = "answers.json"  # the MLflow table of each evaluation's answers and their scores
@@ -18,7 +19,9 @@ class TextQuality:
 
     The questions are `questions` (eval.dataset), else pairs cut from the first `count` held-out
     windows: the window's first half is the question and its context, the `max_new_tokens` that
-    follow are the ground truth. The other held-out windows are fluency's reference text.
+    follow are the ground truth. With `fill_mask` (a masked LM's mask token) the question is the
+    window with a span of up to `max_new_tokens` in its middle masked (shown as ▯), the span is
+    the ground truth. The other held-out windows are fluency's reference text.
     """
 
     def __init__(
@@ -31,6 +34,7 @@ class TextQuality:
         count: int,
         max_new_tokens: int,
         questions: Sequence[Question] | None = None,
+        fill_mask: int | None = None,
     ):
         self.metrics, self.decode = tuple(metrics), decode
         if questions:
@@ -38,17 +42,15 @@ class TextQuality:
             self.prompts = [encode(q.question) or encode("\n") for q in self.questions]
             reference = heldout
         else:
-            half = heldout.shape[1] // 2
-            pairs = heldout[:count]
-            self.prompts = [window[:half].tolist() for window in pairs]
-            self.questions = [
-                Question(question=text, context=text, ground_truth=decode(truth))
-                for text, truth in zip(
-                    (decode(p) for p in self.prompts),
-                    (w[half : half + max_new_tokens].tolist() for w in pairs),
-                    strict=True,
+            pairs = heldout[:count].tolist()
+            cut = _fill_cut if fill_mask is not None else _continue_cut
+            self.prompts, self.questions = [], []
+            for window in pairs:
+                prompt, question, truth = cut(window, max_new_tokens, fill_mask, decode)
+                self.prompts.append(prompt)
+                self.questions.append(
+                    Question(question=question, context=question, ground_truth=truth)
                 )
-            ]
             reference = heldout[count:] if len(heldout) > count else heldout
         self.encoder = Encoder()
         self.reference = CharNgrams("".join(decode(window.tolist()) for window in reference))
@@ -90,6 +92,23 @@ class TextQuality:
                 for i, ids in zip(chunk, answer(prompts).tolist(), strict=True):
                     answers[i] = self.decode(ids)
         return answers
+
+
+def _continue_cut(window: list[int], new: int, _mask, decode) -> tuple[list[int], str, str]:
+    """(prompt ids, question, ground truth): the first half, and the `new` tokens after it."""
+    half = len(window) // 2
+    return window[:half], decode(window[:half]), decode(window[half : half + new])
+
+
+def _fill_cut(window: list[int], new: int, mask: int, decode) -> tuple[list[int], str, str]:
+    """(prompt ids, question, ground truth): the window with up to `new` tokens in its middle
+    masked (at most half of it), and those tokens."""
+    size = min(new, len(window) // 2)
+    start = (len(window) - size) // 2
+    end = start + size
+    prompt = window[:start] + [mask] * size + window[end:]
+    question = f"{decode(window[:start])}{MASK_SHOWN}{decode(window[end:])}"
+    return prompt, question, decode(window[start:end])
 
 
 def mauve(reference: np.ndarray, generated: np.ndarray, *, seed: int = 25) -> float:

@@ -1,6 +1,6 @@
 """BERT family: an encoder-only transformer trained as a masked language model."""
 
-from gentrain.families import FamilySpec, register
+from gentrain.families import FILL_METRICS, FamilySpec, register
 from gentrain.families.bert.config import BERTConfig
 
 FAMILY = register(
@@ -14,6 +14,8 @@ FAMILY = register(
             "base": {"layers": 12, "dim": 768, "heads": 12, "dropout": 0.1},  # BERT-base sized
         },
         eval_metrics=("perplexity", "mlm_accuracy"),
+        text_metrics=FILL_METRICS,
+        answers="fill",
         default_source="builtin:python_docs",
         step="gentrain.families.bert.step:BERTStep",
     )

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gentrain.families import DataInfo, PipelineForm
+from gentrain.families import MASK_SHOWN, DataInfo, Decoding, PipelineForm
 from gentrain.families.bert.config import BERTConfig
 from gentrain.families.bert.masking import mask_tokens
 from gentrain.families.bert.model import BERT
@@ -16,7 +16,6 @@ from gentrain.families.transformer import NormHead
 # Held-out masking comes from a private generator with this seed, so every evaluation predicts
 # the same positions from the same corrupted inputs: scores are comparable across steps.
 EVAL_MASK_SEED = 0
-MASK_SHOWN = "▯"
 IGNORED = -100  # cross-entropy's ignore_index: positions the MLM loss skips
 
 
@@ -74,6 +73,14 @@ class BERTStep:
             f"[filled]\n{self.decode(fill.tolist())}"
             for window, shown, fill in zip(windows, masked, filled, strict=True)
         ]
+
+    def answer(
+        self, models: Mapping[str, nn.Module], prompts: torch.Tensor, decoding: Decoding
+    ) -> torch.Tensor:
+        """The likeliest token in place of each mask token of `prompts` (B, T), in one pass
+        (decoding's sampling settings do not apply): (B, masked per prompt)."""
+        masked = prompts == self.mask_id
+        return models[self.network].fill(prompts)[masked].view(len(prompts), -1)
 
     def evaluate(self, models: Mapping[str, nn.Module], heldout: torch.Tensor) -> dict[str, float]:
         """Over the held-out windows, masked as in training but by the fixed generator:

@@ -2,7 +2,7 @@
 language model, and diffusers' UNet2DModel trained as a DDPM. Their models are the libraries'
 own; a run logs them as `save_pretrained` files that `from_pretrained` loads."""
 
-from gentrain.families import TEXT_QUALITY, FamilySpec, register
+from gentrain.families import FILL_METRICS, TEXT_QUALITY, FamilySpec, register
 from gentrain.families.huggingface.config import TransformersConfig, UNetConfig
 
 LM_FLAVORS = {
@@ -35,6 +35,8 @@ MASKED_LM = register(
         flavors={name: {"architecture": "bert", **sizes} for name, sizes in LM_FLAVORS.items()},
         step="gentrain.families.huggingface.masked_lm:MaskedLMStep",
         eval_metrics=("perplexity", "mlm_accuracy"),
+        text_metrics=FILL_METRICS,
+        answers="fill",
         places=LM_PLACES,
         tokenizer_from="pretrained",
         validate="gentrain.families.huggingface.transformers_lm:check_masked_lm",
