@@ -268,6 +268,12 @@ SPEC_CASES = [
     (GPT, ["eval.decoding.top_p=0"], "eval.decoding.top_p: Input should be greater than 0"),
     (
         GPT,
+        ["eval.metrics=[fluency]", "eval.judge=gpt-4o"],
+        "eval.judge: Malformed model uri 'gpt-4o'. The URI must be in the format of "
+        "<provider>:/<model-name>",
+    ),
+    (
+        GPT,
         ["model.family=bert", "eval.metrics=[similarity]", "eval.dataset=questions.csv"],
         "eval.dataset: bert fills masked spans of held-out text, it answers no questions; a "
         "question file is for gpt, hf_causal_lm",

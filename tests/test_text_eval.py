@@ -2,6 +2,7 @@
 and MLflow holds each metric (1-5 and raw), MAUVE and the table of answers, worst first; without
 a file, held-out windows make the questions."""
 
+import csv
 import json
 import math
 
@@ -16,6 +17,7 @@ from gentrain.data.text import ByteTokenizer, corpus_rows
 from gentrain.families import TEXT_QUALITY
 from gentrain.metrics.text import TextQuality
 from gentrain.metrics.text_quality import sentences
+from judge_stand_in import BROKEN, SCORES, JudgeStandIn
 
 pytestmark = pytest.mark.slow
 PER_ANSWER = [m for m in TEXT_QUALITY if m != "mauve"]
@@ -151,3 +153,58 @@ def test_a_masked_lm_fills_the_middle_of_heldout_windows():
     )
     assert found["similarity"] == 5 and found["fluency"] > noise["fluency"]
     assert noise["similarity"] < 3
+
+
+@pytest.fixture
+def judge():
+    stand_in = JudgeStandIn()
+    yield stand_in
+    stand_in.close()
+
+
+def test_a_judge_model_scores_the_answers_through_mlflow_judges(tmp_path, new_store, judge):
+    """eval.judge: MLflow's judges ask the model (a stand-in OpenAI server on 127.0.0.1) with
+    each metric's definition; its 1-5 ratings are the run's metrics and the table's scores; the
+    API key goes to the server from the environment and nowhere else; a metric the judge does
+    not rate is said, not invented."""
+    key = "sk-stand-in-secret-7f3a"
+    questions = _questions(6)
+    with open(tmp_path / "qa.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["question", "context", "ground_truth"])
+        writer.writeheader()
+        writer.writerows(questions)
+    new_store(tmp_path)
+    done = gentrain(
+        "run",
+        str(JOBS / "gpt_python_docs.yaml"),
+        *("--set", "model.flavor=debug", "--set", "train.workers=1"),
+        *("--set", "train.max_steps=10", "--set", "train.eval_every=10"),
+        *("--set", "data.batch_size=8", "--set", "eval.num_answers=6"),
+        *("--set", "eval.dataset=qa.csv", "--set", "eval.judge=openai:/stand-in"),
+        *("--set", "eval.decoding.max_new_tokens=16"),
+        *("--set", "eval.metrics=[similarity,relevance,coherence,fluency,groundedness,mauve]"),
+        cwd=tmp_path,
+        env={"OPENAI_API_KEY": key, "OPENAI_API_BASE": judge.url},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(judge.requests) == 5 * 6
+    assert {r["path"] for r in judge.requests} == {"/v1/chat/completions"}
+    assert {r["authorization"] for r in judge.requests} == {f"Bearer {key}"}
+    asked = "".join(r["messages"][1]["content"] for r in judge.requests)
+    for q in questions:  # each question and truth reached the judge, as JSON strings
+        for text in (q["question"], q["ground_truth"]):
+            assert json.dumps(text[:40])[1:-1] in asked, text
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("gpt-python-docs").experiment_id])[0]
+    for definition, rating in SCORES.items():
+        assert run.data.metrics[definition.lower()] == rating
+        assert f"{definition.lower()}_raw" not in run.data.metrics  # a judge gives no raw value
+    assert BROKEN.lower() not in run.data.metrics
+    assert run.data.metrics["judge_failures"] == 6
+    assert 0 <= run.data.metrics["mauve"] <= 1  # embeddings, judge or not
+    said = done.stdout + done.stderr
+    assert "eval.judge openai:/stand-in gave no score for 6 answer-metric pairs at step 10" in said
+    table = mlflow_table(client, run.info.run_id, "answers.json", tmp_path)
+    assert set(table["similarity"]) == {5} and set(table["fluency"]) == {None}
+    logged = json.dumps([run.data.params, run.data.tags]) + said
+    assert key not in logged

@@ -116,6 +116,10 @@ def _check_data(job, *, on_s3: bool = True) -> None:
             from gentrain.data import questions as question_files
 
             question_files.check(questions, job.text_metrics)
+        if job.eval.judge and job.text_metrics:
+            from gentrain.metrics.judge import check_uri
+
+            check_uri(job.eval.judge)
     except SpecError as error:
         _fail(str(error), 2)
     except GentrainError as error:  # S3 did not answer, or refused these credentials

@@ -144,6 +144,10 @@ def connect(
     then join or start Ray; returns the tracking URI."""
     check_source(spec.data, family=get_family(spec.model.family))
     questions.check(spec.eval.dataset, spec.text_metrics)
+    if spec.eval.judge and spec.text_metrics:
+        from gentrain.metrics.judge import check_uri
+
+        check_uri(spec.eval.judge)
     if spec.image_features and cluster.is_embedded(address):
         from gentrain.metrics import ensure_available
 

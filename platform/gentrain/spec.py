@@ -275,6 +275,9 @@ class EvalSection(Section):
     dataset: str | None = None
     num_answers: int = Field(64, ge=2, le=10_000)
     decoding: DecodingSection = DecodingSection()
+    # a judge model (<provider>:/<model>, e.g. openai:/gpt-4o-mini) scores the five metrics
+    # through MLflow's GenAI judges instead of the embedded scorer
+    judge: str | None = Field(None, min_length=1)
 
     @field_validator("dataset")
     @classmethod

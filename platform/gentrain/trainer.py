@@ -435,7 +435,9 @@ class _Loop:
         scores = {
             name: value
             for name, value in scores.items()
-            if name in wanted or name.removesuffix("_raw") in self.spec.text_metrics
+            if name in wanted
+            or name.removesuffix("_raw") in self.spec.text_metrics
+            or name == "judge_failures"
         }
         self.logger.log_metrics(scores, step=step)
         if self.board and scores:
@@ -457,6 +459,7 @@ class _Loop:
         evaluation = self.spec.eval
         if self.text_quality is None:
             from gentrain.data import questions
+            from gentrain.metrics.judge import Judges
             from gentrain.metrics.text import TextQuality
 
             family = get_family(self.spec.model.family)
@@ -470,13 +473,23 @@ class _Loop:
                 max_new_tokens=evaluation.decoding.max_new_tokens,
                 questions=questions.read(evaluation.dataset) if evaluation.dataset else None,
                 fill_mask=self.data.info.mask_id if family.answers == "fill" else None,
+                judges=Judges(evaluation.judge, self.spec.text_metrics)
+                if evaluation.judge
+                else None,
             )
         torch.manual_seed(evaluation.decoding.seed)
-        return self.text_quality.compute(
+        found, table = self.text_quality.compute(
             lambda prompts: self.step_fn.answer(models, prompts, evaluation.decoding),
             device=self.session.device,
             step=step,
         )
+        if found.get("judge_failures"):
+            self.logger.warn(
+                f"eval.judge {evaluation.judge} gave no score for {found['judge_failures']:.0f} "
+                f"answer-metric pairs at step {step}; the first: "
+                f"{self.text_quality.judges.first_error}"
+            )
+        return found, table
 
     def heldout(self) -> torch.Tensor:
         """The first eval.max_examples held-out examples (read once)."""

@@ -35,8 +35,9 @@ class TextQuality:
         max_new_tokens: int,
         questions: Sequence[Question] | None = None,
         fill_mask: int | None = None,
+        judges=None,
     ):
-        self.metrics, self.decode = tuple(metrics), decode
+        self.metrics, self.decode, self.judges = tuple(metrics), decode, judges
         if questions:
             self.questions = list(questions[:count])
             self.prompts = [encode(q.question) or encode("\n") for q in self.questions]
@@ -52,7 +53,8 @@ class TextQuality:
                     Question(question=question, context=question, ground_truth=truth)
                 )
             reference = heldout[count:] if len(heldout) > count else heldout
-        self.encoder = Encoder()
+        # the embedded scorer; a judge leaves it only MAUVE
+        self.encoder = Encoder() if judges is None or "mauve" in self.metrics else None
         self.reference = CharNgrams("".join(decode(window.tolist()) for window in reference))
 
     def compute(
@@ -67,12 +69,20 @@ class TextQuality:
             for q, a in zip(self.questions, answers, strict=True)
         ]
         per_item = [m for m in self.metrics if m != "mauve"]
-        raw = raw_scores(items, per_item, encoder=self.encoder, reference=self.reference)
-        scores = {m: [score(m, value) for value in raw[m]] for m in per_item}
         found: dict[str, float] = {}
-        for metric in per_item:
-            found[metric] = float(np.mean(scores[metric]))
-            found[f"{metric}_raw"] = float(np.mean(raw[metric]))
+        if self.judges is not None:  # the judge's 1-5 scores; None where it gave none
+            raw, scores = {}, self.judges.score(items)
+            for metric in per_item:
+                given = [value for value in scores[metric] if value is not None]
+                if given:
+                    found[metric] = float(np.mean(given))
+                found["judge_failures"] = found.get("judge_failures", 0) + len(items) - len(given)
+        else:
+            raw = raw_scores(items, per_item, encoder=self.encoder, reference=self.reference)
+            scores = {m: [score(m, value) for value in raw[m]] for m in per_item}
+            for metric in per_item:
+                found[metric] = float(np.mean(scores[metric]))
+                found[f"{metric}_raw"] = float(np.mean(raw[metric]))
         if "mauve" in self.metrics:
             truths = [q.ground_truth or "" for q in self.questions]
             found["mauve"] = mauve(self.encoder(truths), self.encoder(answers))
@@ -128,7 +138,12 @@ def mauve(reference: np.ndarray, generated: np.ndarray, *, seed: int = 25) -> fl
 def _table(items: list[Item], raw, scores, *, step: int) -> dict[str, list]:
     """Columns of the answers table: step, the question's parts, the answer, each score and its
     raw value; rows by their mean score, lowest first."""
-    order = sorted(range(len(items)), key=lambda i: np.mean([s[i] for s in scores.values()] or [0]))
+
+    def mean_score(i: int) -> float:
+        given = [s[i] for s in scores.values() if s[i] is not None]
+        return float(np.mean(given)) if given else 0.0
+
+    order = sorted(range(len(items)), key=mean_score)
     table: dict[str, list] = {
         "step": [step] * len(items),
         "question": [items[i].question for i in order],
@@ -138,5 +153,6 @@ def _table(items: list[Item], raw, scores, *, step: int) -> dict[str, list]:
     }
     for metric in scores:
         table[metric] = [scores[metric][i] for i in order]
-        table[f"{metric}_raw"] = [round(raw[metric][i], 4) for i in order]
+        if metric in raw:
+            table[f"{metric}_raw"] = [round(raw[metric][i], 4) for i in order]
     return table
