@@ -62,6 +62,19 @@ def test_eval_metrics_default_to_the_familys_and_an_empty_list_turns_them_off(tm
     assert own.eval_metrics == ("is",) and own.image_features == "inception"
 
 
+def test_text_quality_is_asked_for_by_name_and_a_sweep_may_optimise_it(tmp_path):
+    gpt = "name: t\nmodel: {family: gpt, flavor: debug}\n"
+    assert spec_module.load(_write(tmp_path, gpt)).text_metrics == ()
+    asked = ["eval.metrics=[perplexity,similarity,mauve]"]
+    job = spec_module.load(_write(tmp_path, gpt), asked)
+    assert job.text_metrics == ("similarity", "mauve")
+    for metric in ("similarity", "similarity_raw", "mauve"):
+        sweep = f"sweep: {{metric: {metric}, mode: max, space: {{optim.lr: {{choice: [0.1]}}}}}}\n"
+        assert spec_module.load(_write(tmp_path, gpt + sweep), asked).sweep.metric == metric
+    with pytest.raises(SpecError, match="sweep.metric: 'relevance' is not reported"):
+        spec_module.load(_write(tmp_path, gpt + sweep.replace("mauve", "relevance")), asked)
+
+
 @pytest.mark.parametrize(
     ("family", "source"), [("gpt", "builtin:python_docs"), ("vae", "builtin:digits")]
 )

@@ -540,7 +540,10 @@ def _check_sweep_fits(job: "JobSpec") -> None:
     """The metric is one the job reports, and every value the space can give makes a valid job
     (each bound, choice and grid value, one key at a time)."""
     sweep = job.sweep
-    reported = ("loss", *job.eval_metrics)
+    raw = [
+        f"{metric}_raw" for metric in job.text_metrics if metric != "mauve" and not job.eval.judge
+    ]
+    reported = ("loss", *job.eval_metrics, *raw)
     if sweep.metric not in reported:
         raise SpecError(
             f"sweep.metric: '{sweep.metric}' is not reported by this job; allowed: "

@@ -57,10 +57,11 @@ class Judges:
 
     def __init__(self, uri: str, metrics: Sequence[str]):
         self.judges = {metric: _judge(metric, uri) for metric in metrics if metric in INSTRUCTIONS}
-        self.first_error: str | None = None  # what went wrong, said once by the caller
+        self.first_error: str | None = None  # what first went wrong in the latest score()
 
     def score(self, items) -> dict[str, list[int | None]]:
         """Each metric's 1-5 score of each item (None where the judge gave none)."""
+        self.first_error = None
         work = [(metric, i) for metric in self.judges for i in range(len(items))]
         with ThreadPoolExecutor(CALLS_AT_ONCE) as pool:
             found = list(pool.map(lambda job: self._one(job[0], items[job[1]]), work))

@@ -2,6 +2,7 @@
 laid out as the table a person reads, worst answers first."""
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -9,6 +10,9 @@ import torch
 from gentrain.data.questions import Question
 from gentrain.families import MASK_SHOWN
 from gentrain.metrics.text_quality import CharNgrams, Encoder, Item, raw_scores, score
+
+if TYPE_CHECKING:
+    from gentrain.metrics.judge import Judges
 
 ANSWERS = "answers.json"  # the MLflow table of each evaluation's answers and their scores
 BATCH = 32  # prompts generated at once
@@ -35,12 +39,15 @@ class TextQuality:
         max_new_tokens: int,
         questions: Sequence[Question] | None = None,
         fill_mask: int | None = None,
-        judges=None,
+        judges: "Judges | None" = None,
     ):
         self.metrics, self.decode, self.judges = tuple(metrics), decode, judges
         if questions:
             self.questions = list(questions[:count])
-            self.prompts = [encode(q.question) or encode("\n") for q in self.questions]
+            # the question's end, so that it and the answer fit the model's context (a window
+            # less one token)
+            keep = max(1, heldout.shape[1] - 1 - max_new_tokens)
+            self.prompts = [(encode(q.question) or encode("\n"))[-keep:] for q in self.questions]
             reference = heldout
         else:
             pairs = heldout[:count].tolist()
