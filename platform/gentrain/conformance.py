@@ -19,7 +19,7 @@ from gentrain.data import Dataset, load_dataset
 from gentrain.families import FamilySpec, FamilyStep, PipelineUnsupported, run_blocks
 from gentrain.noise import DrawPlan
 from gentrain.optim import build_optimizer
-from gentrain.spec import OptimSection
+from gentrain.spec import DecodingSection, OptimSection
 from gentrain.strategies import STRATEGIES
 
 BATCH = 32
@@ -177,6 +177,33 @@ def preview_and_evaluate(subject: Subject) -> str:
     return ", ".join(f"{k} {v:.3g}" for k, v in scores.items()) or "no metrics of its own"
 
 
+def answers(subject: Subject) -> str:
+    """A family offering text-quality metrics answers held-out prompts: `max_new_tokens` tokens
+    after each (or one per mask token, for a family that fills), ids of its vocabulary."""
+    family, step = subject.family, subject.step
+    if not family.text_metrics:
+        raise CheckSkipped("the family offers no text-quality metrics")
+    _expect(callable(getattr(step, "answer", None)), "text_metrics need the step's answer()")
+    _eval_mode(subject)
+    decoding = DecodingSection(max_new_tokens=5, temperature=0.8, top_k=10)
+    windows = subject.data.heldout[:3]
+    if family.answers == "fill":
+        prompts, expected = windows.clone(), (3, 4)
+        prompts[:, 2:6] = subject.data.info.mask_id
+    else:
+        prompts, expected = windows[:, : windows.shape[1] // 2], (3, 5)
+    with torch.no_grad():
+        written = step.answer(subject.models, prompts, decoding)
+    _expect(
+        tuple(written.shape) == expected, f"answers shaped {tuple(written.shape)}, not {expected}"
+    )
+    vocab = subject.data.info.vocab_size
+    _expect(
+        bool(((written >= 0) & (written < vocab)).all()), f"ids outside the vocabulary ({vocab})"
+    )
+    return f"{family.answers}s: {tuple(written.shape)}"
+
+
 def export(subject: Subject) -> str:
     """The exported module runs on its example input."""
     module, example = subject.step.export(subject.models)
@@ -225,6 +252,7 @@ CHECKS: dict[str, Callable[[Subject], str]] = {
     "samples": samples,
     "deterministic": deterministic,
     "preview and evaluate": preview_and_evaluate,
+    "answers": answers,
     "export": export,
     "pipeline composes": pipeline_composes,
 }

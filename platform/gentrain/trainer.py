@@ -23,9 +23,9 @@ from gentrain.data.augment import augment
 from gentrain.data.fingerprint import what_changed
 from gentrain.data.stream import Position
 from gentrain.errors import GentrainError
+from gentrain.evaluation import Evaluation
 from gentrain.families import FamilyStep, FamilyWarning, get_family
 from gentrain.memory import is_out_of_memory, out_of_memory_message, peak_memory
-from gentrain.metrics.text import ANSWERS
 from gentrain.noise import DrawPlan
 from gentrain.spec import JobSpec
 from gentrain.strategies import Strategy, make_strategy
@@ -36,7 +36,6 @@ from gentrain.tracking.datasets import dataset_inputs
 log = logging.getLogger(__name__)
 
 # Evaluations draw from their own RNG: the same noise at every step, training's RNG untouched.
-EVAL_SEED = 1234
 
 
 class Session(Protocol):
@@ -269,11 +268,11 @@ class _Loop:
         self.run_id = config["run_id"]
         self.checkpoints = config.get("checkpoints", "")  # where the run's checkpoints go
         self.logger, self.board = logger, board  # rank 0's; None elsewhere
-        self.quality = None  # built at the first evaluation (rank 0)
-        self.text_quality = None  # likewise
+        self.evaluation = Evaluation(
+            spec, step_fn=step_fn, data=data, logger=logger, device=session.device
+        )
         self.positions: dict[int, Position] = {}  # of the partitions this worker reads
         self.partitions = 0  # how many the data is cut into
-        self._heldout = None  # read at the first evaluation (rank 0)
 
     def run(self, *, start_step: int, positions: list[Position] | None) -> None:
         strategy = self.strategy
@@ -395,107 +394,17 @@ class _Loop:
             if self.rank != 0:
                 return {}
             started = time.perf_counter()
-            scores = self._evaluate_on_rank0(models, step)
+            scores = self.evaluation.run(models, step)
             self.logger.log_metrics({"eval_seconds": time.perf_counter() - started}, step=step)
+            if self.board and scores:
+                self.board.push.remote(self.run_id, step, scores)
             return scores
 
     def _preview_untrained(self) -> None:
         """The untrained model's preview at step 0, where the UI's step slider starts."""
         with self.strategy.full_models() as models:
             if self.rank == 0:
-                self._evaluate_on_rank0(models, 0, scored=False)
-
-    def _evaluate_on_rank0(
-        self, models: dict[str, torch.nn.Module], step: int, *, scored: bool = True
-    ) -> dict:
-        wanted = self.spec.eval_metrics
-        for model in models.values():
-            model.eval()
-        quality = self._image_quality() if self.spec.image_features and scored else None
-        answers = None  # the table of the answers to the text-quality questions
-        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=cuda), torch.no_grad():
-            torch.manual_seed(EVAL_SEED)
-            preview = self.step_fn.preview(models, self.heldout())
-            scores = self.step_fn.evaluate(models, self.heldout()) if scored else {}
-            if quality is not None:
-                samples = _sample_in_chunks(self.step_fn, models, self.spec.eval.num_samples)
-                scores.update(quality.compute(samples))
-            if scored and self.spec.text_metrics:
-                found, answers = self._text_quality(models, step)
-                scores.update(found)
-        for model in models.values():
-            model.train()
-        if isinstance(preview, torch.Tensor):
-            self.logger.log_image_grid(preview, step=step)
-        else:
-            self.logger.log_texts(preview, step=step)
-        if answers:
-            self.logger.log_table(answers, path=ANSWERS, step=step)
-        scores = {
-            name: value
-            for name, value in scores.items()
-            if name in wanted
-            or name.removesuffix("_raw") in self.spec.text_metrics
-            or name == "judge_failures"
-        }
-        self.logger.log_metrics(scores, step=step)
-        if self.board and scores:
-            self.board.push.remote(self.run_id, step, scores)
-        return scores
-
-    def _image_quality(self):
-        if self.quality is None:
-            from gentrain.metrics import ImageQuality, load_feature_extractor
-
-            self.quality = ImageQuality(
-                extractor=load_feature_extractor(self.spec.image_features),
-                real_images=self.heldout(),
-            )
-        return self.quality
-
-    def _text_quality(self, models: dict[str, torch.nn.Module], step: int):
-        """The text-quality metrics of the model's answers, and their table (metrics/text.py)."""
-        evaluation = self.spec.eval
-        if self.text_quality is None:
-            from gentrain.data import questions
-            from gentrain.metrics.judge import Judges
-            from gentrain.metrics.text import TextQuality
-
-            family = get_family(self.spec.model.family)
-            tokenizer = self.data.stream.examples.tokenizer
-            self.text_quality = TextQuality(
-                metrics=self.spec.text_metrics,
-                heldout=self.heldout(),
-                encode=tokenizer.encode,
-                decode=tokenizer.decode,
-                count=evaluation.num_answers,
-                max_new_tokens=evaluation.decoding.max_new_tokens,
-                questions=questions.read(evaluation.dataset) if evaluation.dataset else None,
-                fill_mask=self.data.info.mask_id if family.answers == "fill" else None,
-                judges=Judges(evaluation.judge, self.spec.text_metrics)
-                if evaluation.judge
-                else None,
-            )
-        torch.manual_seed(evaluation.decoding.seed)
-        found, table = self.text_quality.compute(
-            lambda prompts: self.step_fn.answer(models, prompts, evaluation.decoding),
-            device=self.session.device,
-            step=step,
-        )
-        if found.get("judge_failures"):
-            self.logger.warn(
-                f"eval.judge {evaluation.judge} gave no score for {found['judge_failures']:.0f} "
-                f"answer-metric pairs at step {step}; the first: "
-                f"{self.text_quality.judges.first_error}"
-            )
-        return found, table
-
-    def heldout(self) -> torch.Tensor:
-        """The first eval.max_examples held-out examples (read once)."""
-        if self._heldout is None:
-            self._heldout = self.data.stream.heldout(self.spec.eval.max_examples)
-        return self._heldout
+                self.evaluation.run(models, 0, scored=False)
 
     def _checkpoint(self, step: int, metrics: dict[str, float]) -> None:
         """Every rank writes its part (rank 0 the strategy's state, each rank its RNG streams);
@@ -542,11 +451,6 @@ class _Loop:
             register_as=self.spec.tracking.register_as,
             step=self.spec.train.max_steps,
         )
-
-
-def _sample_in_chunks(step_fn: FamilyStep, models, n: int, chunk: int = 256) -> torch.Tensor:
-    parts = [step_fn.sample(models, min(chunk, n - done)) for done in range(0, n, chunk)]
-    return torch.cat(parts).float().cpu()
 
 
 def _restore(

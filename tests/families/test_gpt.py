@@ -89,6 +89,35 @@ def test_top_k_of_one_is_greedy(data):
         assert torch.equal(generated[:, -1], gpt(prompt)[:, -1].argmax(-1))
 
 
+def test_cached_generation_follows_the_whole_forward_pass_past_the_context(data):
+    """Generation keeps each block's keys and values while the sequence fits the context, then
+    slides its window: greedy tokens equal those of a full forward pass at every step."""
+    _, gpt = _build(data, top_k=1)
+    gpt.eval()
+    prompt = data.heldout[:2, :10]
+    expected = prompt
+    with torch.no_grad():
+        for _ in range(gpt.context + 5 - 10):
+            logits = gpt(expected[:, -gpt.context :])[:, -1]
+            expected = torch.cat([expected, logits.argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(gpt.generate(prompt, gpt.context + 5 - 10), expected)
+
+
+def test_decoding_settings_narrow_the_draws(data):
+    _, gpt = _build(data)
+    gpt.eval()
+    prompt = data.heldout[:1, :10].repeat(64, 1)
+    torch.manual_seed(0)
+    wide = gpt.generate(prompt, 1, temperature=1.0)[:, -1]
+    torch.manual_seed(0)
+    narrow = gpt.generate(prompt, 1, temperature=1.0, top_p=0.2)[:, -1]
+    cold = gpt.generate(prompt, 1, temperature=1e-4)[:, -1]
+    with torch.no_grad():
+        likeliest = gpt(prompt[:1])[0, -1].argmax()
+    assert len(set(narrow.tolist())) < len(set(wide.tolist()))
+    assert set(cold.tolist()) == {likeliest.item()}
+
+
 def test_samples_start_from_the_newline_token(data):
     step, gpt = _build(data)
     samples = step.sample({"gpt": gpt}, 2)

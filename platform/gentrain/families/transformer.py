@@ -15,8 +15,9 @@ class Embeddings(nn.Module):
         self.positions = nn.Embedding(max_len, dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, dim)
-        positions = torch.arange(ids.shape[1], device=ids.device)
+    def forward(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:  # (B, T) -> (B, T, dim)
+        """`start`: the position of ids' first token (generation feeds one token at a time)."""
+        positions = torch.arange(start, start + ids.shape[1], device=ids.device)
         return self.dropout(self.tokens(ids) + self.positions(positions))
 
 
@@ -36,14 +37,24 @@ class Block(nn.Module):
         )
         self.attention_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        """x (B, T, dim) -> (B, T, dim). `cache` (causal generation): this block's keys and values
+        of the positions before x, which x's own are added to; x is then one token, unless the
+        cache is empty."""
         batch, length, dim = x.shape
         q, k, v = (
             part.view(batch, length, self.heads, dim // self.heads).transpose(1, 2)
             for part in self.qkv(self.norm1(x)).split(dim, dim=2)
-        )
+        )  # each (B, heads, T, head_dim)
+        causal = self.causal
+        if cache is not None:
+            if cache:
+                assert length == 1, "after the prompt, a cached block reads one token at a time"
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+                causal = False  # the one new token sees every earlier position
+            cache["k"], cache["v"] = k, v
         attended = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
         )
         x = x + self.attention_dropout(self.proj(attended.transpose(1, 2).reshape(x.shape)))
         return x + self.mlp(self.norm2(x))

@@ -30,13 +30,19 @@ class GPT(nn.Module):
         self.apply(init_weights)
         self.head.weight = self.embed.tokens.weight  # tied input and output embeddings
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, vocab) of the token after each position of `ids` (B, T), T <= context."""
-        if ids.shape[1] > self.context:
-            raise ValueError(f"{ids.shape[1]} tokens: the model reads at most {self.context}")
-        x = self.embed(ids)  # (B, T, dim)
-        for block in self.blocks:
-            x = block(x)
+    def forward(
+        self, ids: torch.Tensor, *, cache: list[dict] | None = None, start: int = 0
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab) of the token after each position of `ids` (B, T), T <= context.
+        Generation passes each block's `cache` (Block.forward) and the position `start` of ids'
+        first token."""
+        if start + ids.shape[1] > self.context:
+            raise ValueError(
+                f"{start + ids.shape[1]} tokens: the model reads at most {self.context}"
+            )
+        x = self.embed(ids, start)  # (B, T, dim)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if cache is None else cache[i])
         return self.head(self.norm(x))
 
     @torch.no_grad()
@@ -55,8 +61,16 @@ class GPT(nn.Module):
         temperature = self.config.temperature if temperature is None else temperature
         top_k = self.config.top_k if top_k is None else top_k
         ids = prompt_ids
+        cache = None  # each block's keys and values, while the whole sequence fits the context
         for _ in range(max_new_tokens):
-            logits = self(ids[:, -self.context :])[:, -1].float()  # (B, vocab)
+            if ids.shape[1] > self.context:  # the window slides: every position shifts
+                logits = self(ids[:, -self.context :])
+            elif cache is None:
+                cache = [{} for _ in self.blocks]
+                logits = self(ids, cache=cache)
+            else:
+                logits = self(ids[:, -1:], cache=cache, start=ids.shape[1] - 1)
+            logits = logits[:, -1].float()  # (B, vocab)
             drawn = draw_token(logits, temperature=temperature, top_k=top_k, top_p=top_p)
             ids = torch.cat([ids, drawn], dim=1)
         return ids
