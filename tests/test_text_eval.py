@@ -8,11 +8,13 @@ import math
 
 import mlflow
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from conftest import JOBS, gentrain, mlflow_table
-from gentrain.data.questions import read
+from gentrain.data.questions import Question, read
 from gentrain.data.text import ByteTokenizer, corpus_rows
 from gentrain.families import TEXT_QUALITY
 from gentrain.metrics.text import TextQuality
@@ -64,6 +66,8 @@ def test_a_gpt_run_answers_the_question_file_on_s3_and_logs_every_score(
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.search_runs([client.get_experiment_by_name("gpt-python-docs").experiment_id])[0]
     metrics = run.data.metrics
+    final = next(line for line in done.stdout.splitlines() if line.startswith("final: "))
+    assert f"similarity {metrics['similarity']:.4g}" in final and "mauve" in final, final
     for metric in PER_ANSWER:
         assert 1 <= metrics[metric] <= 5, metric
         assert math.isfinite(metrics[f"{metric}_raw"]), metric
@@ -82,6 +86,21 @@ def test_a_gpt_run_answers_the_question_file_on_s3_and_logs_every_score(
         means = [np.mean([table[m][i] for m in PER_ANSWER]) for i in rows]
         assert means == sorted(means)
         assert all(isinstance(table[m][i], int) for m in PER_ANSWER for i in rows)
+
+
+def test_question_files_read_alike_from_jsonl_csv_and_parquet(tmp_path):
+    questions = _questions(4)
+    questions[1]["context"] = None  # a row without a context reads as None
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    pq.write_table(pa.Table.from_pylist(questions), tmp_path / "qa.parquet")
+    with open(tmp_path / "qa.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["question", "context", "ground_truth"])
+        writer.writeheader()
+        writer.writerows(questions)
+    expected = [Question(**q) for q in questions]
+    for name in ("qa.jsonl", "qa.parquet", "qa.csv"):
+        assert read(str(tmp_path / name)) == expected, name  # CSV's empty cell: None too
+        assert read(str(tmp_path / name), limit=2) == expected[:2]
 
 
 def test_heldout_windows_make_the_questions_and_the_true_continuation_scores_highest():

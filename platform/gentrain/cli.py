@@ -263,7 +263,7 @@ def run(
         _fail(str(error), 2)
     except GentrainError as error:
         _fault(error)
-    _print_summary(result)
+    _print_summary(result, shown=("loss", *job.eval_metrics, "step"))
     if result.kept_in:
         _warn(
             f"the tracking store {redact(result.tracking_uri)} did not come back: what it lacks "
@@ -725,12 +725,13 @@ class _TrainingProgress:
         return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
-def _print_summary(result) -> None:
+def _print_summary(result, *, shown: tuple[str, ...]) -> None:
+    """What the run ended with: its `shown` metrics (the loss, the job's evaluation metrics)."""
     out.print()
     out.print(
         f"[bold green]done[/]: MLflow run {result.run_id} in experiment '{result.experiment}'"
     )
-    final = {k: v for k, v in result.metrics.items() if k in ("loss", "fid", "is", "step")}
+    final = {k: result.metrics[k] for k in shown if k in result.metrics}
     if final:
         out.print("final: " + "  ".join(f"{k} {v:.4g}" for k, v in final.items()), markup=False)
     out.print(f"tracking store: {redact(result.tracking_uri)}", markup=False)

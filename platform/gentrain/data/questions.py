@@ -97,4 +97,5 @@ def _table(location: str) -> pa.Table:
 
 
 def _text(value) -> str | None:
-    return None if value is None else str(value)
+    """A cell as text; empty (CSV has no null) or null: None."""
+    return None if value is None or value == "" else str(value)
