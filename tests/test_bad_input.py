@@ -268,6 +268,18 @@ SPEC_CASES = [
     (GPT, ["eval.decoding.top_p=0"], "eval.decoding.top_p: Input should be greater than 0"),
     (
         GPT,
+        ["eval.judge=openai:/gpt-4o-mini"],
+        "eval.judge: serves the text-quality metrics, which eval.metrics does not name; offered: "
+        "similarity, relevance, coherence, fluency, groundedness, mauve",
+    ),
+    (
+        MINIMAL,
+        ["eval.dataset=questions.csv"],
+        "eval.dataset: serves the text-quality metrics, which eval.metrics does not name; "
+        "offered: none for family gan",
+    ),
+    (
+        GPT,
         ["eval.metrics=[fluency]", "eval.judge=gpt-4o"],
         "eval.judge: Malformed model uri 'gpt-4o'. The URI must be in the format of "
         "<provider>:/<model-name>",

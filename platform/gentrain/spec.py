@@ -486,6 +486,13 @@ class JobSpec(Section):
                     f"eval.metrics: '{metric}' does not fit family {family.name}; "
                     f"allowed: {', '.join(allowed)}"
                 )
+        for key in ("dataset", "judge"):
+            if getattr(self.eval, key) and not self.text_metrics:
+                offered = ", ".join(family.text_metrics) or f"none for family {family.name}"
+                raise SpecError(
+                    f"eval.{key}: serves the text-quality metrics, which eval.metrics does not "
+                    f"name; offered: {offered}"
+                )
         if self.eval.dataset and self.text_metrics and family.answers == "fill":
             writers = [
                 f.name
