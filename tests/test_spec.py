@@ -139,6 +139,11 @@ def test_cli_ls_lists_families_flavors_and_strategies(tmp_path):
     assert result.returncode == 0
     for word in ("gan", "gpt", "debug", "small", "base", "ddp", "classifier:digits"):
         assert word in result.stdout
+    assert (
+        "text quality:    gpt, hf_causal_lm: similarity, relevance, coherence, fluency, "
+        "groundedness, mauve"
+    ) in result.stdout
+    assert "text quality:    bert, hf_masked_lm: similarity, fluency" in result.stdout
     for word in (
         "builtin:python_docs",
         "images:DIR",

@@ -156,6 +156,12 @@ def list_components() -> None:
         metrics = ", ".join(family.eval_metrics)
         table.add_row(name, family.modality, ", ".join(family.flavors), metrics)
     out.print(table, soft_wrap=False)  # cells wrap within the table
+    offers: dict[tuple[str, ...], list[str]] = {}
+    for name, family in families.items():
+        if family.text_metrics:
+            offers.setdefault(family.text_metrics, []).append(name)
+    for metrics, names in offers.items():  # asked for by name in eval.metrics
+        out.print(f"text quality:    {', '.join(names)}: {', '.join(metrics)}")
     out.print("your own:        model.family: package.module:NAME (a FamilySpec; see README)")
     out.print(f"strategies:      {', '.join(STRATEGIES)}")
     builtin = ", ".join(f"builtin:{name}" for name in (*BUILTIN_IMAGES, *BUILTIN_CORPORA))
