@@ -2,8 +2,8 @@
 
 `eval.dataset` names a file of them: JSON lines, CSV or Parquet, local or s3://, with the column
 `question` and, as the metrics need them, `context` and `ground_truth`. Without it, pairs are cut
-from held-out windows: the window's first half is the question (and its context), its true second
-half the ground truth.
+from held-out windows (metrics/text.py): the window's first half is the question (and its
+context), the tokens that follow it the ground truth.
 
 Imports no torch: the CLI reads the file before anything starts.
 """
@@ -41,14 +41,7 @@ class Question:
 
 def read(location: str, *, limit: int | None = None) -> list[Question]:
     """The file's first `limit` questions (all by default); rows without a question are skipped."""
-    table = _table(location)
-    table = table.select([c for c in COLUMNS if c in table.column_names])
-    rows = (table.slice(0, limit) if limit is not None else table).to_pylist()
-    return [
-        Question(**{key: _text(value) for key, value in row.items()})
-        for row in rows
-        if row.get("question") not in (None, "")
-    ]
+    return _questions(_table(location), limit=limit)
 
 
 def columns(location: str) -> tuple[str, ...]:
@@ -61,7 +54,7 @@ def columns(location: str) -> tuple[str, ...]:
             f"eval.dataset: {location} has no column 'question' (it has "
             f"{', '.join(table.column_names) or 'none'}); columns: {', '.join(COLUMNS)}"
         )
-    if not read(location, limit=1):
+    if not _questions(table, limit=1):
         raise SpecError(f"eval.dataset: {location} holds no question")
     return present
 
@@ -79,6 +72,16 @@ def check(location: str | None, metrics: tuple[str, ...]) -> None:
                     f"eval.metrics: {metric} needs the column '{column}' of eval.dataset "
                     f"{location}, which has {', '.join(present)}"
                 )
+
+
+def _questions(table: pa.Table, *, limit: int | None) -> list[Question]:
+    table = table.select([c for c in COLUMNS if c in table.column_names])
+    rows = (table.slice(0, limit) if limit is not None else table).to_pylist()
+    return [
+        Question(**{key: _text(value) for key, value in row.items()})
+        for row in rows
+        if row.get("question") not in (None, "")
+    ]
 
 
 def _table(location: str) -> pa.Table:
