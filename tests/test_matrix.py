@@ -36,17 +36,18 @@ FAMILY_JOBS = {
 }
 STRATEGY_SETTINGS = {
     "ddp": [],
+    "fsdp": ["train.strategy=fsdp"],
     "zero1": DEEPSPEED + ["train.deepspeed.zero_stage=1"],
     "zero2": DEEPSPEED + ["train.deepspeed.zero_stage=2"],
     "zero3": DEEPSPEED + ["train.deepspeed.zero_stage=3"],
     "pipeline": ["train.strategy=pipeline", "train.pipeline.stages=2"],
 }
-# The built-in families under every strategy; the Hugging Face ones under ddp, each ZeRO stage
+# The built-in families under every strategy; the Hugging Face ones under ddp and fsdp, each ZeRO stage
 # in one of them, and pipeline for the language models (refused for the UNet).
 HF_CELLS = [
-    ("hf_causal_lm", ["ddp", "zero3", "pipeline"]),
-    ("hf_masked_lm", ["ddp", "zero1", "pipeline"]),
-    ("hf_unet2d", ["ddp", "zero2"]),
+    ("hf_causal_lm", ["ddp", "fsdp", "zero3", "pipeline"]),
+    ("hf_masked_lm", ["ddp", "fsdp", "zero1", "pipeline"]),
+    ("hf_unet2d", ["ddp", "fsdp", "zero2"]),
 ]
 CELLS = [
     *((family, strategy) for family in FAMILY_JOBS if not family.startswith("hf_")
@@ -169,6 +170,9 @@ def train_cell(family: str, strategy: str, one_worker, fresh_process, tmp_path: 
     if strategy.startswith("zero"):  # every rank saved its own optimizer shard, engine by engine
         shards = {p.name for p in (tmp_path / "checkpoints").rglob("*optim_states.pt")}
         assert shards == {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)}
+    if strategy in ("ddp", "fsdp"):  # torch.distributed.checkpoint: every rank wrote its shards
+        shards = {p.name for p in (tmp_path / "checkpoints").rglob("*.distcp")}
+        assert shards == {"__0_0.distcp", "__1_0.distcp"}, shards
     if strategy == "pipeline":  # each stage saved its own part
         parts = {p.name for p in (tmp_path / "checkpoints").rglob("pipeline_stage*.pt")}
         assert parts == {"pipeline_stage0.pt", "pipeline_stage1.pt"}

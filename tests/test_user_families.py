@@ -123,7 +123,7 @@ def test_a_strategy_that_needs_a_missing_method_is_refused_before_anything_start
     assert result.exit_code == 2 and not ray.is_initialized()
     assert result.stderr.strip().endswith(
         "train.strategy: pipeline needs mine's step to define pipeline(); "
-        "ddp and deepspeed work without it"
+        "ddp, fsdp and deepspeed work without it"
     )
     assert not (modules / "ckpt").exists() and not (modules / "mlflow.db").exists()
 

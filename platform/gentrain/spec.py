@@ -179,8 +179,17 @@ class PipelineSection(Section):
         return self
 
 
+class FSDPSection(Section):
+    """How train.strategy: fsdp shards each network (torch's fully_shard, per block)."""
+
+    reshard_after_forward: bool = Field(
+        True, description="free each block's gathered weights after its forward (less memory)"
+    )
+    offload: Literal["none", "cpu"] = Field("none", description="keep shards and steps on CPU")
+
+
 class TrainSection(Section):
-    strategy: Literal["ddp", "deepspeed", "pipeline"] = "ddp"
+    strategy: Literal["ddp", "fsdp", "deepspeed", "pipeline"] = "ddp"
     workers: int = Field(2, ge=1, le=1024)
     use_gpu: bool = False
     cpus_per_worker: int | None = Field(None, ge=1)
@@ -196,6 +205,7 @@ class TrainSection(Section):
     )
     deepspeed: DeepSpeedSection = DeepSpeedSection()
     pipeline: PipelineSection = PipelineSection()
+    fsdp: FSDPSection = FSDPSection()
 
     @model_validator(mode="after")
     def _strategy_rules(self) -> "TrainSection":
@@ -207,6 +217,12 @@ class TrainSection(Section):
             raise ValueError(f"deepspeed is set but strategy is {self.strategy}")
         if self.strategy != "pipeline" and self.pipeline != PipelineSection():
             raise ValueError(f"pipeline is set but strategy is {self.strategy}")
+        if self.strategy != "fsdp" and self.fsdp != FSDPSection():
+            raise ValueError(f"fsdp is set but strategy is {self.strategy}")
+        if self.strategy == "fsdp" and self.precision == "fp16":
+            raise ValueError("fsdp trains in fp32 or bf16, not fp16 (no loss scaling)")
+        if self.fsdp.offload == "cpu" and not self.use_gpu:
+            raise ValueError("fsdp.offload cpu needs train.use_gpu: true (nothing to offload on CPU)")
         if self.on_nan == "skip_step" and self.strategy != "ddp":
             raise ValueError(
                 f"on_nan skip_step needs strategy ddp (got {self.strategy}); use on_nan: stop"
@@ -464,6 +480,7 @@ class JobSpec(Section):
         if self.data.batch_size % parts:
             by = {
                 "ddp": "train.workers",
+                "fsdp": "train.workers",
                 "deepspeed": "train.workers x gradient_accumulation_steps",
                 "pipeline": "replicas (workers / stages) x pipeline.microbatches",
             }[self.train.strategy]
@@ -476,7 +493,7 @@ class JobSpec(Section):
         if self.train.strategy == "pipeline" and family.lacks("pipeline"):
             raise SpecError(
                 f"train.strategy: pipeline needs {family.name}'s step to define pipeline(); "
-                "ddp and deepspeed work without it"
+                "ddp, fsdp and deepspeed work without it"
             )
         _check_data_fits(self.data, family.name, family.modality)
         allowed = (*family.eval_metrics, *family.text_metrics)

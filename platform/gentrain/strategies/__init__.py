@@ -13,7 +13,7 @@ from gentrain.families import FamilyStep
 from gentrain.noise import DrawPlan
 from gentrain.spec import JobSpec
 
-STRATEGIES = ("ddp", "deepspeed", "pipeline")
+STRATEGIES = ("ddp", "fsdp", "deepspeed", "pipeline")
 
 # A phase's loss (mean over this rank's examples) and the family's named terms.
 PhaseResult = tuple[torch.Tensor, dict[str, torch.Tensor]]
@@ -98,6 +98,10 @@ def make_strategy(spec: JobSpec, *, device: torch.device, world: int, rank: int)
         from gentrain.strategies.pipeline import PipelineStrategy
 
         return PipelineStrategy(spec, device=device, world=world, rank=rank)
+    if name == "fsdp":
+        from gentrain.strategies.fsdp import FSDPStrategy
+
+        return FSDPStrategy(spec, device=device, world=world, rank=rank)
     from gentrain.strategies.ddp import DDPStrategy
 
     return DDPStrategy(spec, device=device, world=world, rank=rank)

@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 from gentrain.families import FamilyStep
 from gentrain.optim import build_optimizer, build_schedule
 from gentrain.spec import JobSpec
-from gentrain.strategies import MicroBatched
+from gentrain.strategies import MicroBatched, dcp_format
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -78,20 +78,21 @@ class DDPStrategy(MicroBatched):
         self.schedules[name].step()
 
     def save(self, directory: Path, *, rank: int) -> None:
-        if rank != 0:  # replicas are identical: rank 0 holds the whole state
-            return
-        state = {
-            name: {
-                "model": self.raw[name].state_dict(),
-                "optimizer": self.optimizers[name].state_dict(),
-                "schedule": self.schedules[name].state_dict(),
-                "scaler": self.scalers[name].state_dict(),
-            }
-            for name in self.raw
+        schedules = {
+            name: {"schedule": self.schedules[name].state_dict(), "scaler": scaler.state_dict()}
+            for name, scaler in self.scalers.items()
         }
-        torch.save(state, directory / "strategy.pt")
+        dcp_format.save(directory, self.raw, self.optimizers, schedules, rank=rank)
 
     def load(self, directory: Path) -> None:
+        if not dcp_format.written(directory):
+            return self._load_single_file(directory)
+        for name, parts in dcp_format.load(directory, self.raw, self.optimizers).items():
+            self.schedules[name].load_state_dict(parts["schedule"])
+            self.scalers[name].load_state_dict(parts["scaler"])
+
+    def _load_single_file(self, directory: Path) -> None:
+        """An older checkpoint of ddp: rank 0's whole state in one file (strategy.pt)."""
         state = torch.load(directory / "strategy.pt", map_location=self.device, weights_only=True)
         for name, parts in state.items():
             self.raw[name].load_state_dict(parts["model"])

@@ -118,7 +118,7 @@ class PipelineStrategy:
         if not callable(getattr(step_fn, "pipeline", None)):  # a sweep's trial may choose it
             raise GentrainError(
                 f"train.strategy: pipeline needs {self.spec.model.family}'s step to define "
-                "pipeline(); ddp and deepspeed work without it"
+                "pipeline(); ddp, fsdp and deepspeed work without it"
             )
         for model in models.values():
             model.to(self.device)
