@@ -1,5 +1,5 @@
-"""Per-rank model state (parameters + gradients + optimizer state) of GPT `small` under ddp and
-DeepSpeed ZeRO 1/2/3 on 2 gloo workers, measured from the tensors each rank holds when its
+"""Per-rank model state (parameters + gradients + optimizer state) of GPT `small` under ddp, fsdp
+and DeepSpeed ZeRO 1/2/3 on 2 gloo workers, measured from the tensors each rank holds when its
 optimizer steps, next to the ZeRO paper's formulas adapted to the precision trained.
 
     python bench/zero_memory.py [--workers N] [--flavor small] [--quick] [--json PATH]
@@ -7,13 +7,15 @@ optimizer steps, next to the ZeRO paper's formulas adapted to the precision trai
 Each rank runs gentrain's own strategy (prepare + train_phase) in a process of its own, two steps,
 and is measured inside its second optimizer step (Adam's moments exist, gradients are still held).
 Tensors are counted once per storage:
-  params     the module's parameters (ZeRO-3: the rank's partition, `ds_tensor`)
+  params     the module's parameters (ZeRO-3: the rank's partition, `ds_tensor`; fsdp: each
+             DTensor's local shard)
   grads      the parameters' .grad, and the gradients of DeepSpeed's fp32 partitions
   optimizer  DeepSpeed's fp32 master partitions and the optimizer's moments (Adam: m and v)
 
 Formulas (Ψ parameters, N ranks). The paper's mixed precision keeps fp16 params and grads (2+2)
 and K = 12 bytes of fp32 state (master, m, v). This machine trains fp32, so params and grads take
-4 bytes each; DDP's fp32 params are their own master (K = 8, m and v), and so are ZeRO-3's
+4 bytes each; DDP's fp32 params are their own master (K = 8, m and v), and so are fsdp's (all
+of it sharded: (4 + 4 + 8) / N) and ZeRO-3's
 (gentrain shares them, as DeepSpeed means to), while ZeRO-1/2 keep a separate fp32 master
 partition (K = 12). bf16 rows (DeepSpeed's own bf16 mode, which a spec turns
 on with `train.deepspeed.config: {bf16: {enabled: true}}`) take 2 bytes for params and grads.
@@ -28,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.tensor import DTensor
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from gentrain.spec import flatten
@@ -37,6 +40,7 @@ DEEPSPEED = ["train.strategy=deepspeed"]
 BF16 = ["train.deepspeed.config={bf16: {enabled: true}}"]
 RUNS = {  # name: (spec overrides, zero stage or None for DDP, bytes per param and per grad)
     "ddp": ([], None, 4),
+    "fsdp": (["train.strategy=fsdp"], "fsdp", 4),
     "zero1": (DEEPSPEED + ["train.deepspeed.zero_stage=1"], 1, 4),
     "zero2": (DEEPSPEED + ["train.deepspeed.zero_stage=2"], 2, 4),
     "zero3": (DEEPSPEED + ["train.deepspeed.zero_stage=3"], 3, 4),
@@ -44,10 +48,12 @@ RUNS = {  # name: (spec overrides, zero stage or None for DDP, bytes per param a
 }
 
 
-def formula(stage: int | None, *, width: int, world: int) -> float:
+def formula(stage: int | str | None, *, width: int, world: int) -> float:
     """Bytes per parameter per rank (ZeRO paper, Table 1), with `width` bytes for params/grads."""
     if stage is None:
         return 4 + 4 + 8  # fp32 DDP: params, grads, m and v
+    if stage == "fsdp":
+        return (4 + 4 + 8) / world  # every part sharded, fp32 weights their own master
     k = 12  # an fp32 master partition, m and v
     if stage == 1:
         return width + width + k / world
@@ -65,6 +71,8 @@ class Holdings:
         self.bytes = {"params": 0, "grads": 0, "optimizer": 0}
 
     def add(self, kind: str, tensor) -> None:
+        if isinstance(tensor, DTensor):
+            tensor = tensor.to_local()  # this rank's shard
         if not isinstance(tensor, torch.Tensor) or tensor.numel() == 0:
             return
         storage = tensor.untyped_storage()
@@ -199,8 +207,11 @@ def main() -> None:
         )
     ratio = rows["zero3"]["total"] / ddp
     print(f"ZeRO-3 / DDP per-rank model state at N = {world}: {ratio:.3f} (target <= 0.55)")
+    fsdp = rows["fsdp"]["total"] / ddp
+    print(f"fsdp / DDP per-rank model state at N = {world}: {fsdp:.3f} (target <= 0.55)")
     if args.json:
-        args.json.write_text(json.dumps({"ratio": ratio, **flatten(rows)}, indent=2))
+        figures = {"ratio": ratio, "fsdp_ratio": fsdp, **flatten(rows)}
+        args.json.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":
