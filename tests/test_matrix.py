@@ -42,8 +42,8 @@ STRATEGY_SETTINGS = {
     "zero3": DEEPSPEED + ["train.deepspeed.zero_stage=3"],
     "pipeline": ["train.strategy=pipeline", "train.pipeline.stages=2"],
 }
-# The built-in families under every strategy; the Hugging Face ones under ddp and fsdp, each ZeRO stage
-# in one of them, and pipeline for the language models (refused for the UNet).
+# The built-in families under every strategy; the Hugging Face ones under ddp and fsdp, each ZeRO
+# stage in one of them, and pipeline for the language models (refused for the UNet).
 HF_CELLS = [
     ("hf_causal_lm", ["ddp", "fsdp", "zero3", "pipeline"]),
     ("hf_masked_lm", ["ddp", "fsdp", "zero1", "pipeline"]),

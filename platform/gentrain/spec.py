@@ -222,7 +222,7 @@ class TrainSection(Section):
         if self.strategy == "fsdp" and self.precision == "fp16":
             raise ValueError("fsdp trains in fp32 or bf16, not fp16 (no loss scaling)")
         if self.fsdp.offload == "cpu" and not self.use_gpu:
-            raise ValueError("fsdp.offload cpu needs train.use_gpu: true (nothing to offload on CPU)")
+            raise ValueError("fsdp.offload cpu needs train.use_gpu: true (nothing to offload)")
         if self.on_nan == "skip_step" and self.strategy != "ddp":
             raise ValueError(
                 f"on_nan skip_step needs strategy ddp (got {self.strategy}); use on_nan: stop"

@@ -28,7 +28,7 @@ from gentrain.families import FamilyStep, FamilyWarning, get_family
 from gentrain.memory import is_out_of_memory, out_of_memory_message, peak_memory
 from gentrain.noise import DrawPlan
 from gentrain.spec import JobSpec
-from gentrain.strategies import Strategy, make_strategy
+from gentrain.strategies import Strategy, describe, layout, make_strategy
 from gentrain.tracking import RunLogger, outbox_dir
 from gentrain.tracking import system as system_metrics
 from gentrain.tracking.datasets import dataset_inputs
@@ -419,6 +419,7 @@ class _Loop:
                     "step": step,
                     "mlflow_run_id": self.run_id,
                     "world": self.world,
+                    "layout": layout(self.spec.train),
                     "data": {
                         "positions": positions,
                         "fingerprint": self.data.fingerprint,
@@ -490,6 +491,9 @@ def _restore(
         # a restart or a resumed run loads its own checkpoint; a PBT exploit another trial's
         if state["mlflow_run_id"] == logger.run_id:
             logger.set_tag("gentrain.resumed_from_step", str(state["step"]))
+            if "layout" in state:  # the strategy and workers that wrote the checkpoint
+                logger.set_tag("gentrain.resumed_from_strategy", describe(state["layout"]))
+                logger.set_tag("gentrain.resumed_from_workers", str(state["layout"]["workers"]))
         else:
             logger.set_tag(
                 "gentrain.checkpoint_from", f"{state['mlflow_run_id']} step {state['step']}"

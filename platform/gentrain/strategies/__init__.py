@@ -11,7 +11,7 @@ from torch import nn
 from gentrain import noise
 from gentrain.families import FamilyStep
 from gentrain.noise import DrawPlan
-from gentrain.spec import JobSpec
+from gentrain.spec import JobSpec, TrainSection
 
 STRATEGIES = ("ddp", "fsdp", "deepspeed", "pipeline")
 
@@ -19,6 +19,28 @@ STRATEGIES = ("ddp", "fsdp", "deepspeed", "pipeline")
 PhaseResult = tuple[torch.Tensor, dict[str, torch.Tensor]]
 # The draw plan of the examples from `offset` on in this rank's part of the global batch.
 NoiseAt = Callable[[int], DrawPlan]
+
+
+def layout(train: TrainSection) -> dict[str, int | str]:
+    """How a job's training is laid out, as a checkpoint records it: its strategy, workers, and
+    ZeRO stage or pipeline stages."""
+    saved: dict[str, int | str] = {"strategy": train.strategy, "workers": train.workers}
+    if train.strategy == "deepspeed":
+        saved["zero_stage"] = train.deepspeed.zero_stage
+    if train.strategy == "pipeline":
+        saved["stages"] = train.pipeline.stages
+    return saved
+
+
+def describe(saved: dict[str, int | str]) -> str:
+    """A layout in words: "deepspeed ZeRO-2 on 2 workers"."""
+    name = str(saved["strategy"])
+    if "zero_stage" in saved:
+        name += f" ZeRO-{saved['zero_stage']}"
+    if "stages" in saved:
+        name += f" ({saved['stages']} stages)"
+    workers = saved["workers"]
+    return f"{name} on {workers} worker{'s' if workers != 1 else ''}"
 
 
 class Strategy(Protocol):

@@ -6,12 +6,17 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_state_dict,
+)
 from torch.nn.parallel import DistributedDataParallel
 
 from gentrain.families import FamilyStep
 from gentrain.optim import build_optimizer, build_schedule
 from gentrain.spec import JobSpec
-from gentrain.strategies import MicroBatched, dcp_format
+from gentrain.strategies import MicroBatched, dcp_format, whole_state
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -85,11 +90,33 @@ class DDPStrategy(MicroBatched):
         dcp_format.save(directory, self.raw, self.optimizers, schedules, rank=rank)
 
     def load(self, directory: Path) -> None:
-        if not dcp_format.written(directory):
-            return self._load_single_file(directory)
-        for name, parts in dcp_format.load(directory, self.raw, self.optimizers).items():
-            self.schedules[name].load_state_dict(parts["schedule"])
-            self.scalers[name].load_state_dict(parts["scaler"])
+        if dcp_format.written(directory):  # ddp's or fsdp's, at any world size
+            for name, parts in dcp_format.load(directory, self.raw, self.optimizers).items():
+                self.schedules[name].load_state_dict(parts["schedule"])
+                self.scalers[name].load_state_dict(parts["scaler"])
+        elif (directory / "strategy.pt").is_file():
+            self._load_single_file(directory)
+        else:  # DeepSpeed's
+            self._load_whole(whole_state.read(directory, whole_state.parameter_names(self.raw)))
+
+    def _load_whole(self, whole: whole_state.WholeState) -> None:
+        """Full-size weights and optimizer state, laid out as this strategy holds them."""
+        options = StateDictOptions(full_state_dict=True)
+        for name, model in self.raw.items():
+            optimizer = self.optimizers[name]
+            template = get_optimizer_state_dict(model, optimizer, options=options)
+            moments = {
+                key: whole_state.like(whole.moments[name][key], state)
+                for key, state in template["state"].items()
+            }
+            set_state_dict(
+                model,
+                optimizer,
+                model_state_dict=whole.weights[name],
+                optim_state_dict={"state": moments, "param_groups": template["param_groups"]},
+                options=options,
+            )
+            self.schedules[name].load_state_dict(whole.schedules[name])
 
     def _load_single_file(self, directory: Path) -> None:
         """An older checkpoint of ddp: rank 0's whole state in one file (strategy.pt)."""

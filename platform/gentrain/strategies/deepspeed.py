@@ -2,6 +2,7 @@
 the spec's typed `train.deepspeed` fields, with `config` merged on top for experts."""
 
 import copy
+import json
 import os
 import re
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -11,10 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from gentrain import checkpoints
 from gentrain.families import FamilyStep
 from gentrain.optim import build_optimizer, build_schedule
 from gentrain.spec import JobSpec
-from gentrain.strategies import MicroBatched, on_device
+from gentrain.strategies import MicroBatched, layout, on_device, whole_state
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _AUTOCAST_NAMES = {"bf16": "bfloat16", "fp16": "float16"}
@@ -68,13 +70,7 @@ class WeightsOnlyLoads:
         return getattr(self.engine, name)
 
     def load(self, path: str, map_location=None):
-        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-        from deepspeed.runtime.zero.config import ZeroStageEnum
-        from deepspeed.utils.tensor_fragment import fragment_address
-
-        held = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
-        with torch.serialization.safe_globals(held):
-            return torch.load(path, map_location=map_location, weights_only=True)
+        return whole_state.load_weights_only(path, map_location=map_location)
 
 
 def _load_weights_only(engine) -> None:
@@ -117,6 +113,40 @@ def _share_fp32_master(optimizer: Any) -> None:
     ):
         if own is not None and own.dtype == master.dtype and own.device == master.device:
             master.data = own.data  # the same values: the master was cloned from them
+
+
+def _create_optimizer_state(zero: Any, *, stage: int) -> None:
+    """The state of a ZeRO optimizer that has not stepped yet (torch's optimizers create theirs
+    at the first step), to be overwritten: a step of zero gradients at learning rate 0 over
+    each flat fp32 partition. ZeRO-3 hands its torch optimizer one partition at a time."""
+    inner = zero.optimizer
+    if stage < 3:
+        _step_nothing(inner, [p for group in inner.param_groups for p in group["params"]])
+        zero._lazy_init_hp_params_optimizer_state()  # where ZeRO-1/2 look it up
+        return
+    for sub_group, flat in enumerate(zero.fp32_partitioned_groups_flat):
+        group = inner.param_groups[zero.sub_group_to_group_id[sub_group]]
+        held, group["params"] = group["params"], [flat]
+        try:
+            _step_nothing(inner, [flat])
+        finally:
+            group["params"] = held
+
+
+def _step_nothing(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+    fresh = [p for p in params if p not in optimizer.state]
+    if not fresh:
+        return
+    rates = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    for param in fresh:
+        param.grad = torch.zeros_like(param)
+    optimizer.step()
+    for group, rate in zip(optimizer.param_groups, rates, strict=True):
+        group["lr"] = rate
+    for param in fresh:
+        param.grad = None
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -231,7 +261,51 @@ class DeepSpeedStrategy(MicroBatched):
             engine.save_checkpoint(str(directory / "deepspeed" / name), tag="state")
 
     def load(self, directory: Path) -> None:
+        """DeepSpeed's own loading where the checkpoint is of this ZeRO stage and world size;
+        else the checkpoint read whole (through DeepSpeed's universal checkpoint, where it is
+        DeepSpeed's) and handed to the engines parameter by parameter."""
+        state = json.loads((directory / checkpoints.STATE).read_text())
+        saved = state.get("layout", layout(self.spec.train))  # older ones: this job's own
+        stage = self.config["zero_optimization"]["stage"]
+        if saved.get("zero_stage") == stage and state["world"] == self.world:
+            for name, engine in self.engines.items():
+                path, _ = engine.load_checkpoint(str(directory / "deepspeed" / name), tag="state")
+                if path is None:
+                    raise RuntimeError(f"no DeepSpeed checkpoint of {name} under {directory}")
+            return
+        modules = {name: engine.module for name, engine in self.engines.items()}
+        whole = whole_state.read(directory, whole_state.parameter_names(modules))
         for name, engine in self.engines.items():
-            path, _ = engine.load_checkpoint(str(directory / "deepspeed" / name), tag="state")
-            if path is None:
-                raise RuntimeError(f"no DeepSpeed checkpoint of {name} under {directory}")
+            self._load_whole(engine, whole.weights[name], whole.moments[name], stage=stage)
+            engine.lr_scheduler.load_state_dict(whole.schedules[name])
+
+    def _load_whole(self, engine, weights, moments, *, stage: int) -> None:
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+        module = engine.module
+        params = list(module.parameters())
+        with self.deepspeed.zero.GatheredParameters(params, modifier_rank=0, enabled=stage == 3):
+            module.load_state_dict(weights)
+        named = dict(module.named_parameters())
+        if stage == 0:  # a plain optimizer over the module's own parameters
+            names = whole_state.parameter_names({"m": module})["m"]
+            template = engine.optimizer.state_dict()
+            engine.optimizer.load_state_dict(
+                {
+                    "state": {i: moments[key] for i, key in enumerate(names)},
+                    "param_groups": template["param_groups"],
+                }
+            )
+            return
+        _create_optimizer_state(engine.optimizer, stage=stage)
+        step = None
+        for key, param in named.items():
+            safe_set_full_fp32_param(param, weights[key].to(self.device))
+            for kind, value in moments[key].items():
+                if kind == "step":
+                    step = value
+                else:
+                    safe_set_full_optimizer_state(param, value.to(self.device), kind)
+        for flat_state in engine.optimizer.optimizer.state.values():  # ZeRO's flat partitions
+            if "step" in flat_state and step is not None:
+                flat_state["step"] = torch.as_tensor(step).to(flat_state["step"])

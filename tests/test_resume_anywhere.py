@@ -1,0 +1,165 @@
+"""A checkpoint of any strategy at any world size loads under another (issue 30): each cell
+trains GPT's debug flavor 2 steps under one layout (gloo processes, gentrain's own strategy),
+saves, loads that checkpoint under another layout and saves again; both checkpoints, read whole,
+hold the same weights, optimizer moments, step counts and schedule."""
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from conftest import JOBS
+
+LAYOUTS = {  # name: (workers, spec overrides)
+    "ddp@1": (1, []),
+    "ddp@2": (2, []),
+    "fsdp@1": (1, ["train.strategy=fsdp"]),
+    "fsdp@2": (2, ["train.strategy=fsdp"]),
+    **{
+        f"zero{stage}@{workers}": (
+            workers,
+            ["train.strategy=deepspeed", f"train.deepspeed.zero_stage={stage}"],
+        )
+        for stage in (0, 1, 2, 3)
+        for workers in (1, 2)
+    },
+}
+CELLS = [
+    ("ddp@2", "fsdp@1"),
+    ("fsdp@2", "ddp@1"),
+    ("fsdp@1", "fsdp@2"),
+    ("zero2@2", "fsdp@1"),
+    ("zero3@2", "ddp@2"),
+    ("zero0@1", "fsdp@2"),
+    ("fsdp@2", "zero3@1"),
+    ("ddp@1", "zero1@2"),
+    ("zero1@2", "zero2@1"),
+]
+
+
+def _spec(name: str):
+    from gentrain import spec as spec_module
+
+    workers, overrides = LAYOUTS[name]
+    return spec_module.load(
+        JOBS / "gpt_python_docs.yaml",
+        [
+            *overrides,
+            "model.flavor=debug",
+            "data.batch_size=8",
+            f"train.workers={workers}",
+            "optim.weight_decay=0.01",
+        ],
+    )
+
+
+def _worker(rank: int, world: int, port: int, name: str, source: str, target: str) -> None:
+    from gentrain import checkpoints
+    from gentrain.data import open_data
+    from gentrain.families import get_family
+    from gentrain.noise import DrawPlan
+    from gentrain.strategies import layout, make_strategy
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank)
+    )
+    os.environ["WORLD_SIZE"] = str(world)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    spec = _spec(name)
+    family = get_family("gpt")
+    step_fn = family.make_step()
+    data = open_data(spec.data)
+    torch.manual_seed(spec.train.seed)
+    models = step_fn.build(family.config(flavor="debug", overrides={}), data.info)
+    strategy = make_strategy(spec, device=torch.device("cpu"), world=world, rank=rank)
+    strategy.prepare(models, step_fn)
+    if source:
+        strategy.load(Path(source))
+    else:
+        batches = data.stream.batches(batch_size=8, rank=rank, world=world)
+        for step in (1, 2):
+
+            def plan(offset: int, step: int = step) -> DrawPlan:
+                return DrawPlan(0, step, "gpt", batches.first_row + offset, 8 // world)
+
+            strategy.train_phase("gpt", next(batches)[0], plan)
+        batches.close()
+    Path(target).mkdir(exist_ok=True)
+    strategy.save(Path(target), rank=rank)
+    if rank == 0:
+        state = {"step": 2, "world": world, "layout": layout(spec.train)}
+        (Path(target) / checkpoints.STATE).write_text(json.dumps(state))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _run(name: str, *, source: Path | None, target: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(
+        _worker,
+        args=(LAYOUTS[name][0], port, name, str(source or ""), str(target)),
+        nprocs=LAYOUTS[name][0],
+        start_method="spawn",
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The checkpoint of 2 steps under each source layout (made once)."""
+    made = {}
+
+    def checkpoint(name: str) -> Path:
+        if name not in made:
+            made[name] = tmp_path_factory.mktemp(name.replace("@", "-"))
+            _run(name, source=None, target=made[name])
+        return made[name]
+
+    return checkpoint
+
+
+def _whole(directory: Path):
+    from gentrain.data import open_data
+    from gentrain.families import get_family
+    from gentrain.strategies import whole_state
+
+    spec = _spec("ddp@1")
+    family = get_family("gpt")
+    models = family.make_step().build(
+        family.config(flavor="debug", overrides={}), open_data(spec.data).info
+    )
+    return whole_state.read(directory, whole_state.parameter_names(models))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "source, target", CELLS, ids=[f"{s}-to-{t}".replace("@", "x") for s, t in CELLS]
+)
+def test_a_checkpoint_loads_whole_under_another_layout(source, target, trained, tmp_path):
+    saved = trained(source)
+    _run(target, source=saved, target=tmp_path / "again")
+    before, after = _whole(saved), _whole(tmp_path / "again")
+
+    weights = before.weights["gpt"]
+    assert set(after.weights["gpt"]) == set(weights)
+    for key, value in weights.items():
+        assert torch.equal(after.weights["gpt"][key].float(), value.float()), key
+    moments = before.moments["gpt"]
+    assert moments and set(after.moments["gpt"]) == set(moments)
+    for key, state in moments.items():
+        assert {"exp_avg", "exp_avg_sq", "step"} <= set(state), key
+        for kind, value in state.items():
+            again = after.moments["gpt"][key][kind]
+            assert torch.equal(torch.as_tensor(again).float(), torch.as_tensor(value).float()), (
+                key,
+                kind,
+            )
+        assert float(state["step"]) == 2 and state["exp_avg_sq"].abs().sum() > 0, key
+    assert after.schedules["gpt"]["last_epoch"] == before.schedules["gpt"]["last_epoch"] == 2
