@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import JOBS
+from conftest import JOBS, gentrain
 
 LAYOUTS = {  # name: (workers, spec overrides)
     "ddp@1": (1, []),
@@ -163,3 +163,118 @@ def test_a_checkpoint_loads_whole_under_another_layout(source, target, trained, 
             )
         assert float(state["step"]) == 2 and state["exp_avg_sq"].abs().sum() > 0, key
     assert after.schedules["gpt"]["last_epoch"] == before.schedules["gpt"]["last_epoch"] == 2
+
+
+# --- end to end: `gentrain run --resume RUN_ID` under another layout -------------------------
+
+STEPS = 10  # each leg's; a resumed run goes on to 2 * STEPS
+PIPELINE = (2, ["train.strategy=pipeline", "train.pipeline.stages=2"])
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    yield  # launch.run starts the embedded Ray once; the runs of this module reuse it
+    import ray
+
+    ray.shutdown()
+
+
+def _job(tmp_path: Path, layout: str, *more: str):
+    from gentrain import spec as spec_module
+
+    return spec_module.load(JOBS / "gpt_python_docs.yaml", _settings(tmp_path, layout, *more))
+
+
+def _settings(tmp_path: Path, layout: str, *more: str) -> list[str]:
+    workers, overrides = LAYOUTS.get(layout) or PIPELINE
+    return [
+        *overrides,
+        f"train.workers={workers}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"storage.path={tmp_path / 'checkpoints'}",
+        "model.flavor=debug",
+        "data.batch_size=16",
+        f"train.max_steps={STEPS}",
+        "train.log_every=1",
+        f"train.eval_every={2 * STEPS}",
+        f"train.checkpoint_every={STEPS}",
+        "eval.metrics=[]",
+        "optim.lr=3e-3",
+        "optim.schedule=constant",
+        "optim.warmup_steps=0",
+        *more,
+    ]
+
+
+def _history(result) -> list[tuple[int, float]]:
+    import mlflow
+
+    client = mlflow.MlflowClient(result.tracking_uri)
+    return sorted((m.step, m.value) for m in client.get_metric_history(result.run_id, "loss"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "first, then", [("ddp@2", "fsdp@1"), ("zero2@2", "ddp@1")], ids=["ddp-to-fsdp", "zero2-to-ddp"]
+)
+def test_a_finished_run_goes_on_under_another_strategy_and_world_size(
+    first, then, local_ray, new_store, tmp_path
+):
+    """A run of STEPS steps under `first`, continued by run id under `then` to 2 * STEPS: its
+    next STEPS losses are an uninterrupted run's under `then`, within 1e-4 (the tolerance to
+    which every strategy and world size follows one trajectory, test_matrix: sums reduce in
+    another order, nothing else differs)."""
+    import mlflow
+
+    from gentrain import launch
+
+    new_store(tmp_path)
+    whole = launch.run(_job(tmp_path, then, f"train.max_steps={2 * STEPS}"))
+    started = launch.run(_job(tmp_path, first))
+    resumed = launch.run(
+        _job(tmp_path, then, f"train.max_steps={2 * STEPS}"), resume_run_id=started.run_id
+    )
+    assert resumed.run_id == started.run_id
+    history = _history(resumed)
+    assert [step for step, _ in history] == list(range(1, 2 * STEPS + 1)), "no step twice"
+    losses = [value for _, value in history]
+    assert losses[STEPS:] == pytest.approx([v for _, v in _history(whole)][STEPS:], rel=1e-4)
+
+    run = mlflow.MlflowClient(resumed.tracking_uri).get_run(resumed.run_id)
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    workers, strategy = LAYOUTS[first][0], first.split("@")[0]
+    expected = {"ddp": "ddp", "zero2": "deepspeed ZeRO-2"}[strategy]
+    assert tags["gentrain.resumed_from_strategy"] == f"{expected} on {workers} workers"
+    assert tags["gentrain.resumed_from_workers"] == str(workers)
+    assert tags["gentrain.resumed_from_step"] == str(STEPS)
+    assert tags["gentrain.strategy"] == _job(tmp_path, then).train.strategy
+    assert tags["gentrain.workers"] == str(LAYOUTS[then][0])
+
+
+@pytest.mark.slow
+def test_what_cannot_resume_is_refused_before_anything_starts(local_ray, new_store, tmp_path):
+    """A pipeline's checkpoint under another cut or strategy, and a run asked to continue to the
+    step it has reached: exit 2, one line naming the field and what is allowed."""
+    from gentrain import launch
+
+    new_store(tmp_path)
+    run_id = launch.run(_job(tmp_path, "pipeline")).run_id
+
+    def resume(*more: str) -> str:
+        sets = [arg for key in _settings(tmp_path, "pipeline", *more) for arg in ("--set", key)]
+        refused = gentrain(
+            "run", str(JOBS / "gpt_python_docs.yaml"), *sets, "--resume", run_id, cwd=tmp_path
+        )
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        line = refused.stderr.strip()
+        assert "\n" not in line, line
+        return line
+
+    line = resume("train.strategy=fsdp", f"train.max_steps={2 * STEPS}")
+    assert line.startswith(f"error: train.strategy: run {run_id}'s checkpoint was written by ")
+    assert "pipeline (2 stages) on 2 workers" in line and "only under pipeline" in line
+    line = resume("train.workers=4", "train.pipeline.stages=4", f"train.max_steps={2 * STEPS}")
+    assert "pipeline (2 stages) on 2 workers" in line
+    line = resume()  # as it was: it has trained its STEPS
+    assert f"train.max_steps: run {run_id} has trained {STEPS} steps" in line

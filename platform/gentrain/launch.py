@@ -20,6 +20,7 @@ from gentrain.families.user import code_to_ship
 from gentrain.memory import is_out_of_memory, out_of_memory_message
 from gentrain.spec import JobSpec
 from gentrain.storage import check_bucket
+from gentrain.strategies import resume_problem
 from gentrain.trainer import train_fn
 
 ProgressCallback = Callable[[int, dict[str, float]], None]
@@ -157,8 +158,10 @@ def connect(
     tracking.check_reachable(uri, experiment=spec.experiment, write=True)
     if resume_run_id is not None:
         tracking.check_run_exists(resume_run_id, uri=uri, write=True)
+        state = checkpoints.newest_state(storage_path(spec), resume_run_id)
+        _check_resumable(spec, resume_run_id, state)
         if not allow_data_change:
-            _check_data_unchanged(spec, resume_run_id)
+            _check_data_unchanged(spec, resume_run_id, state)
     user_code = code_to_ship(spec.model.family)
     cluster.connect(
         address,
@@ -238,13 +241,27 @@ class _Trainer(TorchTrainer):
         return [c for c in super()._create_default_callbacks() if type(c).__name__ not in dropped]
 
 
-def _check_data_unchanged(spec: JobSpec, run_id: str) -> None:
+def _check_resumable(spec: JobSpec, run_id: str, state: dict | None) -> None:
+    """Refuse (exit 2, nothing started) to resume a run's newest checkpoint under a layout that
+    cannot load it, or to a max_steps it has reached already."""
+    if state is None:
+        return
+    if spec.train.max_steps <= state["step"]:
+        raise SpecError(
+            f"train.max_steps: run {run_id} has trained {state['step']} steps; "
+            f"set a larger max_steps to continue it (got {spec.train.max_steps})"
+        )
+    problem = resume_problem(state.get("layout"), spec.train)
+    if problem:
+        raise SpecError(f"train.strategy: run {run_id}'s checkpoint {problem}")
+
+
+def _check_data_unchanged(spec: JobSpec, run_id: str, state: dict | None) -> None:
     """Refuse (exit 2, nothing started) to resume a run whose data differs from what its
     newest checkpoint trained on."""
     from gentrain.data import open_data
     from gentrain.data.fingerprint import what_changed
 
-    state = checkpoints.newest_state(storage_path(spec), run_id)
     if state is None or "data" not in state:
         return
     changed = what_changed(state["data"]["fingerprint"], open_data(spec.data).fingerprint)

@@ -43,6 +43,24 @@ def describe(saved: dict[str, int | str]) -> str:
     return f"{name} on {workers} worker{'s' if workers != 1 else ''}"
 
 
+def resume_problem(saved: dict | None, train: TrainSection) -> str | None:
+    """Why a checkpoint written under layout `saved` cannot be loaded under `train`, or None.
+    ddp, fsdp and deepspeed (any ZeRO stage) load each other's at any number of workers; a
+    pipeline's checkpoint holds each stage's part, which only the same cut can load."""
+    if not saved:  # written before checkpoints recorded their layout
+        return None
+    was, now = saved["strategy"] == "pipeline", train.strategy == "pipeline"
+    if not was and not now:
+        return None
+    if was and now and saved["stages"] == train.pipeline.stages:
+        return None
+    return (
+        f"was written by {describe(saved)}: a pipeline's checkpoint resumes only under pipeline "
+        "with the same stages, and pipeline only its own; ddp, fsdp and deepspeed resume each "
+        "other's at any train.workers"
+    )
+
+
 class Strategy(Protocol):
     data_rank: int  # which part of each global batch this rank trains on
     data_world: int  # into how many parts the global batch is cut

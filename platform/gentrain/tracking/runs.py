@@ -65,6 +65,8 @@ def start_run(
     if resume_run_id is not None:
         check_run_exists(resume_run_id, uri=uri)
         client.update_run(resume_run_id, status="RUNNING")
+        for key, value in _tags(spec).items():  # what it trains under now (params: at its start)
+            client.set_tag(resume_run_id, key, value)
         return resume_run_id
 
     experiment = client.get_experiment_by_name(spec.experiment)
