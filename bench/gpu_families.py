@@ -1,10 +1,12 @@
 """Every family's shipped job on the GPU under each strategy and mixed precision: one worker (NCCL,
-autocast, GradScaler for fp16; DeepSpeed's bf16/fp16 modes and fused optimizers), a short run
+autocast, GradScaler for fp16; FSDP2 with bf16 parameters and fp32 reduction; DeepSpeed's
+bf16/fp16 modes and fused optimizers), a short run
 through `launch.run`, its loss at the start and the end and its final metrics. Skips with a line
 where no CUDA device is visible.
 
     python bench/gpu_families.py [--families gan,gpt] [--strategies ddp,zero3]
         [--precisions bf16,fp16] [--steps 300] [--quick] [--json PATH]
+    python bench/gpu_families.py --strategies fsdp --precisions fp32,bf16   # FSDP2 on the GPU
 """
 
 import argparse
@@ -20,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 STRATEGIES = {
     "ddp": [],
+    "fsdp": ["train.strategy=fsdp"],  # bf16: FSDP's MixedPrecisionPolicy; fp16 is refused
     **{
         f"zero{stage}": ["train.strategy=deepspeed", f"train.deepspeed.zero_stage={stage}"]
         for stage in range(4)

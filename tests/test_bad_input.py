@@ -107,6 +107,18 @@ SPEC_CASES = [
         "pipeline.microbatches (6)",
     ),
     (MINIMAL, ["train.pipeline.stages=4"], "pipeline is set but strategy is ddp"),
+    (MINIMAL, ["train.fsdp.reshard_after_forward=false"], "fsdp is set but strategy is ddp"),
+    (
+        MINIMAL,
+        ["train.strategy=fsdp", "train.fsdp.offload=cpu"],
+        "fsdp.offload cpu needs train.use_gpu: true",
+    ),
+    (
+        MINIMAL,
+        ["train.strategy=fsdp", "train.use_gpu=true", "train.precision=fp16"],
+        "fsdp trains in fp32 or bf16, not fp16",
+    ),
+    (MINIMAL, ["train.strategy=fsdp", "train.fsdp.offload=nvme"], "train.fsdp.offload"),
     (SWEEP, ["sweep.metric=perplexity"], "sweep.metric: 'perplexity' is not reported"),
     (SWEEP, ["sweep.search=hyperband"], "sweep.search"),
     (SWEEP, ["sweep.scheduler=median"], "sweep.scheduler"),

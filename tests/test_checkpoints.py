@@ -116,14 +116,14 @@ def test_a_damaged_checkpoint_gives_way_to_the_one_before(killed_while_saving):
     committed = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
     latest = committed[-1]
     assert json.loads((latest / checkpoints.STATE).read_text())["step"] == 30
-    with (latest / "strategy.pt").open("r+b") as damaged:
+    with (latest / "schedules.pt").open("r+b") as damaged:
         damaged.truncate(100)
     resumed = launch.run(_job(workdir, 40), resume_run_id=result.run_id)
     run = _run(workdir, resumed.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["gentrain.resumed_from_step"] == "20"
     assert (
-        "strategy.pt is not the file that was saved"
+        "schedules.pt is not the file that was saved"
         in run.data.tags["gentrain.checkpoints_skipped"]
     )
     assert _loss_steps(workdir, result.run_id) == list(range(1, 41)), "each step once"

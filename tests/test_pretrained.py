@@ -36,12 +36,15 @@ def checkpoint(tmp_path):
     return tmp_path, models
 
 
-@pytest.mark.parametrize("as_file", [False, True])
-def test_checkpoint_weights_initialise_every_network(checkpoint, as_file):
+@pytest.mark.parametrize("written", ["dcp", "older single file"])
+def test_checkpoint_weights_initialise_every_network(checkpoint, written):
     directory, trained = checkpoint
     step, fresh = _models(seed=2)
     assert not _same(fresh["generator"], trained["generator"])
-    source = str(directory / "strategy.pt" if as_file else directory)
+    source = str(directory)
+    if written == "older single file":  # a ddp checkpoint before DCP: rank 0's strategy.pt
+        source = str(directory / "strategy.pt")
+        torch.save({name: {"model": m.state_dict()} for name, m in trained.items()}, source)
     load_initial_weights(source, step_fn=step, models=fresh, tracking_uri="unused")
     for name in fresh:
         assert _same(fresh[name], trained[name]), name

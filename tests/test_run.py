@@ -246,12 +246,13 @@ def test_every_worker_reports_into_a_checkpoint_under_storage_path(finished):
     last = checkpoints[-1]
     state = json.loads((last / "state.json").read_text())
     data = state.pop("data")
-    assert state == {"step": 60, "mlflow_run_id": run.info.run_id, "world": 2}
+    layout = {"strategy": "ddp", "workers": 2}
+    assert state == {"step": 60, "mlflow_run_id": run.info.run_id, "world": 2, "layout": layout}
     positions = data["positions"]  # where each of the data's 16 partitions stands, both ranks'
     assert len(positions) == 16 and all(set(p) == {"epoch", "block", "offset"} for p in positions)
     assert all(p != {"epoch": 0, "block": 0, "offset": 0} for p in positions), "all went on"
     assert data["fingerprint"]["files"] == {"builtin:digits": [0, 1797]}
-    parts = {"strategy.pt", "rng_rank0.pt", "rng_rank1.pt", "manifest_rank0.json"}
+    parts = {"dcp", "schedules.pt", "rng_rank0.pt", "rng_rank1.pt", "manifest_rank0.json"}
     assert parts | {"manifest_rank1.json"} <= {p.name for p in last.iterdir()}
 
 

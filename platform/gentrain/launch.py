@@ -159,9 +159,9 @@ def connect(
     if resume_run_id is not None:
         tracking.check_run_exists(resume_run_id, uri=uri, write=True)
         state = checkpoints.newest_state(storage_path(spec), resume_run_id)
-        _check_resumable(spec, resume_run_id, state)
         if not allow_data_change:
             _check_data_unchanged(spec, resume_run_id, state)
+        _check_resumable(spec, resume_run_id, state)
     user_code = code_to_ship(spec.model.family)
     cluster.connect(
         address,

@@ -2,7 +2,8 @@
 
 Sources: `runs:/<run_id>/model` or `models:/<name>/<version>` (an MLflow model that gentrain logged:
 its weights go into the family's exported network, e.g. the GAN's generator), or a gentrain
-checkpoint (a `checkpoint_*` directory or its `strategy.pt`: every network's weights).
+checkpoint (a `checkpoint_*` directory of any strategy but pipeline, or an older one's
+`strategy.pt`: every network's weights).
 """
 
 from collections.abc import Mapping
@@ -24,17 +25,25 @@ def load_initial_weights(
         module, _ = step_fn.export(models)
         _load_exactly(module, load_model_state(source, uri=tracking_uri), source=source)
         return
-    path = Path(source)
-    state = torch.load(
-        path / "strategy.pt" if path.is_dir() else path, map_location="cpu", weights_only=True
-    )
+    weights = _checkpoint_weights(Path(source), models)
     for name, model in models.items():
-        if name not in state:
+        if name not in weights:
             raise GentrainError(
-                f"model.init_from: {source} has no '{name}' network (it has {', '.join(state)}): "
-                "it was trained as another model family"
+                f"model.init_from: {source} has no '{name}' network (it has "
+                f"{', '.join(weights)}): it was trained as another model family"
             )
-        _load_exactly(model, state[name]["model"], source=source)
+        _load_exactly(model, weights[name], source=source)
+
+
+def _checkpoint_weights(path: Path, models: Mapping[str, nn.Module]) -> dict[str, dict]:
+    """Every network's weights in a gentrain checkpoint."""
+    if path.is_dir() and not (path / "strategy.pt").is_file():
+        from gentrain.strategies import whole_state
+
+        return whole_state.read(path, whole_state.parameter_names(dict(models))).weights
+    single_file = path / "strategy.pt" if path.is_dir() else path  # written before DCP
+    state = torch.load(single_file, map_location="cpu", weights_only=True)
+    return {name: parts["model"] for name, parts in state.items()}
 
 
 def _load_exactly(module: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:

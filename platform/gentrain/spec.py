@@ -203,6 +203,10 @@ class TrainSection(Section):
     on_nan: Literal["stop", "skip_step"] = Field(
         "stop", description="a NaN/Inf loss: fail the run, or skip that optimizer step (ddp)"
     )
+    activation_checkpointing: bool = Field(
+        False, description="recompute each block's activations in the backward (ddp, fsdp)"
+    )
+    compile: bool = Field(False, description="torch.compile each block (ddp, fsdp)")
     deepspeed: DeepSpeedSection = DeepSpeedSection()
     pipeline: PipelineSection = PipelineSection()
     fsdp: FSDPSection = FSDPSection()
@@ -223,6 +227,9 @@ class TrainSection(Section):
             raise ValueError("fsdp trains in fp32 or bf16, not fp16 (no loss scaling)")
         if self.fsdp.offload == "cpu" and not self.use_gpu:
             raise ValueError("fsdp.offload cpu needs train.use_gpu: true (nothing to offload)")
+        for option in ("activation_checkpointing", "compile"):
+            if getattr(self, option) and self.strategy not in ("ddp", "fsdp"):
+                raise ValueError(f"{option} needs strategy ddp or fsdp (got {self.strategy})")
         if self.on_nan == "skip_step" and self.strategy != "ddp":
             raise ValueError(
                 f"on_nan skip_step needs strategy ddp (got {self.strategy}); use on_nan: stop"

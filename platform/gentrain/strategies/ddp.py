@@ -1,5 +1,6 @@
 """Data parallel: torch DistributedDataParallel, one optimizer per network, autocast on GPU."""
 
+import copy
 import math
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,14 +17,14 @@ from torch.nn.parallel import DistributedDataParallel
 from gentrain.families import FamilyStep
 from gentrain.optim import build_optimizer, build_schedule
 from gentrain.spec import JobSpec
-from gentrain.strategies import MicroBatched, dcp_format, whole_state
+from gentrain.strategies import MicroBatched, blocks, dcp_format, on_device, whole_state
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class DDPStrategy(MicroBatched):
     def __init__(self, spec: JobSpec, *, device: torch.device, world: int, rank: int):
-        self.spec, self.device, self.world = spec, device, world
+        self.spec, self.device, self.world, self.rank = spec, device, world, rank
         self.data_rank, self.data_world = rank, world
         self.amp_dtype = _AMP_DTYPES.get(spec.train.precision)
         self.raw: dict[str, nn.Module] = {}
@@ -32,11 +33,19 @@ class DDPStrategy(MicroBatched):
         self.schedules: dict[str, torch.optim.lr_scheduler.LambdaLR] = {}
         # fp16 needs loss scaling against underflow; one scaler per network keeps their steps apart.
         self.scalers: dict[str, torch.amp.GradScaler] = {}
+        # rank 0's plain networks for evaluation and export, where the trained ones are compiled
+        # or recompute their activations
+        self.copies: dict[str, nn.Module] = {}
 
     def prepare(self, models: dict[str, nn.Module], step_fn: FamilyStep) -> None:
         self.step_fn = step_fn
+        found = blocks.of_family(models, step_fn) if self._per_block() else []
         for name, model in models.items():
             model.to(self.device)
+            if found:
+                if self.rank == 0:
+                    self.copies[name] = copy.deepcopy(model).cpu()
+                blocks.checkpoint_and_compile(model, blocks.units(model, found), self.spec.train)
             self.raw[name] = model
             optimizer = build_optimizer(model.parameters(), self.spec.optim)
             self.optimizers[name] = optimizer
@@ -48,13 +57,22 @@ class DDPStrategy(MicroBatched):
             )
             self.wrapped[name] = _data_parallel(model) if self.world > 1 else model
 
+    def _per_block(self) -> bool:
+        return self.spec.train.activation_checkpointing or self.spec.train.compile
+
     @contextmanager
     def readable(self, name: str):
         yield {name: self.raw[name]}
 
     @contextmanager
     def full_models(self):
-        yield dict(self.raw)  # every replica holds the whole weights
+        if not self.copies:
+            yield dict(self.raw)  # every replica holds the whole weights
+            return
+        for name, copied in self.copies.items():
+            copied.load_state_dict(self.raw[name].state_dict())
+        with on_device(self.copies, self.device) as models:
+            yield models
 
     @contextmanager
     def phase(self, name: str):

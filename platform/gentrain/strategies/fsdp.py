@@ -12,10 +12,10 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from gentrain.families import FamilyStep, PipelineUnsupported
+from gentrain.families import FamilyStep
 from gentrain.optim import build_optimizer, build_schedule
 from gentrain.spec import JobSpec
-from gentrain.strategies import on_device
+from gentrain.strategies import blocks, on_device
 from gentrain.strategies.ddp import DDPStrategy
 
 
@@ -26,19 +26,19 @@ class FSDPStrategy(DDPStrategy):
 
     def __init__(self, spec: JobSpec, *, device: torch.device, world: int, rank: int):
         super().__init__(spec, device=device, world=world, rank=rank)
-        self.rank = rank
         self.amp_dtype = None  # no autocast, no loss scaler: the MixedPrecisionPolicy casts
-        self.copies: dict[str, nn.Module] = {}  # rank 0's plain networks, for evaluation
 
     def prepare(self, models: dict[str, nn.Module], step_fn: FamilyStep) -> None:
         self.step_fn = step_fn
-        blocks = _pipeline_blocks(models, step_fn)
+        found = blocks.of_family(models, step_fn)
         sharding = self._sharding()
         for name, model in models.items():
             model.to(self.device)
             if self.rank == 0:
                 self.copies[name] = copy.deepcopy(model).cpu()
-            for unit in shard_units(model, blocks):
+            units = blocks.units(model, found)
+            blocks.checkpoint_and_compile(model, units, self.spec.train)
+            for unit in units:
                 fully_shard(unit, **sharding)
             fully_shard(model, **sharding)
             self.raw[name] = self.wrapped[name] = model
@@ -85,48 +85,3 @@ class FSDPStrategy(DDPStrategy):
                 self.copies[name].load_state_dict(state)
         with on_device(self.copies, self.device) as models:
             yield models
-
-
-def _pipeline_blocks(models: dict[str, nn.Module], step_fn: FamilyStep) -> list[nn.Module]:
-    """Every phase's pipeline blocks, or none where the family cannot be cut into a pipeline."""
-    if not callable(getattr(step_fn, "pipeline", None)):
-        return []
-    try:
-        return [b for phase in step_fn.phases for b in step_fn.pipeline(models, phase=phase).blocks]
-    except PipelineUnsupported:
-        return []
-
-
-def shard_units(model: nn.Module, blocks: list[nn.Module]) -> list[nn.Module]:
-    """The modules of `model` to shard one by one, innermost first: those the pipeline's blocks
-    hold (a block that wraps the network's modules is looked into), or without blocks each
-    entry of the network's module lists (a transformer's layers, a UNet's down and up blocks).
-    A module holding a weight that another unit holds too (tied embeddings) is left to the
-    network's own sharding: a weight belongs to one unit."""
-    own = {id(m) for m in model.modules() if m is not model}
-    found: dict[int, nn.Module] = {}
-
-    def visit(module: nn.Module, *, listed: bool) -> None:
-        containers = (nn.ModuleList, nn.ModuleDict)
-        if id(module) in own and not isinstance(module, containers) and (blocks or listed):
-            found.setdefault(id(module), module)
-            return
-        for child in module.children():
-            visit(child, listed=isinstance(module, containers))
-
-    for root in blocks or [model]:
-        visit(root, listed=False)
-    units = list(found.values())
-    params = {id(u): {id(p) for p in u.parameters()} for u in units}
-    tied = set()
-    for a in units:
-        for b in units:
-            nested = _contains(a, b) or _contains(b, a)
-            if a is not b and not nested and params[id(a)] & params[id(b)]:
-                tied |= {id(a), id(b)}
-    depth = {id(m): name.count(".") for name, m in model.named_modules()}
-    return sorted((u for u in units if id(u) not in tied), key=lambda u: -depth[id(u)])
-
-
-def _contains(outer: nn.Module, inner: nn.Module) -> bool:
-    return any(m is inner for m in outer.modules())
