@@ -51,7 +51,7 @@ SPEC_CASES = [
         "model.init_from: /no/such/ckpt does not exist",
     ),
     (MINIMAL, ["train.precision=bf16"], "needs train.use_gpu"),
-    (MINIMAL, ["train.strategy=fsdp"], "train.strategy"),
+    (MINIMAL, ["train.strategy=horovod"], "train.strategy"),
     (
         DEEPSPEED,
         ["train.deepspeed.zero_stage=4"],

@@ -58,6 +58,8 @@ STEPS = 10
 # Families without batch-dependent layers: every strategy follows one worker's loss trajectory.
 EQUIVALENT = ("gpt", "bert", "flow", "hf_causal_lm", "hf_masked_lm", "hf_unet2d")
 RESUMED = "gpt"  # its cells stop after the checkpoint at step 5 and resume to STEPS
+# Their fsdp cells recompute each block's activations (train.activation_checkpointing)
+RECOMPUTED_UNDER_FSDP = ("gan", "vae", "diffusion", "flow", "bert", "hf_unet2d")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -136,6 +138,8 @@ def train_cell(family: str, strategy: str, one_worker, fresh_process, tmp_path: 
     settings = STRATEGY_SETTINGS[strategy]
     if strategy != "ddp":  # FID, IS and text quality score samples, whatever trained them: ddp's
         settings = [*settings, _without_sample_scores(family)]  # cell has them
+    if strategy == "fsdp" and family in RECOMPUTED_UNDER_FSDP:
+        settings = [*settings, "train.activation_checkpointing=true"]
     if family == RESUMED:  # stopped after its checkpoint, then resumed by run id
         half = STEPS // 2
         stopped = launch.run(

@@ -278,3 +278,31 @@ def test_what_cannot_resume_is_refused_before_anything_starts(local_ray, new_sto
     assert "pipeline (2 stages) on 2 workers" in line
     line = resume()  # as it was: it has trained its STEPS
     assert f"train.max_steps: run {run_id} has trained {STEPS} steps" in line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["ddp@2", "fsdp@2"])
+def test_an_asynchronous_checkpoint_holds_the_step_it_was_taken_at(
+    layout, local_ray, new_store, tmp_path
+):
+    """train.checkpoint_async: the checkpoints of steps 5 and 10, written while the next step
+    trained, hold what the same run's synchronous checkpoints hold, and are sealed whole."""
+    from gentrain import checkpoints, launch
+
+    new_store(tmp_path)
+    every = ["train.checkpoint_every=5"]
+    written = {}
+    for asynchronous in (False, True):
+        result = launch.run(
+            _job(tmp_path, layout, *every, f"train.checkpoint_async={str(asynchronous).lower()}")
+        )
+        run_dir = tmp_path / "checkpoints" / result.run_id
+        found = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
+        assert [json.loads((p / checkpoints.STATE).read_text())["step"] for p in found] == [5, 10]
+        assert all(checkpoints.problem(p) is None for p in found)
+        written[asynchronous] = [_whole(p) for p in found]
+    for sync, async_ in zip(written[False], written[True], strict=True):
+        for key, value in sync.weights["gpt"].items():
+            assert torch.equal(async_.weights["gpt"][key], value), key
+        for key, state in sync.moments["gpt"].items():
+            assert torch.equal(async_.moments["gpt"][key]["exp_avg"], state["exp_avg"]), key

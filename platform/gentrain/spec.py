@@ -207,6 +207,9 @@ class TrainSection(Section):
         False, description="recompute each block's activations in the backward (ddp, fsdp)"
     )
     compile: bool = Field(False, description="torch.compile each block (ddp, fsdp)")
+    checkpoint_async: bool = Field(
+        False, description="write checkpoints while the next step trains (ddp, fsdp)"
+    )
     deepspeed: DeepSpeedSection = DeepSpeedSection()
     pipeline: PipelineSection = PipelineSection()
     fsdp: FSDPSection = FSDPSection()
@@ -227,7 +230,7 @@ class TrainSection(Section):
             raise ValueError("fsdp trains in fp32 or bf16, not fp16 (no loss scaling)")
         if self.fsdp.offload == "cpu" and not self.use_gpu:
             raise ValueError("fsdp.offload cpu needs train.use_gpu: true (nothing to offload)")
-        for option in ("activation_checkpointing", "compile"):
+        for option in ("activation_checkpointing", "compile", "checkpoint_async"):
             if getattr(self, option) and self.strategy not in ("ddp", "fsdp"):
                 raise ValueError(f"{option} needs strategy ddp or fsdp (got {self.strategy})")
         if self.on_nan == "skip_step" and self.strategy != "ddp":

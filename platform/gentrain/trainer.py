@@ -4,9 +4,12 @@ the parallelism; this loop owns data, checkpoints, evaluation, metrics and repor
 import json
 import logging
 import random
+import shutil
 import tempfile
 import time
 import warnings
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -249,6 +252,16 @@ def _train_models(
     loop.run(start_step=start_step, positions=positions)
 
 
+@dataclass
+class Saving:
+    """A checkpoint being written: reported once `writing` (None: written already) is done."""
+
+    step: int
+    metrics: dict[str, float]
+    directory: Path
+    writing: Future | None
+
+
 class _Loop:
     def __init__(
         self,
@@ -267,6 +280,7 @@ class _Loop:
         self.step_fn, self.strategy, self.data = step_fn, strategy, data
         self.run_id = config["run_id"]
         self.checkpoints = config.get("checkpoints", "")  # where the run's checkpoints go
+        self.saving: Saving | None = None
         self.logger, self.board = logger, board  # rank 0's; None elsewhere
         self.evaluation = Evaluation(
             spec, step_fn=step_fn, data=data, logger=logger, device=session.device
@@ -340,6 +354,8 @@ class _Loop:
                     metrics["skipped_steps"] = skipped
                 sums, window_seconds, window_steps, window_counted = {}, 0.0, 0, 0
                 self._log(metrics, step=step)
+            if self.saving and self.saving.step < step:  # saved while this step trained
+                self._commit()
             evaluated = step % train.eval_every == 0 or last
             if evaluated:
                 metrics = {**metrics, **self._evaluate(step)}
@@ -353,6 +369,7 @@ class _Loop:
         with self.strategy.full_models() as models:
             if self.rank == 0:
                 self._export(models)
+        self._commit()
 
     def _on_nan(self, loss: float, step: int) -> None:
         if self.spec.train.on_nan == "stop":
@@ -407,29 +424,42 @@ class _Loop:
                 self.evaluation.run(models, 0, scored=False)
 
     def _checkpoint(self, step: int, metrics: dict[str, float]) -> None:
-        """Every rank writes its part (rank 0 the strategy's state, each rank its RNG streams);
-        Ray merges them into one checkpoint under storage.path."""
+        """Every rank writes its part (the strategy's state, its RNG streams; rank 0 the step
+        and the data's positions) into a directory of its own; Ray merges them into one
+        checkpoint under storage.path once every rank has reported its part. With
+        train.checkpoint_async the strategy writes while the next step trains: the checkpoint
+        is reported (committed) after that step, once its files are whole."""
         positions = self._all_positions()
-        with tempfile.TemporaryDirectory() as tmp:
-            directory = Path(tmp)
-            self.strategy.save(directory, rank=self.rank)
-            torch.save(_rng_state(), directory / f"rng_rank{self.rank}.pt")
-            if self.rank == 0:
-                state = {
-                    "step": step,
-                    "mlflow_run_id": self.run_id,
-                    "world": self.world,
-                    "layout": layout(self.spec.train),
-                    "data": {
-                        "positions": positions,
-                        "fingerprint": self.data.fingerprint,
-                    },
-                }
-                (directory / checkpoints.STATE).write_text(json.dumps(state))
-            checkpoints.seal(directory, rank=self.rank)
-            self.session.report(metrics, checkpoint=directory)
+        directory = Path(tempfile.mkdtemp(prefix="gentrain-checkpoint-"))
+        writing = self.strategy.save(directory, rank=self.rank)
+        torch.save(_rng_state(), directory / f"rng_rank{self.rank}.pt")
+        if self.rank == 0:
+            state = {
+                "step": step,
+                "mlflow_run_id": self.run_id,
+                "world": self.world,
+                "layout": layout(self.spec.train),
+                "data": {"positions": positions, "fingerprint": self.data.fingerprint},
+            }
+            (directory / checkpoints.STATE).write_text(json.dumps(state))
+        self.saving = Saving(step, metrics, directory, writing)
+        if writing is None:
+            self._commit()
+
+    def _commit(self) -> None:
+        """Report the checkpoint being saved, once its files are whole."""
+        saving, self.saving = self.saving, None
+        if saving is None:
+            return
+        try:
+            if saving.writing is not None:
+                saving.writing.result()
+            checkpoints.seal(saving.directory, rank=self.rank)
+            self.session.report(saving.metrics, checkpoint=saving.directory)
+        finally:
+            shutil.rmtree(saving.directory, ignore_errors=True)
         if self.logger:
-            self.logger.log_checkpoint(step=step, location=self.checkpoints)
+            self.logger.log_checkpoint(step=saving.step, location=self.checkpoints)
 
     def _all_positions(self) -> list[dict[str, int]]:
         """Every partition's position: each worker knows those of the partitions it reads."""

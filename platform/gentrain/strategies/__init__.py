@@ -1,6 +1,7 @@
 """Parallelism strategies behind one protocol; the trainer never knows which one runs."""
 
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Protocol
@@ -85,7 +86,10 @@ class Strategy(Protocol):
         gets all the networks."""
         ...
 
-    def save(self, directory: Path, *, rank: int) -> None: ...
+    def save(self, directory: Path, *, rank: int) -> Future | None:
+        """Write this rank's part of a checkpoint into `directory` (every rank calls it); a
+        Future where the files are still being written (train.checkpoint_async)."""
+        ...
 
     def load(self, directory: Path) -> None: ...
 

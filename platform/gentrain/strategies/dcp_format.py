@@ -4,6 +4,7 @@ them into whatever layout the loading job has (another world size, whole replica
 checkpoint of either strategy resumes under the other, on any number of workers."""
 
 import warnings
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,20 @@ def save(
     schedules: dict[str, Any],
     *,
     rank: int,
-) -> None:
-    """Every rank calls it (a collective): each writes its shards; rank 0 the schedules."""
-    with _alone_quietly() as alone:
-        dcp.save(_state(models, optimizers), checkpoint_id=directory / DIRECTORY, no_dist=alone)
+    asynchronous: bool = False,
+    group: dist.ProcessGroup | None = None,
+) -> Future | None:
+    """Every rank calls it (a collective): each writes its shards; rank 0 the schedules.
+    `asynchronous`: the state is copied to CPU memory now and written by a thread (its
+    collectives on `group`); the Future is done when the files are whole."""
     if rank == 0:
         torch.save(schedules, directory / SCHEDULES)
+    with _alone_quietly() as alone:
+        state, where = _state(models, optimizers), directory / DIRECTORY
+        if asynchronous:
+            return dcp.async_save(state, checkpoint_id=where, process_group=group, no_dist=alone)
+        dcp.save(state, checkpoint_id=where, no_dist=alone)
+    return None
 
 
 def load(

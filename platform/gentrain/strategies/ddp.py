@@ -2,10 +2,12 @@
 
 import copy
 import math
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -36,6 +38,7 @@ class DDPStrategy(MicroBatched):
         # rank 0's plain networks for evaluation and export, where the trained ones are compiled
         # or recompute their activations
         self.copies: dict[str, nn.Module] = {}
+        self.saving_group = None  # train.checkpoint_async's process group
 
     def prepare(self, models: dict[str, nn.Module], step_fn: FamilyStep) -> None:
         self.step_fn = step_fn
@@ -100,12 +103,23 @@ class DDPStrategy(MicroBatched):
         scaler.update()
         self.schedules[name].step()
 
-    def save(self, directory: Path, *, rank: int) -> None:
+    def save(self, directory: Path, *, rank: int) -> Future | None:
         schedules = {
             name: {"schedule": self.schedules[name].state_dict(), "scaler": scaler.state_dict()}
             for name, scaler in self.scalers.items()
         }
-        dcp_format.save(directory, self.raw, self.optimizers, schedules, rank=rank)
+        if self.spec.train.checkpoint_async and self.saving_group is None and dist.is_initialized():
+            # the writes' own collectives run beside training's: on a group of their own
+            self.saving_group = dist.new_group(backend="gloo")
+        return dcp_format.save(
+            directory,
+            self.raw,
+            self.optimizers,
+            schedules,
+            rank=rank,
+            asynchronous=self.spec.train.checkpoint_async,
+            group=self.saving_group,
+        )
 
     def load(self, directory: Path) -> None:
         if dcp_format.written(directory):  # ddp's or fsdp's, at any world size
