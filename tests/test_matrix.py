@@ -58,6 +58,7 @@ STEPS = 10
 # Families without batch-dependent layers: every strategy follows one worker's loss trajectory.
 EQUIVALENT = ("gpt", "bert", "flow", "hf_causal_lm", "hf_masked_lm", "hf_unet2d")
 RESUMED = "gpt"  # its cells stop after the checkpoint at step 5 and resume to STEPS
+DDP_LOSSES: dict[str, list[float]] = {}  # each family's ddp cell's, which its fsdp cell follows
 # Their fsdp cells recompute each block's activations (train.activation_checkpointing)
 RECOMPUTED_UNDER_FSDP = ("gan", "vae", "diffusion", "flow", "bert", "hf_unet2d")
 
@@ -159,6 +160,10 @@ def train_cell(family: str, strategy: str, one_worker, fresh_process, tmp_path: 
     assert sum(losses[-3:]) < sum(losses[:3]), losses  # it learns
     if family in EQUIVALENT:
         assert losses == pytest.approx(one_worker(family), rel=1e-4)
+    if strategy == "ddp":
+        DDP_LOSSES[family] = losses
+    elif strategy == "fsdp" and family in DDP_LOSSES:  # batch statistics per rank, as under ddp
+        assert losses == pytest.approx(DDP_LOSSES[family], rel=1e-4)
     client = mlflow.MlflowClient(result.tracking_uri)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"

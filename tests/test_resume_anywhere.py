@@ -277,7 +277,7 @@ def test_what_cannot_resume_is_refused_before_anything_starts(local_ray, new_sto
     line = resume("train.workers=4", "train.pipeline.stages=4", f"train.max_steps={2 * STEPS}")
     assert "pipeline (2 stages) on 2 workers" in line
     line = resume()  # as it was: it has trained its STEPS
-    assert f"train.max_steps: run {run_id} has trained {STEPS} steps" in line
+    assert f"train.max_steps: run {run_id} finished at step {STEPS}; set a larger" in line
 
 
 @pytest.mark.slow

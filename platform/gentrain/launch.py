@@ -161,7 +161,8 @@ def connect(
         state = checkpoints.newest_state(storage_path(spec), resume_run_id)
         if not allow_data_change:
             _check_data_unchanged(spec, resume_run_id, state)
-        _check_resumable(spec, resume_run_id, state)
+        finished = tracking.run_status(resume_run_id, uri=uri) == "FINISHED"
+        _check_resumable(spec, resume_run_id, state, finished=finished)
     user_code = code_to_ship(spec.model.family)
     cluster.connect(
         address,
@@ -241,14 +242,15 @@ class _Trainer(TorchTrainer):
         return [c for c in super()._create_default_callbacks() if type(c).__name__ not in dropped]
 
 
-def _check_resumable(spec: JobSpec, run_id: str, state: dict | None) -> None:
+def _check_resumable(spec: JobSpec, run_id: str, state: dict | None, *, finished: bool) -> None:
     """Refuse (exit 2, nothing started) to resume a run's newest checkpoint under a layout that
-    cannot load it, or to a max_steps it has reached already."""
+    cannot load it, or a finished run to a max_steps it has reached already (an unfinished one
+    whose training ended is finished: exported and ended)."""
     if state is None:
         return
-    if spec.train.max_steps <= state["step"]:
+    if finished and spec.train.max_steps <= state["step"]:
         raise SpecError(
-            f"train.max_steps: run {run_id} has trained {state['step']} steps; "
+            f"train.max_steps: run {run_id} finished at step {state['step']}; "
             f"set a larger max_steps to continue it (got {spec.train.max_steps})"
         )
     problem = resume_problem(state.get("layout"), spec.train)
