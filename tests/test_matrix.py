@@ -59,8 +59,10 @@ STEPS = 10
 EQUIVALENT = ("gpt", "bert", "flow", "hf_causal_lm", "hf_masked_lm", "hf_unet2d")
 RESUMED = "gpt"  # its cells stop after the checkpoint at step 5 and resume to STEPS
 DDP_LOSSES: dict[str, list[float]] = {}  # each family's ddp cell's, which its fsdp cell follows
-# Their fsdp cells recompute each block's activations (train.activation_checkpointing)
-RECOMPUTED_UNDER_FSDP = ("gan", "vae", "diffusion", "flow", "bert", "hf_unet2d")
+# Their fsdp cells recompute each block's activations (train.activation_checkpointing); not the
+# GAN's: a recomputed D advances spectral norm's power iteration again, and over 10 steps its
+# losses drift 6e-3 from ddp's (test_block_options bounds the drift over 4)
+RECOMPUTED_UNDER_FSDP = ("vae", "diffusion", "flow", "bert", "hf_unet2d")
 
 
 @pytest.fixture(scope="module", autouse=True)
