@@ -431,17 +431,21 @@ class _Loop:
         is reported (committed) after that step, once its files are whole."""
         positions = self._all_positions()
         directory = Path(tempfile.mkdtemp(prefix="gentrain-checkpoint-"))
-        writing = self.strategy.save(directory, rank=self.rank)
-        torch.save(_rng_state(), directory / f"rng_rank{self.rank}.pt")
-        if self.rank == 0:
-            state = {
-                "step": step,
-                "mlflow_run_id": self.run_id,
-                "world": self.world,
-                "layout": layout(self.spec.train),
-                "data": {"positions": positions, "fingerprint": self.data.fingerprint},
-            }
-            (directory / checkpoints.STATE).write_text(json.dumps(state))
+        try:
+            writing = self.strategy.save(directory, rank=self.rank)
+            torch.save(_rng_state(), directory / f"rng_rank{self.rank}.pt")
+            if self.rank == 0:
+                state = {
+                    "step": step,
+                    "mlflow_run_id": self.run_id,
+                    "world": self.world,
+                    "layout": layout(self.spec.train),
+                    "data": {"positions": positions, "fingerprint": self.data.fingerprint},
+                }
+                (directory / checkpoints.STATE).write_text(json.dumps(state))
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
         self.saving = Saving(step, metrics, directory, writing)
         if writing is None:
             self._commit()

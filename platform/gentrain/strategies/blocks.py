@@ -10,8 +10,9 @@ from gentrain.spec import TrainSection
 def checkpoint_and_compile(model: nn.Module, units: list[nn.Module], train: TrainSection) -> None:
     """train.activation_checkpointing: each unit's activations are recomputed in the backward
     pass instead of kept (torch's composable checkpoint: parameter names stay as they are). An
-    in-place activation would change a tensor the recomputation checks: the network's run out of
-    place (the same values). train.compile: each unit's forward is compiled (in place)."""
+    in-place activation would change a tensor the recomputation checks: the network's in-place
+    activations run out of place (the same values). train.compile: each unit's forward is
+    compiled (in place)."""
     if train.activation_checkpointing:
         from torch.distributed._composable import checkpoint
 
