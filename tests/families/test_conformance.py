@@ -47,4 +47,5 @@ def test_gentrain_checks_outcomes_say_which_strategies_a_family_supports(name):
         outcomes
     )
     support = dict((s, ok) for s, ok, _ in conformance.strategy_support(family, outcomes))
-    assert support == {"ddp": True, "deepspeed": True, "pipeline": name != "hf_unet2d"}
+    expected = {"ddp": True, "fsdp": True, "deepspeed": True, "pipeline": name != "hf_unet2d"}
+    assert support == expected
