@@ -215,7 +215,9 @@ def _history(result) -> list[tuple[int, float]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "first, then", [("ddp@2", "fsdp@1"), ("zero2@2", "ddp@1")], ids=["ddp-to-fsdp", "zero2-to-ddp"]
+    "first, then",
+    [("ddp@2", "fsdp@1"), ("zero2@2", "ddp@1"), ("fsdp@1", "zero3@2")],
+    ids=["ddp2-to-fsdp1", "zero2x2-to-ddp1", "fsdp1-to-zero3x2"],
 )
 def test_a_finished_run_goes_on_under_another_strategy_and_world_size(
     first, then, local_ray, new_store, tmp_path
@@ -244,8 +246,9 @@ def test_a_finished_run_goes_on_under_another_strategy_and_world_size(
     assert run.info.status == "FINISHED"
     tags = run.data.tags
     workers, strategy = LAYOUTS[first][0], first.split("@")[0]
-    expected = {"ddp": "ddp", "zero2": "deepspeed ZeRO-2"}[strategy]
-    assert tags["gentrain.resumed_from_strategy"] == f"{expected} on {workers} workers"
+    expected = {"ddp": "ddp", "fsdp": "fsdp", "zero2": "deepspeed ZeRO-2"}[strategy]
+    plural = "s" if workers > 1 else ""
+    assert tags["gentrain.resumed_from_strategy"] == f"{expected} on {workers} worker{plural}"
     assert tags["gentrain.resumed_from_workers"] == str(workers)
     assert tags["gentrain.resumed_from_step"] == str(STEPS)
     assert tags["gentrain.strategy"] == _job(tmp_path, then).train.strategy
