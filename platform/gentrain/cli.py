@@ -479,6 +479,62 @@ def compare_runs(
         _print_comparison(comparison, title=f"{experiment}: best {comparison.metric} first")
 
 
+@runs_app.command("reconcile")
+def reconcile_runs(
+    experiment: Annotated[
+        str | None, typer.Argument(help="Default: every experiment in the store.")
+    ] = None,
+    older_than: Annotated[
+        str, typer.Option("--older-than", help="Heartbeat age: 90s, 10m, 2h, 1d.")
+    ] = "10m",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list the runs that would be ended.")
+    ] = False,
+    address: AddressOption = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option("--tracking-uri", help="Default: MLFLOW_TRACKING_URI, else ./mlflow.db."),
+    ] = None,
+) -> None:
+    """End as FAILED every RUNNING run whose heartbeat is older than --older-than and whose
+    owner is gone (its process on this machine, its Ray job on the cluster at --address or
+    the one it was submitted to; an owner that cannot be reached counts as gone). `gentrain
+    run SPEC --resume RUN_ID` still continues such a run."""
+    from gentrain import cluster, tracking
+    from gentrain.tracking import reconcile
+
+    try:
+        limit = reconcile.parse_duration(older_than)
+        uri = tracking.resolve_tracking_uri(tracking_uri=tracking_uri)
+        tracking.check_reachable(uri, experiment=experiment, write=not dry_run)
+        found = reconcile.abandoned(
+            uri=uri,
+            experiment=experiment,
+            older_than=limit,
+            owner_alive=lambda owner: cluster.owner_alive(owner, address),
+        )
+        for run in found:
+            if not dry_run:
+                reconcile.end(run, uri=uri)
+            verb = "would end" if dry_run else "ended"
+            out.print(
+                f"{verb} run {run.run_id} ({run.experiment}/{run.name}) as FAILED: "
+                f"heartbeat lost at step {run.step}, {_silence(run.silent_for)} ago; "
+                f"owner {run.owner}",
+                markup=False,
+            )
+    except SpecError as error:
+        _fail(str(error), 2)
+    except GentrainError as error:
+        _fault(error)
+    if not found:
+        out.print(f"no RUNNING run has a heartbeat older than {older_than}", markup=False)
+
+
+def _silence(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
 def _print_comparison(comparison, *, title: str) -> None:
     """A row a run; in a terminal cells fold to its width, elsewhere (a file, a pipe) a row is
     one line however wide."""

@@ -366,3 +366,115 @@ def follow_logs(client, job_id: str, write) -> str:
 
     asyncio.run(tail())
     return job_status(client, job_id)
+
+
+# --- the processes of a run: its workers (the stall watchdog) and its owner (reconcile) --------
+
+
+@dataclass(frozen=True)
+class WorkerProcess:
+    rank: int
+    node_id: str  # Ray's node id
+    pid: int
+
+
+def inspect_workers(workers: list[WorkerProcess], *, stacks: bool) -> list[dict]:
+    """For each worker, on its own node: alive, stopped and (with `stacks`) its Python stacks
+    by py-spy, which reads a stopped or blocked process without running it."""
+    calls = [_on_node(_inspect_process, w.node_id).remote(w.pid, stacks) for w in workers]
+    return ray.get(calls, timeout=120)
+
+
+def kill_workers(workers: list[WorkerProcess]) -> None:
+    """SIGKILL each worker process (a stopped one too): Ray Train sees its workers die and
+    restarts them from the last checkpoint, as after any worker failure."""
+    ray.get([_on_node(_kill_process, w.node_id).remote(w.pid) for w in workers], timeout=120)
+
+
+def _on_node(task, node_id: str):
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    where = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+    return task.options(num_cpus=0, scheduling_strategy=where)
+
+
+@ray.remote(max_retries=0)
+def _inspect_process(pid: int, stacks: bool) -> dict:
+    import subprocess
+
+    import psutil
+
+    try:
+        status = psutil.Process(pid).status()
+    except psutil.Error:
+        return {"alive": False, "stopped": False, "text": ""}
+    alive = status != psutil.STATUS_ZOMBIE
+    found = {"alive": alive, "stopped": status == psutil.STATUS_STOPPED, "text": ""}
+    if stacks and alive:
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        try:
+            done = subprocess.run(
+                [py_spy, "dump", "--pid", str(pid), "--nonblocking"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            found["text"] = done.stdout if done.returncode == 0 else f"py-spy: {done.stderr}"
+        except (OSError, subprocess.TimeoutExpired) as err:
+            found["text"] = f"py-spy: {err}"
+    return found
+
+
+@ray.remote(max_retries=0)
+def _kill_process(pid: int) -> None:
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def this_process() -> dict:
+    """Who owns a run started here: this host and process (its start time tells a reused pid
+    apart) and, in a submitted job, the job and its cluster's Jobs API."""
+    import socket
+
+    import psutil
+
+    owner = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": psutil.Process().create_time(),
+    }
+    if in_submitted_job():
+        owner["ray_job"] = os.environ.get("RAY_JOB_SUBMISSION_ID") or ""
+        owner["ray_address"] = os.environ.get("RAY_ADDRESS") or ""
+    return owner
+
+
+def owner_alive(owner: dict, address: str | None = None) -> bool | None:
+    """Whether the process that owns a run still runs: True, False, or None when it cannot be
+    told from here (another machine, its cluster unreachable)."""
+    import socket
+
+    import psutil
+
+    if owner.get("host") == socket.gethostname() and "pid" in owner:
+        try:
+            process = psutil.Process(int(owner["pid"]))
+            alive = process.status() != psutil.STATUS_ZOMBIE
+            return alive and abs(process.create_time() - float(owner.get("started", 0))) < 1
+        except psutil.Error:
+            return False
+    job, address = owner.get("ray_job"), address or owner.get("ray_address")
+    if job and address and "://" in address:
+        try:
+            from ray.job_submission import JobSubmissionClient
+
+            _quiet_ray_client_logs()
+            status = str(JobSubmissionClient(address).get_job_status(job).value)
+        except Exception:  # the cluster is away, or forgot the job: cannot tell
+            return None
+        return status in ("PENDING", "RUNNING")
+    return None

@@ -2,6 +2,8 @@
 for image families, the text quality of a text family's answers, and a preview (a sample grid or
 texts), all logged at the step."""
 
+from collections.abc import Callable
+
 import torch
 
 from gentrain.data import Data
@@ -22,9 +24,11 @@ class Evaluation:
         data: Data,
         logger: RunLogger | None,
         device: torch.device,
+        beat: Callable[[], None] = lambda: None,
     ):
+        """`beat`: called as the evaluation progresses (the stall watchdog follows it)."""
         self.spec, self.step_fn, self.data, self.logger = spec, step_fn, data, logger
-        self.device = device
+        self.device, self.beat = device, beat
         self.image_quality = None  # built at the first evaluation
         self.text_quality = None  # likewise
         self._heldout = None  # read at the first evaluation
@@ -41,13 +45,17 @@ class Evaluation:
         with torch.random.fork_rng(devices=cuda), torch.no_grad():
             torch.manual_seed(EVAL_SEED)
             preview = self.step_fn.preview(models, self.heldout())
+            self.beat()
             scores = self.step_fn.evaluate(models, self.heldout()) if scored else {}
+            self.beat()
             if image_quality is not None:
-                samples = _sample_in_chunks(self.step_fn, models, spec.eval.num_samples)
+                samples = _sample_in_chunks(self.step_fn, models, spec.eval.num_samples, self.beat)
                 scores.update(image_quality.compute(samples))
+                self.beat()
             if scored and spec.text_metrics:
                 found, answers = self._text_quality(models, step)
                 scores.update(found)
+                self.beat()
         for model in models.values():
             model.train()
         if isinstance(preview, torch.Tensor):
@@ -119,6 +127,11 @@ class Evaluation:
         return found, table
 
 
-def _sample_in_chunks(step_fn: FamilyStep, models, n: int, chunk: int = 256) -> torch.Tensor:
-    parts = [step_fn.sample(models, min(chunk, n - done)) for done in range(0, n, chunk)]
+def _sample_in_chunks(
+    step_fn: FamilyStep, models, n: int, beat: Callable[[], None], chunk: int = 256
+) -> torch.Tensor:
+    parts = []
+    for done in range(0, n, chunk):
+        parts.append(step_fn.sample(models, min(chunk, n - done)))
+        beat()
     return torch.cat(parts).float().cpu()

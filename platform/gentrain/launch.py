@@ -10,17 +10,20 @@ from pathlib import Path
 
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 
-from gentrain import checkpoints, cluster, tracking
+from gentrain import checkpoints, cluster, stall, tracking
+from gentrain.cluster import WorkerProcess
 from gentrain.data import check_source, questions
-from gentrain.errors import GentrainError, SpecError, traceback_of
+from gentrain.errors import GentrainError, SpecError, first_line, traceback_of
 from gentrain.families import get_family
 from gentrain.families.user import code_to_ship
 from gentrain.memory import is_out_of_memory, out_of_memory_message
 from gentrain.spec import JobSpec
+from gentrain.stall import Beat
 from gentrain.storage import check_bucket
 from gentrain.strategies import resume_problem
+from gentrain.tracking.heartbeat import Heartbeat
 from gentrain.trainer import train_fn
 
 ProgressCallback = Callable[[int, dict[str, float]], None]
@@ -41,12 +44,29 @@ WarningCallback = Callable[[str], None]
 @ray.remote(num_cpus=0)
 class ProgressBoard:
     """Rank 0 of a run pushes (step, metrics) under the run's id; the driver drains them to draw
-    its progress display. One board serves all the runs of a driver (a sweep's trials, a test
-    session): each actor costs a process start."""
+    its progress display. Every worker registers its process, and rank 0 beats as it makes
+    progress: the driver's stall watchdog reads both. One board serves all the runs of a driver
+    (a sweep's trials, a test session): each actor costs a process start."""
 
     def __init__(self):
         self.events: dict[str, list[tuple[int, dict[str, float]]]] = defaultdict(list)
         self.warnings: dict[str, list[str]] = defaultdict(list)
+        self.workers: dict[str, dict[int, WorkerProcess]] = defaultdict(dict)
+        self.beats: dict[str, Beat] = {}
+
+    def register(self, run_id: str, worker: WorkerProcess) -> None:
+        """A worker process of the run's current attempt (a restart registers new ones)."""
+        self.workers[run_id][worker.rank] = worker
+
+    def beat(self, run_id: str, beat: Beat) -> None:
+        self.beats[run_id] = beat
+
+    def watch(self, run_id: str) -> tuple[list[WorkerProcess], Beat | None]:
+        return list(self.workers[run_id].values()), self.beats.get(run_id)
+
+    def forget(self, run_id: str) -> None:
+        for table in (self.events, self.warnings, self.workers, self.beats):
+            table.pop(run_id, None)
 
     def push(self, run_id: str, step: int, metrics: dict[str, float]) -> None:
         self.events[run_id].append((step, metrics))
@@ -88,6 +108,8 @@ def run(
     run_id = tracking.start_run(spec, uri=uri, resume_run_id=resume_run_id, source_tags=source_tags)
     if on_start:
         on_start(run_id)
+    heartbeat = Heartbeat(run_id, uri=uri, owner=cluster.this_process())
+    heartbeat.start()
     try:
         metrics = fit(
             spec,
@@ -96,6 +118,7 @@ def run(
             on_progress=on_progress,
             on_warning=on_warning,
             allow_data_change=allow_data_change,
+            heartbeat=heartbeat,
         )
     except KeyboardInterrupt:
         reason = "interrupted (Ctrl-C or a stop request); --resume RUN_ID continues it"
@@ -107,6 +130,8 @@ def run(
             reason = out_of_memory_message(spec, where="on a worker (Ray stopped it)")
         end_run(run_id, uri=uri, status="FAILED", reason=reason, error=traceback_of(err))
         raise GentrainError(f"run {run_id} failed: {reason}") from err
+    finally:
+        heartbeat.stop()
     kept_in = end_run(run_id, uri=uri, status="FINISHED")
     return RunResult(run_id, spec.experiment, uri, metrics=metrics, kept_in=kept_in)
 
@@ -182,12 +207,14 @@ def fit(
     on_warning: WarningCallback | None = None,
     callbacks: Sequence[UserCallback] = (),
     allow_data_change: bool = False,
+    heartbeat: Heartbeat | None = None,
 ) -> dict[str, float]:
     """Train the job of MLflow run `run_id` on Ray Train workers (the run's latest checkpoint
     under storage.path, if any, is where it starts); returns the last reported metrics."""
     train = spec.train
     threads = train.cpus_per_worker or max(1, cluster.available_cpus() // train.workers)
-    board_name, board = _progress_board() if on_progress or on_warning else (None, None)
+    board_name, board = _progress_board()
+    collective_s = stall.collective_limit(train.stall_timeout)
     trainer = _Trainer(
         train_fn,
         train_loop_config={
@@ -200,6 +227,7 @@ def fit(
             "threads": threads,
             "allow_data_change": allow_data_change,
         },
+        torch_config=TorchConfig(timeout_s=int(collective_s or TorchConfig().timeout_s)),
         scaling_config=ScalingConfig(
             num_workers=train.workers,
             use_gpu=train.use_gpu,
@@ -210,18 +238,73 @@ def fit(
             storage_path=storage_path(spec),
             failure_config=FailureConfig(max_failures=train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=list(callbacks),
+            callbacks=[*callbacks, _Failures(board_name, run_id)],
         ),
     )
-    relay = _Relay(board, run_id, on_progress, on_warning) if board else None
-    if relay:
-        relay.start()
+    relay = _Relay(board, run_id, on_progress, on_warning)
+    watchdog = _watchdog(spec, board, run_id=run_id, uri=uri, relay=relay, heartbeat=heartbeat)
+    relay.start()
+    watchdog.start()
     try:
         result = trainer.fit()
+    except Exception as err:
+        if watchdog.stall:  # the stall is why, not the workers the watchdog killed
+            raise GentrainError(
+                f"{watchdog.stall.message}; stacks in MLflow {stall_artifacts(watchdog.stall)}"
+            ) from err
+        raise
     finally:
-        if relay:
-            relay.stop()
+        watchdog.stop()
+        relay.stop()
+        board.forget.remote(run_id)
     return {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
+
+
+def _watchdog(spec: JobSpec, board, *, run_id: str, uri: str, relay, heartbeat) -> stall.Watchdog:
+    """The run's stall watchdog (it also follows the step for the run's heartbeat)."""
+
+    def on_stall(found: stall.Stall) -> None:
+        where = stall_artifacts(found)
+        relay.warn(f"{found.message}; stacks in MLflow {where}; its workers will be restarted")
+        try:
+            for stack in found.stacks:
+                tracking.log_text(run_id, stack.text, f"{where}rank_{stack.rank}.txt", uri=uri)
+            tracking.set_tag(run_id, "gentrain.stall", found.message[:5000], uri=uri)
+        except Exception as err:  # the store is away or busy: the terminal has the gist
+            relay.warn(f"the stall's stacks did not reach the tracking store: {first_line(err)}")
+
+    def on_step(step: int) -> None:
+        if heartbeat is not None:
+            heartbeat.step = step
+
+    return stall.Watchdog(
+        spec.train.stall_timeout,
+        world=spec.train.workers,
+        poll=lambda: ray.get(board.watch.remote(run_id), timeout=10),
+        inspect=cluster.inspect_workers,
+        kill=cluster.kill_workers,
+        on_stall=on_stall,
+        on_step=on_step,
+    )
+
+
+def stall_artifacts(found: stall.Stall) -> str:
+    return f"stall/step_{found.step}/"
+
+
+class _Failures(UserCallback):
+    """Tells the driver's terminal why a worker failed, as Ray Train restarts them."""
+
+    def __init__(self, board_name: str, run_id: str):
+        self.board_name, self.run_id = board_name, run_id
+
+    def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
+        board = ray.get_actor(self.board_name)
+        for rank, err in sorted(worker_exceptions.items()):
+            reason = failure_reason(err)
+            if "worker process has died" in reason:  # Ray's words run on about the OOM killer
+                reason = "its process died (killed, or crashed: Ray's worker logs tell)"
+            board.warn.remote(self.run_id, f"worker rank {rank} failed: {reason}")
 
 
 class _Trainer(TorchTrainer):
@@ -311,6 +394,11 @@ class _Relay(threading.Thread):
         for text in warnings:
             if self.on_warning:
                 self.on_warning(text)
+
+    def warn(self, text: str) -> None:
+        """A warning of the driver's own (the watchdog's)."""
+        if self.on_warning:
+            self.on_warning(text)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -200,6 +200,11 @@ class TrainSection(Section):
     eval_every: int = Field(500, ge=1)
     checkpoint_every: int = Field(250, ge=1)
     max_failures: int = Field(2, ge=0, description="worker-group restarts before the job fails")
+    stall_timeout: float | Literal["auto", "off"] = Field(
+        "auto",
+        description="seconds without a step before a run is stalled (stacks dumped, workers "
+        "restarted); auto: 10x the slowest step, at least 300 s",
+    )
     on_nan: Literal["stop", "skip_step"] = Field(
         "stop", description="a NaN/Inf loss: fail the run, or skip that optimizer step (ddp)"
     )
@@ -233,6 +238,8 @@ class TrainSection(Section):
         for option in ("activation_checkpointing", "compile", "checkpoint_async"):
             if getattr(self, option) and self.strategy not in ("ddp", "fsdp"):
                 raise ValueError(f"{option} needs strategy ddp or fsdp (got {self.strategy})")
+        if isinstance(self.stall_timeout, float) and self.stall_timeout < 5:
+            raise ValueError(f"stall_timeout must be at least 5 seconds (got {self.stall_timeout})")
         if self.on_nan == "skip_step" and self.strategy != "ddp":
             raise ValueError(
                 f"on_nan skip_step needs strategy ddp (got {self.strategy}); use on_nan: stop"

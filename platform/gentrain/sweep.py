@@ -17,6 +17,7 @@ from ray.tune.search import BasicVariantGenerator, Searcher
 from gentrain import cluster, launch, tracking
 from gentrain.errors import GentrainError, SpecError, traceback_of
 from gentrain.spec import JobSpec, SweepSection, trial_spec
+from gentrain.tracking.heartbeat import Heartbeat
 
 TUNE_SETTINGS = {
     # Results without the metric (a checkpoint before the first evaluation) are expected:
@@ -95,6 +96,8 @@ def run(
         on_start(parent_id)
     outcomes: dict[str, TrialOutcome] = {}
     _listeners[parent_id] = (outcomes, on_trial)
+    heartbeat = Heartbeat(parent_id, uri=uri, owner=cluster.this_process())
+    heartbeat.start()
     try:
         tuner = _tuner(
             spec,
@@ -115,6 +118,7 @@ def run(
         _close(parent_id, uri, "FAILED", reason, error=traceback_of(err))
         raise GentrainError(f"sweep {parent_id} failed: {reason}") from err
     finally:
+        heartbeat.stop()
         _listeners.pop(parent_id, None)
     best = next((row for row in comparison.rows if sweep.metric in row), None)
     if best is None:
@@ -285,6 +289,8 @@ def _trial(config: dict[str, Any], *, setup: dict[str, Any]) -> None:
     if finished is not None:  # ended just before the sweep's driver died, after Tune last saved
         tune.report(finished)
         return
+    heartbeat = Heartbeat(run_id, uri=uri, owner=cluster.this_process())
+    heartbeat.start()
     try:
         if spec.train.workers == 1:
             from gentrain import trainer
@@ -297,17 +303,20 @@ def _trial(config: dict[str, Any], *, setup: dict[str, Any]) -> None:
                 "threads": setup["threads"],
                 "checkpoints": tune.get_context().get_trial_dir(),
             }
-            trainer.train(config, _TrialSession(spec))
+            trainer.train(config, _TrialSession(spec, heartbeat))
         else:
             from ray.tune.integration.ray_train import TuneReportCallback
 
-            launch.fit(spec, run_id=run_id, uri=uri, callbacks=[TuneReportCallback()])
+            callbacks = [TuneReportCallback()]
+            launch.fit(spec, run_id=run_id, uri=uri, callbacks=callbacks, heartbeat=heartbeat)
     except SystemExit:  # a scheduler stopped the trial: the sweep's callback ends its run
         raise
     except BaseException as err:
         reason = launch.failure_reason(err)
         launch.end_run(run_id, uri=uri, status="FAILED", reason=reason, error=traceback_of(err))
         raise
+    finally:
+        heartbeat.stop()
     launch.end_run(run_id, uri=uri, status="FINISHED")
 
 
@@ -317,9 +326,10 @@ class _TrialSession:
 
     rank, world, node, one_node = 0, 1, 0, True  # each trial's run shows its machine
 
-    def __init__(self, spec: JobSpec):
+    def __init__(self, spec: JobSpec, heartbeat: Heartbeat):
         cuda = spec.train.use_gpu and torch.cuda.is_available()
         self.device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+        self.heartbeat = heartbeat
 
     def resume_from(self):
         return tune.get_checkpoint()
@@ -327,6 +337,9 @@ class _TrialSession:
     def report(self, metrics: dict[str, float], checkpoint: Path | None = None) -> None:
         saved = tune.Checkpoint.from_directory(checkpoint) if checkpoint else None
         tune.report(metrics, checkpoint=saved)
+
+    def beat(self, step: int, slowest_step: float) -> None:
+        self.heartbeat.step = step  # the trial's own process trains it: no watchdog apart
 
 
 def _single_process_group(spec: JobSpec) -> None:

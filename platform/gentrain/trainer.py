@@ -3,13 +3,16 @@ the parallelism; this loop owns data, checkpoints, evaluation, metrics and repor
 
 import json
 import logging
+import os
 import random
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,7 +23,8 @@ import ray.train.torch
 import torch
 from ray.train import Checkpoint
 
-from gentrain import checkpoints
+from gentrain import checkpoints, stall
+from gentrain.cluster import WorkerProcess
 from gentrain.data import Data, open_data
 from gentrain.data.augment import augment
 from gentrain.data.fingerprint import what_changed
@@ -31,6 +35,7 @@ from gentrain.families import FamilyStep, FamilyWarning, get_family
 from gentrain.memory import is_out_of_memory, out_of_memory_message, peak_memory
 from gentrain.noise import DrawPlan
 from gentrain.spec import JobSpec
+from gentrain.stall import Beat
 from gentrain.strategies import Strategy, describe, layout, make_strategy
 from gentrain.tracking import RunLogger, outbox_dir
 from gentrain.tracking import system as system_metrics
@@ -55,6 +60,9 @@ class Session(Protocol):
 
     def report(self, metrics: dict[str, float], checkpoint: Path | None = None) -> None: ...
 
+    def beat(self, step: int, slowest_step: float) -> None:
+        """Rank 0 made progress at `step` (a training step, a part of an evaluation)."""
+
 
 class PlainSession:
     """A training process outside Ray (a benchmark's baseline, a test's reference run): no
@@ -70,15 +78,28 @@ class PlainSession:
     def report(self, metrics: dict[str, float], checkpoint: Path | None = None) -> None:
         pass
 
+    def beat(self, step: int, slowest_step: float) -> None:
+        pass
+
 
 class RayTrainSession:
-    def __init__(self):
+    BEAT_EVERY = 1.0  # seconds: how often rank 0 tells the driver's watchdog of its progress
+
+    def __init__(self, config: dict[str, Any]):
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
         # this node's rank when this process is the node's first worker, else None
         self.node = context.get_node_rank() if context.get_local_rank() == 0 else None
         self.one_node = context.get_local_world_size() == self.world
+        self.run_id = config["run_id"]
+        self.board = ray.get_actor(config["progress"]) if config.get("progress") else None
+        self.latest = Beat(os.getpid(), step=0, count=0, slowest_step=0.0)
+        if self.board:  # the watchdog's: where to find this process, and rank 0's progress
+            node_id = ray.get_runtime_context().get_node_id()
+            self.board.register.remote(self.run_id, WorkerProcess(self.rank, node_id, os.getpid()))
+            if self.rank == 0:
+                threading.Thread(target=self._tell_progress, daemon=True).start()
 
     def resume_from(self) -> Checkpoint | None:
         """Ray Train's latest checkpoint of this run, or a newer one in the run's directory: a
@@ -93,10 +114,23 @@ class RayTrainSession:
         saved = ray.train.Checkpoint.from_directory(checkpoint) if checkpoint else None
         ray.train.report(metrics, checkpoint=saved)
 
+    def beat(self, step: int, slowest_step: float) -> None:
+        self.latest = Beat(self.latest.pid, step, self.latest.count + 1, slowest_step)
+
+    def _tell_progress(self) -> None:
+        """Rank 0's progress, sent once a second from a thread of its own: a step costs no
+        call, and a training thread that hangs leaves its last step told."""
+        told = None
+        while True:
+            time.sleep(self.BEAT_EVERY)
+            if self.latest != told:
+                told = self.latest
+                self.board.beat.remote(self.run_id, told)
+
 
 def train_fn(config: dict[str, Any]) -> None:
     """Entry point of each Ray Train worker."""
-    train(config, RayTrainSession())
+    train(config, RayTrainSession(config))
 
 
 def train(config: dict[str, Any], session: Session) -> None:
@@ -227,6 +261,8 @@ def _train_models(
             models=models,
             tracking_uri=config["tracking_uri"],
         )
+    if collective_s := stall.collective_limit(spec.train.stall_timeout):
+        set_collective_timeout(collective_s)
     strategy = make_strategy(spec, device=device, world=world, rank=rank)
     strategy.prepare(models, step_fn)
     _seed_everything(spec.train.seed * 1000 + rank)  # each rank draws its own noise
@@ -282,8 +318,15 @@ class _Loop:
         self.checkpoints = config.get("checkpoints", "")  # where the run's checkpoints go
         self.saving: Saving | None = None
         self.logger, self.board = logger, board  # rank 0's; None elsewhere
+        self.slowest_step = 0.0  # seconds, this session's slowest training step
+        self.step = 0  # the step last trained
         self.evaluation = Evaluation(
-            spec, step_fn=step_fn, data=data, logger=logger, device=session.device
+            spec,
+            step_fn=step_fn,
+            data=data,
+            logger=logger,
+            device=session.device,
+            beat=lambda: session.beat(self.step, self.slowest_step),
         )
         self.positions: dict[int, Position] = {}  # of the partitions this worker reads
         self.partitions = 0  # how many the data is cut into
@@ -345,6 +388,7 @@ class _Loop:
                 window_counted += 1
             window_steps += 1
             window_seconds += time.perf_counter() - step_start
+            self._stepped(step, time.perf_counter() - step_start)
 
             last = step == train.max_steps
             if step % train.log_every == 0 or last:
@@ -370,6 +414,18 @@ class _Loop:
             if self.rank == 0:
                 self._export(models)
         self._commit()
+
+    def _stepped(self, step: int, seconds: float) -> None:
+        """Tell the watchdog; under train.stall_timeout auto, a step slower than any before
+        lengthens how long a collective may wait (stall.collective_limit)."""
+        self.step = step
+        if seconds > self.slowest_step:
+            before = stall.collective_limit(self.spec.train.stall_timeout, self.slowest_step)
+            self.slowest_step = seconds
+            after = stall.collective_limit(self.spec.train.stall_timeout, seconds)
+            if after is not None and after > before:
+                set_collective_timeout(after)
+        self.session.beat(step, self.slowest_step)
 
     def _on_nan(self, loss: float, step: int) -> None:
         if self.spec.train.on_nan == "stop":
@@ -409,12 +465,14 @@ class _Loop:
         preview (sample grid or texts), on rank 0."""
         with self.strategy.full_models() as models:
             if self.rank != 0:
+                _wait_for_rank0(f"gentrain/evaluated/{step}")
                 return {}
             started = time.perf_counter()
             scores = self.evaluation.run(models, step)
             self.logger.log_metrics({"eval_seconds": time.perf_counter() - started}, step=step)
             if self.board and scores:
                 self.board.push.remote(self.run_id, step, scores)
+            _tell_others(f"gentrain/evaluated/{step}")
             return scores
 
     def _preview_untrained(self) -> None:
@@ -422,6 +480,9 @@ class _Loop:
         with self.strategy.full_models() as models:
             if self.rank == 0:
                 self.evaluation.run(models, 0, scored=False)
+                _tell_others("gentrain/evaluated/0")
+            else:
+                _wait_for_rank0("gentrain/evaluated/0")
 
     def _checkpoint(self, step: int, metrics: dict[str, float]) -> None:
         """Every rank writes its part (the strategy's state, its RNG streams; rank 0 the step
@@ -486,6 +547,35 @@ class _Loop:
             register_as=self.spec.tracking.register_as,
             step=self.spec.train.max_steps,
         )
+
+
+# While rank 0 evaluates, the other ranks wait for it outside any collective: an evaluation may
+# take longer than a collective may wait (train.stall_timeout), and the driver's watchdog follows
+# rank 0's progress through it.
+EVALUATION_WAIT = timedelta(days=1)
+
+
+def _tell_others(key: str) -> None:
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.distributed_c10d._get_default_store().set(key, "1")
+
+
+def _wait_for_rank0(key: str) -> None:
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.distributed_c10d._get_default_store().wait([key], EVALUATION_WAIT)
+
+
+def set_collective_timeout(seconds: float) -> None:
+    """How long a collective of this process waits for its peers: the groups there are and
+    those made from now on (a pipeline's, DeepSpeed's)."""
+    from torch.distributed import distributed_c10d
+
+    limit = timedelta(seconds=seconds)
+    distributed_c10d.default_pg_timeout = limit
+    distributed_c10d.default_pg_nccl_timeout = limit
+    if torch.distributed.is_initialized():
+        for group in list(distributed_c10d._world.pg_map):
+            torch.distributed.set_timeout(limit, group)
 
 
 def _restore(

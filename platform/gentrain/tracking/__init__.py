@@ -18,7 +18,9 @@ from gentrain.tracking.runs import (
     check_run_id,
     end_open_trials,
     end_run,
+    log_text,
     run_status,
+    set_tag,
     start_run,
     start_sweep_run,
     trial_run,
@@ -39,8 +41,9 @@ from gentrain.tracking.views import save_sweep_view, sweep_view_path
 __all__ = [
     "LOCAL_STORE", "PARENT", "SAMPLED", "SERVER_ENV", "SWEEP", "TRIAL_ID", "check_reachable",
     "check_run_exists", "check_run_id", "client_for", "compare", "Comparison", "end_open_trials",
-    "end_run", "is_loopback", "load_model_state", "log_pytorch_model", "log_sweep_outcome",
-    "outbox_dir", "outbox_root", "resolve_tracking_uri", "run_status", "RunLogger",
-    "save_sweep_view", "start_run", "start_sweep_run", "sweep_view_path", "trial_run",
+    "end_run", "is_loopback", "log_text", "load_model_state", "log_pytorch_model",
+    "log_sweep_outcome", "outbox_dir", "outbox_root", "resolve_tracking_uri", "run_status",
+    "RunLogger",
+    "save_sweep_view", "set_tag", "start_run", "start_sweep_run", "sweep_view_path", "trial_run",
     "trial_run_id", "ui_command", "ui_sign_in", "unfinished_sweep_run",
 ]  # fmt: skip

@@ -6,8 +6,12 @@ from typing import Any
 
 from gentrain.errors import SpecError
 from gentrain.tracking.access import refusal
+from gentrain.tracking.heartbeat import EVERY, age
 from gentrain.tracking.runs import PARENT, SAMPLED, children
 from gentrain.tracking.store import client_for
+
+
+STALE = 3 * EVERY  # seconds: a RUNNING run that missed three heartbeats
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ def compare(*, uri: str, experiment: str | None = None, parent_id: str | None = 
         {
             "run_id": run.info.run_id,
             "name": run.info.run_name,
-            "status": run.info.status,
+            "status": _status(run),
             **{name: run.data.params.get(name, "") for name in params},
             **{name: run.data.metrics[name] for name in metrics if name in run.data.metrics},
         }
@@ -71,6 +75,22 @@ def compare(*, uri: str, experiment: str | None = None, parent_id: str | None = 
     sign = 1 if mode == "min" else -1
     rows.sort(key=lambda row: (metric not in row, sign * row.get(metric, 0.0)))
     return Comparison(metric=metric, mode=mode, params=params, metrics=metrics, rows=rows)
+
+
+def _status(run) -> str:
+    """The run's status; a RUNNING run whose owner stopped beating says so (`gentrain runs
+    reconcile` ends it once its owner is gone)."""
+    silent = age(run.data.tags) if run.info.status == "RUNNING" else None
+    if silent is None or silent < STALE:
+        return run.info.status
+    return f"RUNNING (no heartbeat for {_duration(silent)})"
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f}{unit}"
+    return f"{seconds:.0f}s"
 
 
 def _varied_params(runs: list) -> list[str]:

@@ -199,6 +199,14 @@ def end_run(
     client.set_terminated(run_id, status=status)
 
 
+def set_tag(run_id: str, key: str, value: str, *, uri: str) -> None:
+    client_for(uri).set_tag(run_id, key, value)
+
+
+def log_text(run_id: str, text: str, path: str, *, uri: str) -> None:
+    client_for(uri).log_text(run_id, text, path)
+
+
 def _tags(spec: JobSpec) -> dict[str, str]:
     return {
         "gentrain.family": spec.model.family,
