@@ -1,13 +1,15 @@
 """gentrain's training loop versus a bare PyTorch loop: DCGAN `small` on digits, one worker, same
 data, seed, batch and threads. Prints both samples/s and their ratio (target >= 0.95), and
 gentrain's with MLflow's system metrics (sampled at the default interval) against without
-(target >= 0.97).
+(target >= 0.97), and with the run's heartbeat and stall watchdog as shipped against without
+(target >= 0.97; also with the heartbeat 30 times as often).
 
     python bench/overhead.py [--steps N] [--quick] [--json PATH]
 """
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -61,15 +63,23 @@ def bare_loop(
 
 
 def gentrain_loop(
-    *, steps: int, batch_size: int, threads: int, workdir: Path, system_metrics: bool = True
+    *,
+    steps: int,
+    batch_size: int,
+    threads: int,
+    workdir: Path,
+    system_metrics: bool = True,
+    liveness: str = "default",
 ) -> tuple[float, dict]:
     """Samples/s of gentrain's whole loop (logging, metric reduction and all) between its first
     and last loss reports, from the MLflow metric timestamps; start-up and final evaluation
-    excluded."""
+    excluded. `liveness`: the run's heartbeat and stall watchdog as shipped ("default"), both
+    off ("off"), or the heartbeat 30 times as often as shipped ("every_1s")."""
     import mlflow
 
     from gentrain import launch, spec
 
+    os.environ["GENTRAIN_HEARTBEAT_S"] = {"default": "", "off": "0", "every_1s": "1"}[liveness]
     job = spec.load(
         REPO / "jobs" / "dcgan_digits.yaml",
         [
@@ -85,6 +95,7 @@ def gentrain_loop(
             f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
             f"storage.path={workdir / 'ckpt'}",
             f"tracking.system_metrics={system_metrics}",
+            f"train.stall_timeout={'off' if liveness == 'off' else 'auto'}",
         ],
     )
     result = launch.run(job)
@@ -115,6 +126,24 @@ def main() -> None:
             workdir=Path(tmp),
             system_metrics=False,
         )
+    with tempfile.TemporaryDirectory() as tmp:
+        unwatched, _ = gentrain_loop(
+            steps=steps,
+            batch_size=batch_size,
+            threads=threads,
+            workdir=Path(tmp),
+            system_metrics=False,
+            liveness="off",
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        beating, _ = gentrain_loop(
+            steps=steps,
+            batch_size=batch_size,
+            threads=threads,
+            workdir=Path(tmp),
+            system_metrics=False,
+            liveness="every_1s",
+        )
     bare = bare_loop(
         steps=steps, batch_size=batch_size, lr=optim.lr, betas=optim.betas, threads=threads, seed=0
     )
@@ -124,9 +153,14 @@ def main() -> None:
     print(f"{'bare torch':<12}{bare:>12.1f}")
     print(f"{'gentrain':<12}{ours:>12.1f}")
     print(f"{'no sys. m.':<12}{unmonitored:>12.1f}")
+    print(f"{'no liveness':<12}{unwatched:>12.1f}  (no heartbeat, no stall watchdog, no sys. m.)")
+    print(f"{'beat 1/s':<12}{beating:>12.1f}  (heartbeat every 1 s: 30x shipped; no sys. m.)")
     print(f"ratio gentrain / bare: {ratio:.3f}  (target >= 0.95)")
     monitored = ours / unmonitored
     print(f"ratio with / without system metrics: {monitored:.3f}  (target >= 0.97)")
+    liveness = unmonitored / unwatched
+    print(f"ratio heartbeat + watchdog as shipped / none: {liveness:.3f}  (target >= 0.97)")
+    print(f"ratio heartbeat every 1 s / none: {beating / unwatched:.3f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         figures = {
@@ -135,6 +169,9 @@ def main() -> None:
             "bare_samples_per_sec": bare,
             "system_metrics_ratio": monitored,
             "unmonitored_samples_per_sec": unmonitored,
+            "liveness_ratio": liveness,
+            "heartbeat_1s_ratio": beating / unwatched,
+            "unwatched_samples_per_sec": unwatched,
             "steps": steps,
             "threads": threads,
             "batch_size": batch_size,

@@ -226,6 +226,7 @@ def fit(
             "progress": board_name,
             "threads": threads,
             "allow_data_change": allow_data_change,
+            "beats": _watched(spec, heartbeat),
         },
         torch_config=TorchConfig(timeout_s=int(collective_s or TorchConfig().timeout_s)),
         scaling_config=ScalingConfig(
@@ -244,7 +245,8 @@ def fit(
     relay = _Relay(board, run_id, on_progress, on_warning)
     watchdog = _watchdog(spec, board, run_id=run_id, uri=uri, relay=relay, heartbeat=heartbeat)
     relay.start()
-    watchdog.start()
+    if _watched(spec, heartbeat):
+        watchdog.start()
     try:
         result = trainer.fit()
     except Exception as err:
@@ -258,6 +260,13 @@ def fit(
         relay.stop()
         board.forget.remote(run_id)
     return {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
+
+
+def _watched(spec: JobSpec, heartbeat: Heartbeat | None) -> bool:
+    """Whether rank 0 tells the driver of its progress: for the stall watchdog, or for the step
+    in the run's heartbeat."""
+    beating = heartbeat is not None and heartbeat.every > 0
+    return beating or stall.step_limit(spec.train.stall_timeout) is not None
 
 
 def _watchdog(spec: JobSpec, board, *, run_id: str, uri: str, relay, heartbeat) -> stall.Watchdog:

@@ -219,6 +219,21 @@ class TrainSection(Section):
     pipeline: PipelineSection = PipelineSection()
     fsdp: FSDPSection = FSDPSection()
 
+    @field_validator("stall_timeout", mode="before")
+    @classmethod
+    def _seconds_auto_or_off(cls, value: Any) -> Any:
+        if value is False:  # YAML reads a bare `off` as false
+            return "off"
+        if value in ("auto", "off"):
+            return value
+        try:
+            seconds = float(value) if not isinstance(value, bool) else 0.0
+        except (TypeError, ValueError):
+            seconds = 0.0
+        if seconds < 5:
+            raise ValueError("seconds (at least 5), auto or off")
+        return seconds
+
     @model_validator(mode="after")
     def _strategy_rules(self) -> "TrainSection":
         if self.precision != "fp32" and not self.use_gpu:
@@ -238,8 +253,6 @@ class TrainSection(Section):
         for option in ("activation_checkpointing", "compile", "checkpoint_async"):
             if getattr(self, option) and self.strategy not in ("ddp", "fsdp"):
                 raise ValueError(f"{option} needs strategy ddp or fsdp (got {self.strategy})")
-        if isinstance(self.stall_timeout, float) and self.stall_timeout < 5:
-            raise ValueError(f"stall_timeout must be at least 5 seconds (got {self.stall_timeout})")
         if self.on_nan == "skip_step" and self.strategy != "ddp":
             raise ValueError(
                 f"on_nan skip_step needs strategy ddp (got {self.strategy}); use on_nan: stop"

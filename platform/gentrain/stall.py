@@ -204,4 +204,5 @@ class Watchdog(threading.Thread):
 
     def stop(self) -> None:
         self.stopping.set()
-        self.join(timeout=30)
+        if self.is_alive():
+            self.join(timeout=30)

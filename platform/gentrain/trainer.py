@@ -98,7 +98,7 @@ class RayTrainSession:
         if self.board:  # the watchdog's: where to find this process, and rank 0's progress
             node_id = ray.get_runtime_context().get_node_id()
             self.board.register.remote(self.run_id, WorkerProcess(self.rank, node_id, os.getpid()))
-            if self.rank == 0:
+            if self.rank == 0 and config.get("beats", True):
                 threading.Thread(target=self._tell_progress, daemon=True).start()
 
     def resume_from(self) -> Checkpoint | None:

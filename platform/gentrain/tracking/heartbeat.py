@@ -13,23 +13,30 @@ from datetime import UTC, datetime
 from gentrain.tracking.store import client_for
 
 # seconds: 20 beats within reconcile's default 10 minutes, and ~0 load on a store (a run a
-# minute: one tag row rewritten twice)
-EVERY = float(os.environ.get("GENTRAIN_HEARTBEAT_S", "30"))
+# minute: one tag row rewritten twice). GENTRAIN_HEARTBEAT_S sets another; 0: none.
+EVERY = 30.0
 HEARTBEAT = "gentrain.heartbeat"  # UTC time of the last beat, ISO 8601
 HEARTBEAT_STEP = "gentrain.heartbeat_step"  # the step the run had reached then
 OWNER = "gentrain.owner"  # JSON: host, pid, its start time; ray_job and ray_address in a job
 
 
+def interval() -> float:
+    return float(os.environ.get("GENTRAIN_HEARTBEAT_S") or EVERY)
+
+
 class Heartbeat(threading.Thread):
     """Beats for `run_id` until stopped; `step` is set by whoever follows the training."""
 
-    def __init__(self, run_id: str, *, uri: str, owner: dict, every: float = EVERY):
+    def __init__(self, run_id: str, *, uri: str, owner: dict, every: float | None = None):
         super().__init__(daemon=True, name=f"gentrain-heartbeat-{run_id}")
-        self.run_id, self.uri, self.owner, self.every = run_id, uri, owner, every
+        self.run_id, self.uri, self.owner = run_id, uri, owner
+        self.every = interval() if every is None else every
         self.step: int | None = None
         self.stopping = threading.Event()
 
     def run(self) -> None:
+        if self.every <= 0:  # turned off
+            return
         self._beat(owner=True)
         while not self.stopping.wait(self.every):
             self._beat()
