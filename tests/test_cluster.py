@@ -326,6 +326,13 @@ def test_a_stopped_job_ends_killed_and_resumes_from_its_s3_checkpoint(
 
     wait_for(lambda: _checkpoints(s3_server, tmp_path), 300, "the job's first S3 checkpoint")
     assert status() == "RUNNING"
+    owner = json.loads(_only_run(tmp_path, tracking_server).data.tags["gentrain.owner"])
+    assert owner["ray_job"] == job_id and owner["ray_address"].startswith("http://")
+    reconcile = ["runs", "reconcile", f"cluster-{tmp_path.name}", "--older-than", "0s"]
+    reconcile += ["--tracking-uri", tracking_server, "--address", cluster.address]
+    admin = {**cluster.env, "RAY_ADDRESS": ""}  # signed in as the stack's admin, as the jobs are
+    running = gentrain(*reconcile, cwd=tmp_path, env=admin)  # asks the cluster: the job runs
+    assert running.returncode == 0 and running.stdout.startswith("nothing to end"), running
     logs = gentrain("jobs", "logs", job_id, "--address", cluster.address, cwd=tmp_path, env=env)
     assert "MLflow run" in logs.stdout
     listed = gentrain("jobs", "list", "--address", cluster.address, cwd=tmp_path, env=env)
@@ -335,6 +342,16 @@ def test_a_stopped_job_ends_killed_and_resumes_from_its_s3_checkpoint(
     wait_for(lambda: status() == "STOPPED", 120, "the job to stop")
     killed = lambda: _only_run(tmp_path, tracking_server).info.status == "KILLED"  # noqa: E731
     wait_for(killed, 60, "the run to end KILLED")
+    # a run its job left RUNNING (the job's driver killed with its node): the job has stopped
+    client = mlflow.MlflowClient(tracking_server)
+    run = _only_run(tmp_path, tracking_server)
+    left = client.create_run(run.info.experiment_id, tags={"gentrain.owner": json.dumps(owner)})
+    ended = gentrain(*reconcile, cwd=tmp_path, env=admin)
+    assert ended.returncode == 0, ended
+    assert f"ended run {left.info.run_id}" in ended.stdout
+    assert f"Ray job {job_id} (gone)" in ended.stdout
+    assert client.get_run(left.info.run_id).info.status == "FAILED"
+    client.delete_run(left.info.run_id)  # the experiment's one run is the job's again
 
     run_id = _only_run(tmp_path, tracking_server).info.run_id
     stopped_at = max(_loss_steps(tracking_server, run_id))

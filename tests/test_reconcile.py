@@ -79,7 +79,7 @@ def test_reconcile_ends_the_runs_whose_owner_is_gone_and_lists_them(tmp_path):
 
     fresh = _reconcile(tmp_path, uri, EXPERIMENT)  # default --older-than 10m: all beat just now
     assert fresh.returncode == 0, fresh.stderr
-    assert "no RUNNING run has a heartbeat older than 10m" in fresh.stdout
+    assert "nothing to end: no RUNNING run has a heartbeat older than 10m" in fresh.stdout
 
     listed = _reconcile(tmp_path, uri, EXPERIMENT, "--older-than", "0s", "--dry-run")
     assert listed.returncode == 0, listed.stderr

@@ -528,7 +528,11 @@ def reconcile_runs(
     except GentrainError as error:
         _fault(error)
     if not found:
-        out.print(f"no RUNNING run has a heartbeat older than {older_than}", markup=False)
+        out.print(
+            f"nothing to end: no RUNNING run has a heartbeat older than {older_than} and an "
+            "owner that is gone",
+            markup=False,
+        )
 
 
 def _silence(seconds: float) -> str:

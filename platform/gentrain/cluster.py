@@ -448,8 +448,12 @@ def this_process() -> dict:
         "started": psutil.Process().create_time(),
     }
     if in_submitted_job():
-        owner["ray_job"] = os.environ.get("RAY_JOB_SUBMISSION_ID") or ""
-        owner["ray_address"] = os.environ.get("RAY_ADDRESS") or ""
+        metadata = json.loads(os.environ[JOB_CONFIG_ENV]).get("metadata") or {}
+        owner["ray_job"] = metadata.get("job_submission_id", "")
+        try:
+            owner["ray_address"] = "http://" + ray._private.worker.get_dashboard_url()
+        except Exception:  # no dashboard: reconcile asks the cluster at --address
+            pass
     return owner
 
 
