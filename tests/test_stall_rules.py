@@ -1,0 +1,82 @@
+"""The stall rules on their own: the limits train.stall_timeout sets, and what a real py-spy dump
+of a stopped process says about where it was stuck."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gentrain import cluster, stall
+from gentrain.cluster import WorkerProcess
+
+LOOP = """
+import threading
+
+def spin():
+    while True:
+        sum(range(1000))
+
+def train():
+    spin()
+
+threading.Thread(target=train, name="TrainingThread").start()
+"""
+MAIN = "import time, gentrain.trainer\nwhile True: time.sleep(1)"  # as Ray's: elsewhere
+
+
+def test_limits_follow_the_setting():
+    assert stall.step_limit("off") is None and stall.collective_limit("off") is None
+    assert stall.step_limit(12.0) == 12.0
+    assert stall.collective_limit(10.0) == 40.0, "at least 30 s past the step limit"
+    assert stall.collective_limit(600.0) == 900.0, "half the step limit past it"
+    assert stall.step_limit("auto", slowest_step=0.5) == stall.AUTO_FLOOR
+    assert stall.step_limit("auto", slowest_step=40.0) == 400.0
+    assert stall.collective_limit("auto", slowest_step=40.0) == 600.0
+
+
+@pytest.fixture
+def stopped_trainer(tmp_path):
+    """A process whose training thread spins in gentrain/trainer.py, stopped with SIGSTOP."""
+    (tmp_path / "gentrain").mkdir()
+    (tmp_path / "gentrain" / "__init__.py").write_text("")
+    (tmp_path / "gentrain" / "trainer.py").write_text(LOOP)
+    process = subprocess.Popen([sys.executable, "-c", MAIN], cwd=tmp_path)
+    time.sleep(1.5)
+    os.kill(process.pid, signal.SIGSTOP)
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_a_stopped_rank_is_named_with_the_frame_of_its_training_thread(stopped_trainer):
+    import ray
+
+    ray.init(num_cpus=1, include_dashboard=False)
+    try:
+        node = ray.get_runtime_context().get_node_id()
+        worker = WorkerProcess(rank=1, node_id=node, pid=stopped_trainer.pid)
+        (found,) = cluster.inspect_workers([worker], stacks=True)
+    finally:
+        ray.shutdown()
+    assert found["alive"] and found["stopped"]
+    stack = stall.RankStack(rank=1, pid=worker.pid, node=node, stopped=True, text=found["text"])
+    assert stack.frames()[0].startswith("spin (gentrain/trainer.py:"), found["text"]
+    waiting = stall.RankStack(
+        rank=0,
+        pid=2,
+        node=node,
+        stopped=False,
+        text='Thread 2 (idle): "TrainingThread"\n'
+        "    all_reduce (torch/distributed/distributed_c10d.py:2950)\n"
+        "    _mean_over_workers (gentrain/trainer.py:440)\n",
+    )
+    line = stall.explain(30, 12.4, [waiting, stack])
+    assert line == (
+        "stalled after step 30: no progress for 12 s; rank 1 (process stopped) in spin "
+        f"({stack.frames()[0].split('(')[1]}; rank 0 waits in all_reduce "
+        "(torch/distributed/distributed_c10d.py:2950), called from _mean_over_workers "
+        "(gentrain/trainer.py:440)"
+    )
