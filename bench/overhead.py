@@ -129,36 +129,25 @@ def main() -> None:
     steps = 150 if args.quick else args.steps
     threads, batch_size = 2, 64
 
-    with tempfile.TemporaryDirectory() as tmp:
-        ours, optim = gentrain_loop(
-            steps=steps, batch_size=batch_size, threads=threads, workdir=Path(tmp)
-        )
-    with tempfile.TemporaryDirectory() as tmp:
-        unmonitored, _ = gentrain_loop(
-            steps=steps,
-            batch_size=batch_size,
-            threads=threads,
-            workdir=Path(tmp),
-            system_metrics=False,
-        )
-    with tempfile.TemporaryDirectory() as tmp:
-        unwatched, _ = gentrain_loop(
-            steps=steps,
-            batch_size=batch_size,
-            threads=threads,
-            workdir=Path(tmp),
-            system_metrics=False,
-            liveness="off",
-        )
-    with tempfile.TemporaryDirectory() as tmp:
-        beating, _ = gentrain_loop(
-            steps=steps,
-            batch_size=batch_size,
-            threads=threads,
-            workdir=Path(tmp),
-            system_metrics=False,
-            liveness="every_1s",
-        )
+    variants = {  # name: (system metrics, liveness)
+        "ours": (True, "default"),
+        "unmonitored": (False, "default"),
+        "unwatched": (False, "off"),
+        "beating": (False, "every_1s"),
+    }
+    rates = {}
+    for name, (system_metrics, liveness) in variants.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            rates[name], optim = gentrain_loop(
+                steps=steps,
+                batch_size=batch_size,
+                threads=threads,
+                workdir=Path(tmp),
+                system_metrics=system_metrics,
+                liveness=liveness,
+            )
+    ours, unmonitored = rates["ours"], rates["unmonitored"]
+    unwatched, beating = rates["unwatched"], rates["beating"]
     bare = bare_loop(
         steps=steps, batch_size=batch_size, lr=optim.lr, betas=optim.betas, threads=threads, seed=0
     )

@@ -92,6 +92,53 @@ def gentrain(*args: str, cwd: Path, timeout: float = 600, env: dict | None = Non
     )
 
 
+# --- a job run by a test in its own directory, tracked in that directory's mlflow.db -------------
+
+
+def local_client(workdir: Path):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+
+
+def only_run(workdir: Path, experiment: str = "dcgan-digits"):
+    client = local_client(workdir)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+def logged_through(workdir: Path) -> int:
+    """The last step whose loss the directory's only run logged (0 before it has one)."""
+    try:
+        run = only_run(workdir)
+    except Exception:
+        return 0
+    history = local_client(workdir).get_metric_history(run.info.run_id, "loss")
+    return max((m.step for m in history), default=0)
+
+
+def train_workers_of(driver_pid: int) -> list[int]:
+    """The Ray Train worker processes of the embedded Ray this driver started (other tests may
+    run Rays of their own at the same time), lowest pid first."""
+    found = subprocess.run(
+        ["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True
+    ).stdout.split()
+    return sorted(int(pid) for pid in found if _descends_from(int(pid), driver_pid))
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the parent's pid follows the state
+    return False
+
+
 def sample_grids(client, run_id: str) -> dict[int, str]:
     """step -> artifact path of each sample grid the run logged (MLflow images of key
     `samples`, as the UI's chart view shows them)."""

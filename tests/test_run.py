@@ -11,13 +11,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 from PIL import Image
 
 from browser import browse, needs_browser, ui_server
-from conftest import GENTRAIN, JOBS, gentrain, sample_grids, wait_for
+from conftest import (
+    GENTRAIN,
+    JOBS,
+    gentrain,
+    local_client,
+    logged_through,
+    only_run,
+    sample_grids,
+    train_workers_of,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -38,18 +47,6 @@ SMALL_JOB = [
     "--set",
     "eval.num_samples=200",
 ]
-
-
-def _client(workdir: Path) -> mlflow.MlflowClient:
-    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
-
-
-def _only_run(workdir: Path):
-    client = _client(workdir)
-    experiment = client.get_experiment_by_name("dcgan-digits")
-    runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 1
-    return runs[0]
 
 
 def _steps(client, run_id: str, key: str) -> list[int]:
@@ -84,7 +81,7 @@ def finished(tmp_path_factory):
         env=SECRETS,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    return workdir, result, _only_run(workdir)
+    return workdir, result, only_run(workdir)
 
 
 def test_no_planted_secret_reaches_what_the_run_wrote(finished):
@@ -100,7 +97,7 @@ def test_no_planted_secret_reaches_what_the_run_wrote(finished):
 
 def test_the_run_names_its_data_and_the_commit_of_its_spec(finished):
     workdir, _, run = finished
-    inputs = _client(workdir).get_run(run.info.run_id).inputs.dataset_inputs
+    inputs = local_client(workdir).get_run(run.info.run_id).inputs.dataset_inputs
     contexts = {i.dataset.name: {t.key: t.value for t in i.tags} for i in inputs}
     assert contexts == {
         "digits": {"mlflow.data.context": "train"},
@@ -124,13 +121,15 @@ def test_the_node_logs_what_the_machine_was_doing(finished):
     }
     assert wanted <= shown and any(name.startswith("network_") for name in shown), shown
     assert run.data.tags["gentrain.node_0"] == socket.gethostname(), "its first worker's node"
-    cpu = _client(workdir).get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+    cpu = local_client(workdir).get_metric_history(
+        run.info.run_id, "system/cpu_utilization_percentage"
+    )
     assert len(cpu) >= 2, "sampled every second through the run"
 
 
 def test_each_checkpoint_is_a_logged_model_with_its_steps_metrics(finished):
     workdir, _, run = finished
-    client = _client(workdir)
+    client = local_client(workdir)
     models = {m.name: m for m in client.search_logged_models([run.info.experiment_id])}
     assert set(models) == {
         "checkpoint-step-20",
@@ -186,7 +185,7 @@ def test_run_holds_flattened_params_and_tags(finished):
 
 def test_metrics_are_logged_by_optimizer_step(finished):
     workdir, _, run = finished
-    client = _client(workdir)
+    client = local_client(workdir)
     run_id = run.info.run_id
     for key in ("loss", "loss_g", "loss_d", "samples_per_sec"):
         assert _steps(client, run_id, key) == list(range(5, 61, 5)), key
@@ -199,7 +198,7 @@ def test_metrics_are_logged_by_optimizer_step(finished):
 
 def test_artifacts_hold_spec_samples_and_model(finished):
     workdir, _, run = finished
-    client = _client(workdir)
+    client = local_client(workdir)
     run_id = run.info.run_id
     top = {a.path for a in client.list_artifacts(run_id)}
     assert "spec.yaml" in top
@@ -234,7 +233,7 @@ def test_final_model_samples_images_in_a_fresh_process(finished):
 
 def test_model_is_registered_under_tracking_register_as(finished):
     workdir, _, run = finished
-    versions = _client(workdir).search_model_versions("name = 'digits-gan'")
+    versions = local_client(workdir).search_model_versions("name = 'digits-gan'")
     assert [v.run_id for v in versions] == [run.info.run_id]
 
 
@@ -293,11 +292,12 @@ def test_a_failing_job_ends_failed_with_its_reason_and_traceback(new_store, tmp_
     )
     assert "gentrain.errors" not in error_lines[0]
     assert error_lines[0].endswith("(gentrain --debug shows the traceback)")
-    run = _only_run(tmp_path)
+    run = only_run(tmp_path)
     assert run.info.status == "FAILED"
     assert "40.png: not a readable image" in run.data.tags["gentrain.failure"]
     # the whole traceback, the worker's own frames included, is the run's error.txt
-    error_file = _client(tmp_path).download_artifacts(run.info.run_id, "error.txt", str(tmp_path))
+    client = local_client(tmp_path)
+    error_file = client.download_artifacts(run.info.run_id, "error.txt", str(tmp_path))
     error = Path(error_file).read_text()
     assert error.startswith("Traceback") and "40.png: not a readable image" in error
     assert "[Rank 0 Error Snippet]" in error and "gentrain/trainer.py" in error, "the worker's"
@@ -330,14 +330,6 @@ def test_missing_inception_weights_stop_the_job_before_anything_starts(tmp_path)
     assert not (tmp_path / "mlflow.db").exists(), "no MLflow run was opened"
 
 
-def _logged_through(workdir: Path) -> int:
-    try:
-        run = _only_run(workdir)
-    except Exception:
-        return 0
-    return max(_steps(_client(workdir), run.info.run_id, "loss"), default=0)
-
-
 # The runs killed midway are compared with `finished` by their losses alone: without FID and IS
 # they skip importing torchmetrics at each (re)start. Evaluation draws on random streams of its
 # own, so the losses are the same.
@@ -357,10 +349,10 @@ def _start_driver(workdir: Path, *args: str) -> subprocess.Popen:
 
 def _assert_same_history_as(finished, workdir: Path, run_id: str) -> None:
     """The run's losses are the uninterrupted `finished` run's, each step logged once."""
-    client = _client(workdir)
+    client = local_client(workdir)
     assert _steps(client, run_id, "loss") == list(range(5, 61, 5)), "each step once, none missing"
     reference_dir, _, reference = finished
-    expected = _losses(_client(reference_dir), reference.info.run_id)
+    expected = _losses(local_client(reference_dir), reference.info.run_id)
     actual = _losses(client, run_id)
     for step in expected:
         assert actual[step] == pytest.approx(expected[step], rel=1e-5), step
@@ -372,20 +364,20 @@ def test_resume_after_the_driver_is_killed_continues_the_same_run(new_store, tmp
     try:
         # past step 30's evaluation, most often before step 40's checkpoint: the resumed run
         # replays from step 20, and logs step 30's samples no second time
-        wait_for(lambda: _logged_through(tmp_path) >= 35, 300, "step 35, past an evaluation", 0.2)
+        wait_for(lambda: logged_through(tmp_path) >= 35, 300, "step 35, past an evaluation", 0.2)
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
         driver.kill()
-    run_id = _only_run(tmp_path).info.run_id
-    assert _logged_through(tmp_path) < 60, "the driver was killed before the end"
+    run_id = only_run(tmp_path).info.run_id
+    assert logged_through(tmp_path) < 60, "the driver was killed before the end"
 
     resumed = gentrain("run", SPEC, *SMALL_JOB, *UNSCORED, "--resume", run_id, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    run = _only_run(tmp_path)
+    run = only_run(tmp_path)
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     _assert_same_history_as(finished, tmp_path, run_id)
-    grids = [a.path for a in _client(tmp_path).list_artifacts(run_id, "images")]
+    grids = [a.path for a in local_client(tmp_path).list_artifacts(run_id, "images")]
     steps = sorted(int(p.split("+")[2]) for p in grids if p.endswith(".png"))
     assert steps == [0, 30, 60], "each evaluation's samples once"
 
@@ -395,36 +387,15 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(new_store, tmp_pa
     no_system_metrics = ["tracking.system_metrics=false", "tracking.system_metrics_every=1"]
     driver = _start_driver(tmp_path, *(x for s in no_system_metrics for x in ("--set", s)))
     try:
-        wait_for(lambda: _logged_through(tmp_path) >= 25, 300, "step 25, past a checkpoint", 0.2)
-        workers = _train_workers_of(driver.pid)
+        wait_for(lambda: logged_through(tmp_path) >= 25, 300, "step 25, past a checkpoint", 0.2)
+        workers = train_workers_of(driver.pid)
         assert len(workers) == 2
         os.kill(workers[-1], signal.SIGKILL)
         _, stderr = driver.communicate(timeout=300)
     finally:
         driver.kill()
     assert driver.returncode == 0, stderr
-    run = _only_run(tmp_path)
+    run = only_run(tmp_path)
     assert run.info.status == "FINISHED"
     assert not [name for name in run.data.metrics if name.startswith("system/")], "turned off"
     _assert_same_history_as(finished, tmp_path, run.info.run_id)
-
-
-def _train_workers_of(driver_pid: int) -> list[int]:
-    """The Ray Train worker processes of the embedded Ray this driver started (other tests may
-    run Rays of their own at the same time)."""
-    found = subprocess.run(
-        ["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True
-    ).stdout.split()
-    return [int(pid) for pid in found if _descends_from(int(pid), driver_pid)]
-
-
-def _descends_from(pid: int, ancestor: int) -> bool:
-    while pid > 1:
-        if pid == ancestor:
-            return True
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the parent's pid follows the state
-    return False

@@ -80,3 +80,27 @@ def test_a_stopped_rank_is_named_with_the_frame_of_its_training_thread(stopped_t
         "(torch/distributed/distributed_c10d.py:2950), called from _mean_over_workers "
         "(gentrain/trainer.py:440)"
     )
+
+
+COLLECTIVE_TIMEOUTS = """
+import torch, torch.distributed as dist
+from gentrain.trainer import set_collective_timeout
+
+def timeout(group):
+    return group._get_backend(torch.device("cpu")).options._timeout.total_seconds()
+
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+before = dist.new_group([0])
+set_collective_timeout(450.0)
+after = dist.new_group([0])
+print(timeout(dist.distributed_c10d._get_default_group()), timeout(before), timeout(after))
+"""
+
+
+def test_the_collective_timeout_reaches_every_group_now_and_later():
+    """What a worker sets from train.stall_timeout (and raises under auto as steps slow)."""
+    done = subprocess.run(
+        [sys.executable, "-c", COLLECTIVE_TIMEOUTS], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["450.0", "450.0", "450.0"], "torch's default is 1800"

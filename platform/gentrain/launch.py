@@ -250,10 +250,9 @@ def fit(
     try:
         result = trainer.fit()
     except Exception as err:
-        if watchdog.stall:  # the stall is why, not the workers the watchdog killed
-            raise GentrainError(
-                f"{watchdog.stall.message}; stacks in MLflow {stall_artifacts(watchdog.stall)}"
-            ) from err
+        if stalled := watchdog.cause():  # why, rather than the workers the watchdog killed
+            where = stall_artifacts(stalled)
+            raise GentrainError(f"{stalled.message}; stacks in MLflow {where}") from err
         raise
     finally:
         watchdog.stop()

@@ -202,8 +202,8 @@ class TrainSection(Section):
     max_failures: int = Field(2, ge=0, description="worker-group restarts before the job fails")
     stall_timeout: float | Literal["auto", "off"] = Field(
         "auto",
-        description="seconds without a step before a run is stalled (stacks dumped, workers "
-        "restarted); auto: 10x the slowest step, at least 300 s",
+        description="seconds without progress before a run is stalled (its stacks dumped, its "
+        "workers restarted); auto: 10x the slowest step, at least 300 s; off",
     )
     on_nan: Literal["stop", "skip_step"] = Field(
         "stop", description="a NaN/Inf loss: fail the run, or skip that optimizer step (ddp)"

@@ -141,7 +141,8 @@ class Watchdog(threading.Thread):
         self.on_stall, self.on_step, self.interval = on_stall, on_step, interval
         self.stopping = threading.Event()
         self.stall: Stall | None = None  # the latest
-        self._attempt: tuple[int, ...] = ()
+        self._stalled_attempt: tuple[int, ...] = ()
+        self._attempt: tuple[int, ...] = ()  # its workers' pids
         self._reset()
 
     def _reset(self) -> None:
@@ -199,8 +200,13 @@ class Watchdog(threading.Thread):
         ]
         step = self._beat.step
         self.stall = Stall(step, silent, stacks, explain(step, silent, stacks))
-        self._stalled_at = time.monotonic()
+        self._stalled_attempt, self._stalled_at = self._attempt, time.monotonic()
         self.on_stall(self.stall)
+
+    def cause(self) -> Stall | None:
+        """The stall of the workers that were running last, if they stalled: why the run failed
+        when Ray Train gives up on them."""
+        return self.stall if self.stall and self._stalled_attempt == self._attempt else None
 
     def stop(self) -> None:
         self.stopping.set()

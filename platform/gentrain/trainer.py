@@ -1,6 +1,7 @@
 """The one training loop, run by every Ray Train worker: the family supplies the step, the strategy
 the parallelism; this loop owns data, checkpoints, evaluation, metrics and reporting."""
 
+import contextlib
 import json
 import logging
 import os
@@ -575,7 +576,8 @@ def set_collective_timeout(seconds: float) -> None:
     distributed_c10d.default_pg_nccl_timeout = limit
     if torch.distributed.is_initialized():
         for group in list(distributed_c10d._world.pg_map):
-            torch.distributed.set_timeout(limit, group)
+            with contextlib.suppress(ValueError):  # a group this process is not part of
+                torch.distributed.set_timeout(limit, group)
 
 
 def _restore(

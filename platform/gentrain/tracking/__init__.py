@@ -43,7 +43,6 @@ __all__ = [
     "check_run_exists", "check_run_id", "client_for", "compare", "Comparison", "end_open_trials",
     "end_run", "is_loopback", "log_text", "load_model_state", "log_pytorch_model",
     "log_sweep_outcome", "outbox_dir", "outbox_root", "resolve_tracking_uri", "run_status",
-    "RunLogger",
-    "save_sweep_view", "set_tag", "start_run", "start_sweep_run", "sweep_view_path", "trial_run",
-    "trial_run_id", "ui_command", "ui_sign_in", "unfinished_sweep_run",
+    "RunLogger", "save_sweep_view", "set_tag", "start_run", "start_sweep_run", "sweep_view_path",
+    "trial_run", "trial_run_id", "ui_command", "ui_sign_in", "unfinished_sweep_run",
 ]  # fmt: skip

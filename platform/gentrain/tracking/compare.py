@@ -6,7 +6,7 @@ from typing import Any
 
 from gentrain.errors import SpecError
 from gentrain.tracking.access import refusal
-from gentrain.tracking.heartbeat import age, interval
+from gentrain.tracking.heartbeat import EVERY, age
 from gentrain.tracking.runs import PARENT, SAMPLED, children
 from gentrain.tracking.store import client_for
 
@@ -78,7 +78,7 @@ def _status(run) -> str:
     """The run's status; a RUNNING run whose owner stopped beating says so (`gentrain runs
     reconcile` ends it once its owner is gone)."""
     silent = age(run.data.tags) if run.info.status == "RUNNING" else None
-    if silent is None or silent < 3 * interval():  # three heartbeats missed
+    if silent is None or silent < 3 * EVERY:  # three heartbeats missed
         return run.info.status
     return f"RUNNING (no heartbeat for {_duration(silent)})"
 
