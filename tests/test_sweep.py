@@ -5,6 +5,7 @@ child runs they leave in MLflow, the comparison table, and resume after a killed
 import csv
 import io
 import itertools
+import json
 import math
 import os
 import signal
@@ -99,6 +100,9 @@ def test_grid_runs_the_cartesian_product_one_child_run_each(grid):
     for run in children:
         assert run.info.status == "FINISHED"
         assert run.data.params["optim.lr"] == _sampled(run, "optim.lr")  # a full gentrain run
+        # each trial's own process beats for it
+        assert json.loads(run.data.tags["gentrain.owner"])["pid"] != os.getpid()
+        assert "gentrain.heartbeat" in run.data.tags
         assert _steps(client, run.info.run_id, "loss") == list(range(1, STEPS + 1))
         assert _steps(client, run.info.run_id, "perplexity") == [2, 4, 6]
     experiment_id = children[0].info.experiment_id
@@ -119,6 +123,8 @@ def test_the_parent_run_holds_the_sweep_and_its_best_trial(grid):
     children = _children(grid)
     best = min(children, key=lambda r: r.data.metrics["perplexity"])
     assert parent.info.status == "FINISHED"
+    assert json.loads(parent.data.tags["gentrain.owner"])["pid"] == os.getpid(), "the driver's"
+    assert "gentrain.heartbeat" in parent.data.tags
     assert parent.data.params["sweep.search"] == "grid"
     assert parent.data.params["sweep.space.optim.lr.grid"] == "[0.001, 0.01]"
     assert parent.data.metrics["best_perplexity"] == best.data.metrics["perplexity"]

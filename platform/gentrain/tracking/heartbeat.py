@@ -37,12 +37,14 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         if self.every <= 0:  # turned off
             return
-        self._beat(owner=True)
+        for _ in range(3):  # the owner is told once: a busy store gets another try
+            if self._beat(owner=True) or self.stopping.wait(1):
+                break
         while not self.stopping.wait(self.every):
             self._beat()
         self._beat()  # the final step
 
-    def _beat(self, owner: bool = False) -> None:
+    def _beat(self, owner: bool = False) -> bool:
         from mlflow.entities import RunTag
 
         tags = {HEARTBEAT: format_time(time.time())}
@@ -55,7 +57,8 @@ class Heartbeat(threading.Thread):
                 self.run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True
             )
         except Exception:  # the store is away: the next beat tries again (reconcile waits long)
-            pass
+            return False
+        return True
 
     def stop(self) -> None:
         """A last beat with the final step, then no more. Not waited for long: a store that is
