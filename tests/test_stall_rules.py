@@ -84,7 +84,7 @@ def test_a_stopped_rank_is_named_with_the_frame_of_its_training_thread(stopped_t
 
 COLLECTIVE_TIMEOUTS = """
 import torch, torch.distributed as dist
-from gentrain.trainer import set_collective_timeout
+from gentrain.collectives import set_collective_timeout
 
 def timeout(group):
     return group._get_backend(torch.device("cpu")).options._timeout.total_seconds()

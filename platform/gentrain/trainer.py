@@ -1,11 +1,9 @@
 """The one training loop, run by every Ray Train worker: the family supplies the step, the strategy
 the parallelism; this loop owns data, checkpoints, evaluation, metrics and reporting."""
 
-import contextlib
 import json
 import logging
 import os
-import random
 import shutil
 import tempfile
 import threading
@@ -13,18 +11,16 @@ import time
 import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import ray
 import ray.train
 import ray.train.torch
 import torch
 from ray.train import Checkpoint
 
-from gentrain import checkpoints, stall
+from gentrain import checkpoints, collectives, rng, stall
 from gentrain.cluster import WorkerProcess
 from gentrain.data import Data, open_data
 from gentrain.data.augment import augment
@@ -156,7 +152,7 @@ def train(config: dict[str, Any], session: Session) -> None:
             logger.log_datasets(dataset_inputs(data, spec.data.source))
         if logger and hasattr(data.tokenizer, "to_json"):
             _log_tokenizer(data.tokenizer, logger)
-        _seed_everything(spec.train.seed)  # same initial weights on every rank
+        rng.seed_everything(spec.train.seed)  # same initial weights on every rank
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             models = step_fn.build(
@@ -263,10 +259,10 @@ def _train_models(
             tracking_uri=config["tracking_uri"],
         )
     if collective_s := stall.collective_limit(spec.train.stall_timeout):
-        set_collective_timeout(collective_s)
+        collectives.set_collective_timeout(collective_s)
     strategy = make_strategy(spec, device=device, world=world, rank=rank)
     strategy.prepare(models, step_fn)
-    _seed_everything(spec.train.seed * 1000 + rank)  # each rank draws its own noise
+    rng.seed_everything(spec.train.seed * 1000 + rank)  # each rank draws its own noise
 
     start_step, positions = _restore(
         strategy,
@@ -425,7 +421,7 @@ class _Loop:
             self.slowest_step = seconds
             after = stall.collective_limit(self.spec.train.stall_timeout, seconds)
             if after is not None and after > before:
-                set_collective_timeout(after)
+                collectives.set_collective_timeout(after)
         self.session.beat(step, self.slowest_step)
 
     def _on_nan(self, loss: float, step: int) -> None:
@@ -466,14 +462,14 @@ class _Loop:
         preview (sample grid or texts), on rank 0."""
         with self.strategy.full_models() as models:
             if self.rank != 0:
-                _wait_for_rank0(f"gentrain/evaluated/{step}")
+                collectives.wait_for_rank0(f"gentrain/evaluated/{step}")
                 return {}
             started = time.perf_counter()
             scores = self.evaluation.run(models, step)
             self.logger.log_metrics({"eval_seconds": time.perf_counter() - started}, step=step)
             if self.board and scores:
                 self.board.push.remote(self.run_id, step, scores)
-            _tell_others(f"gentrain/evaluated/{step}")
+            collectives.tell_others(f"gentrain/evaluated/{step}")
             return scores
 
     def _preview_untrained(self) -> None:
@@ -481,9 +477,9 @@ class _Loop:
         with self.strategy.full_models() as models:
             if self.rank == 0:
                 self.evaluation.run(models, 0, scored=False)
-                _tell_others("gentrain/evaluated/0")
+                collectives.tell_others("gentrain/evaluated/0")
             else:
-                _wait_for_rank0("gentrain/evaluated/0")
+                collectives.wait_for_rank0("gentrain/evaluated/0")
 
     def _checkpoint(self, step: int, metrics: dict[str, float]) -> None:
         """Every rank writes its part (the strategy's state, its RNG streams; rank 0 the step
@@ -495,7 +491,7 @@ class _Loop:
         directory = Path(tempfile.mkdtemp(prefix="gentrain-checkpoint-"))
         try:
             writing = self.strategy.save(directory, rank=self.rank)
-            torch.save(_rng_state(), directory / f"rng_rank{self.rank}.pt")
+            torch.save(rng.rng_state(), directory / f"rng_rank{self.rank}.pt")
             if self.rank == 0:
                 state = {
                     "step": step,
@@ -550,36 +546,6 @@ class _Loop:
         )
 
 
-# While rank 0 evaluates, the other ranks wait for it outside any collective: an evaluation may
-# take longer than a collective may wait (train.stall_timeout), and the driver's watchdog follows
-# rank 0's progress through it.
-EVALUATION_WAIT = timedelta(days=1)
-
-
-def _tell_others(key: str) -> None:
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        torch.distributed.distributed_c10d._get_default_store().set(key, "1")
-
-
-def _wait_for_rank0(key: str) -> None:
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        torch.distributed.distributed_c10d._get_default_store().wait([key], EVALUATION_WAIT)
-
-
-def set_collective_timeout(seconds: float) -> None:
-    """How long a collective of this process waits for its peers: the groups there are and
-    those made from now on (a pipeline's, DeepSpeed's)."""
-    from torch.distributed import distributed_c10d
-
-    limit = timedelta(seconds=seconds)
-    distributed_c10d.default_pg_timeout = limit
-    distributed_c10d.default_pg_nccl_timeout = limit
-    if torch.distributed.is_initialized():
-        for group in list(distributed_c10d._world.pg_map):
-            with contextlib.suppress(ValueError):  # a group this process is not part of
-                torch.distributed.set_timeout(limit, group)
-
-
 def _restore(
     strategy: Strategy,
     checkpoint: Checkpoint | None,
@@ -610,9 +576,9 @@ def _restore(
                 f"({changed}); resume with --allow-data-change to train on it anyway"
             )
         strategy.load(directory)
-        rng = directory / f"rng_rank{rank}.pt"
-        if rng.exists():  # a rank the checkpoint's run did not have keeps its seeded streams
-            _set_rng_state(torch.load(rng, weights_only=True))
+        streams = directory / f"rng_rank{rank}.pt"
+        if streams.exists():  # a rank the checkpoint's run did not have keeps its seeded streams
+            rng.set_rng_state(torch.load(streams, weights_only=True))
     if logger:
         # a restart or a resumed run loads its own checkpoint; a PBT exploit another trial's
         if state["mlflow_run_id"] == logger.run_id:
@@ -628,42 +594,3 @@ def _restore(
         logger.set_tag("gentrain.data_changed", changed[:5000])
     positions = saved.get("positions")  # older checkpoints: the data's order from its start
     return state["step"], [Position(**p) for p in positions] if positions else None
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every random stream, as tensors and plain numbers: what torch.load(weights_only=True)
-    reads back (no pickled objects in a checkpoint)."""
-    version, words, gauss = random.getstate()
-    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
-    state = {
-        "python": {"version": version, "words": torch.tensor(words), "gauss": gauss},
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "position": position,
-            "has_gauss": has_gauss,
-            "cached_gauss": cached_gauss,
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    python, numpy = state["python"], state["numpy"]
-    random.setstate((python["version"], tuple(python["words"].tolist()), python["gauss"]))
-    keys = numpy["keys"].numpy().astype(np.uint32)
-    np.random.set_state(
-        (numpy["kind"], keys, numpy["position"], numpy["has_gauss"], numpy["cached_gauss"])
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
