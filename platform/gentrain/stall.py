@@ -170,7 +170,7 @@ class Watchdog(threading.Thread):
         rank0 = next(w for w in workers if w.rank == 0)
         now = time.monotonic()
         progressed = self._beat is None or beat is None or beat.count != self._beat.count
-        if beat and beat.pid == rank0.pid and progressed:
+        if beat and beat.count and beat.pid == rank0.pid and progressed:
             self._beat, self._progress_at, self._stalled_at = beat, now, None
             self.on_step(beat.step)
         if self._beat is None:

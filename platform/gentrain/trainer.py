@@ -116,8 +116,10 @@ class RayTrainSession:
 
     def _tell_progress(self) -> None:
         """Rank 0's progress, sent once a second from a thread of its own: a step costs no
-        call, and a training thread that hangs leaves its last step told."""
-        told = None
+        call, and a training thread that hangs leaves its last step told. Nothing is told
+        before the first progress: the watchdog is armed by it, not by a worker still starting
+        (restoring a checkpoint, building its model)."""
+        told = self.latest
         while True:
             time.sleep(self.BEAT_EVERY)
             if self.latest != told:
