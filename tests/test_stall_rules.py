@@ -62,12 +62,11 @@ def test_a_stopped_rank_is_named_with_the_frame_of_its_training_thread(stopped_t
     finally:
         ray.shutdown()
     assert found["alive"] and found["stopped"]
-    stack = stall.RankStack(rank=1, pid=worker.pid, node=node, stopped=True, text=found["text"])
+    stack = stall.RankStack(rank=1, pid=worker.pid, stopped=True, text=found["text"])
     assert stack.frames()[0].startswith("spin (gentrain/trainer.py:"), found["text"]
     waiting = stall.RankStack(
         rank=0,
         pid=2,
-        node=node,
         stopped=False,
         text='Thread 2 (idle): "TrainingThread"\n'
         "    all_reduce (torch/distributed/distributed_c10d.py:2950)\n"

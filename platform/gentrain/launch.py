@@ -400,11 +400,10 @@ class _Relay(threading.Thread):
             if self.callback:
                 self.callback(step, metrics)
         for text in warnings:
-            if self.on_warning:
-                self.on_warning(text)
+            self.warn(text)
 
     def warn(self, text: str) -> None:
-        """A warning of the driver's own (the watchdog's)."""
+        """A worker's warning, or one of the driver's own (the watchdog's)."""
         if self.on_warning:
             self.on_warning(text)
 

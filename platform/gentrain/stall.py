@@ -37,7 +37,6 @@ class RankStack:
 
     rank: int
     pid: int
-    node: str
     stopped: bool  # the process was stopped (SIGSTOP, a debugger)
     text: str  # py-spy's dump, or why there is none
 
@@ -169,8 +168,8 @@ class Watchdog(threading.Thread):
             self._reset()
         rank0 = next(w for w in workers if w.rank == 0)
         now = time.monotonic()
-        progressed = self._beat is None or beat is None or beat.count != self._beat.count
-        if beat and beat.count and beat.pid == rank0.pid and progressed:
+        progressed = beat and beat.count and (self._beat is None or beat.count != self._beat.count)
+        if progressed and beat.pid == rank0.pid:
             self._beat, self._progress_at, self._stalled_at = beat, now, None
             self.on_step(beat.step)
         if self._beat is None:
@@ -195,7 +194,7 @@ class Watchdog(threading.Thread):
         if not all(f["alive"] for f in found):  # a worker died: Ray Train restarts them
             return
         stacks = [
-            RankStack(rank=w.rank, pid=w.pid, node=w.node_id, stopped=f["stopped"], text=f["text"])
+            RankStack(rank=w.rank, pid=w.pid, stopped=f["stopped"], text=f["text"])
             for w, f in sorted(zip(workers, found, strict=True), key=lambda p: p[0].rank)
         ]
         step = self._beat.step
