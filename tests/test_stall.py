@@ -2,6 +2,7 @@
 driver killed with SIGKILL whose run stays RUNNING. Each on a real embedded Ray and a local
 MLflow store, bounded in time."""
 
+import contextlib
 import json
 import os
 import re
@@ -90,6 +91,19 @@ def _stop_a_worker(workdir: Path, driver: subprocess.Popen) -> tuple[list[int], 
     return workers, restarted_after, stderr
 
 
+def _the_stall_line(stderr: str) -> str:
+    lines = [x for x in stderr.splitlines() if "stalled after step" in x]
+    assert len(lines) == 1, f"one stall, and one only:\n{stderr}"
+    return lines[0]
+
+
+def _heartbeat_step(workdir: Path) -> int:
+    try:
+        return int(only_run(workdir).data.tags.get("gentrain.heartbeat_step", 0))
+    except Exception:  # no run yet
+        return 0
+
+
 def _finished_with_one_history(workdir: Path):
     run = only_run(workdir)
     steps = [m.step for m in local_client(workdir).get_metric_history(run.info.run_id, "loss")]
@@ -110,7 +124,7 @@ def test_a_frozen_worker_has_its_stack_dumped_and_is_restarted(new_store, tmp_pa
     (path,) = stalls
     assert path.startswith("stall/step_") and path.endswith("/rank_0.txt")
     assert f"Process {worker}" in stalls[path] and "trainer.py" in stalls[path], stalls[path]
-    (line,) = [x for x in stderr.splitlines() if "stalled after step" in x]
+    line = _the_stall_line(stderr)
     assert "rank 0 (process stopped) in " in line and "stall/step_" in line, line
     assert STALL_TIMEOUT <= restarted_after < STALL_TIMEOUT + 60
 
@@ -129,7 +143,7 @@ def test_a_collective_left_waiting_by_a_stopped_rank_times_out(new_store, tmp_pa
     assert sorted(stacks) == [0, 1]
     (stopped,) = [rank for rank, text in stacks.items() if f"Process {workers[0]}:" in text]
     waiting = 1 - stopped
-    (line,) = [x for x in stderr.splitlines() if "stalled after step" in x]
+    line = _the_stall_line(stderr)
     assert f"rank {stopped} (process stopped) in " in line, line
     assert f"rank {waiting} waits in " in line, line
     failures = [x for x in stderr.splitlines() if f"worker rank {waiting} failed" in x]
@@ -142,12 +156,20 @@ def test_a_killed_drivers_run_is_reconciled_and_still_resumes(new_store, tmp_pat
     """The driver and its embedded Ray are SIGKILLed (its machine went away): the run stays
     RUNNING until `gentrain runs reconcile` finds its heartbeat old and its owner gone."""
     new_store(tmp_path)
-    driver = _start(tmp_path, env={"GENTRAIN_HEARTBEAT_S": "1"})
+    # long enough that the driver dies mid-run: 60 steps take ~2 s
+    longer = [*("--set", "train.max_steps=600"), *("--set", "train.eval_every=300")]
+    driver = _start(tmp_path, *longer, env={"GENTRAIN_HEARTBEAT_S": "1"})
+    workers = []
     try:
-        wait_for(lambda: logged_through(tmp_path) >= 25, 300, "step 25, past a checkpoint", 0.2)
-        time.sleep(2)  # a heartbeat with a step
+        wait_for(lambda: _heartbeat_step(tmp_path) >= 20, 300, "a heartbeat past step 20", 0.2)
+        workers = train_workers_of(driver.pid)
+        for worker in workers:  # the run cannot end before its driver dies
+            os.kill(worker, signal.SIGSTOP)
     finally:
         _kill_group(driver)
+        for worker in workers:  # groups of their own; stopped, they would not see Ray go
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGKILL)
         driver.wait(timeout=60)
     run = only_run(tmp_path)
     run_id, step = run.info.run_id, run.data.tags["gentrain.heartbeat_step"]
@@ -166,8 +188,8 @@ def test_a_killed_drivers_run_is_reconciled_and_still_resumes(new_store, tmp_pat
     assert run.info.status == "FAILED"
     assert run.data.tags["gentrain.failure"] == f"heartbeat lost at step {step}"
 
-    resumed = gentrain("run", SPEC, *JOB, "--resume", run_id, cwd=tmp_path)
+    resumed = gentrain("run", SPEC, *JOB, *longer, "--resume", run_id, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     run = only_run(tmp_path)
     steps = [m.step for m in local_client(tmp_path).get_metric_history(run_id, "loss")]
-    assert run.info.status == "FINISHED" and steps == list(range(5, 61, 5))
+    assert run.info.status == "FINISHED" and steps == list(range(5, 601, 5))

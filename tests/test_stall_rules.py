@@ -37,6 +37,26 @@ def test_limits_follow_the_setting():
     assert stall.collective_limit("auto", slowest_step=40.0) == 600.0
 
 
+def test_the_pulse_sends_progress_and_beats_alone_only_while_rank_0_works():
+    sent = []
+    pulse = stall.Pulse(pid=7, every=0.02)
+    pulse.start(sent.append)
+    time.sleep(0.2)
+    assert sent == [], "nothing before the first progress"
+    pulse.beat(3, slowest_step=0.5)
+    time.sleep(0.2)
+    assert sent == [stall.Beat(7, step=3, count=1, slowest_step=0.5)], "the latest, once"
+    with pulse.working():
+        time.sleep(0.2)
+    during = len(sent)
+    assert during > 3 and {b.step for b in sent} == {3}, "beats while working, at its step"
+    time.sleep(0.2)
+    assert len(sent) <= during + 1, "silent again once the work is done"
+    pulse.finished()
+    time.sleep(0.2)
+    assert len(sent) > during + 3, "beats from the end of training on"
+
+
 @pytest.fixture
 def stopped_trainer(tmp_path):
     """A process whose training thread spins in gentrain/trainer.py, stopped with SIGSTOP."""

@@ -7,7 +7,8 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 AUTO_FLOOR = 300.0  # seconds: auto never calls a run stalled sooner
@@ -103,6 +104,50 @@ class Beat:
     step: int
     count: int
     slowest_step: float  # seconds, this attempt's slowest training step so far
+
+
+class Pulse:
+    """Rank 0's progress, as the driver's watchdog hears it. `beat` (each step, each part of
+    an evaluation) only records; a thread of its own sends the latest beat once a second, so a
+    step costs no call and a training thread that hangs leaves its last step told. Nothing is
+    sent before the first progress: the watchdog is armed by it, not by a worker still starting
+    (restoring a checkpoint, building its model). While rank 0 is `working` at something with
+    no step to show (exporting the model), or has `finished`, the thread beats for it; a frozen
+    process sends nothing either way."""
+
+    EVERY = 1.0  # seconds
+
+    def __init__(self, pid: int, every: float = EVERY):
+        self.latest = Beat(pid, step=0, count=0, slowest_step=0.0)
+        self.every = every
+        self._working = 0
+
+    def beat(self, step: int, slowest_step: float) -> None:
+        self.latest = Beat(self.latest.pid, step, self.latest.count + 1, slowest_step)
+
+    @contextmanager
+    def working(self) -> Iterator[None]:
+        self._working += 1
+        try:
+            yield
+        finally:
+            self._working -= 1
+
+    def finished(self) -> None:
+        self._working += 1  # until the process ends: its logs closing, Ray winding it up
+
+    def start(self, send: Callable[[Beat], None]) -> None:
+        threading.Thread(target=self._send, args=(send,), daemon=True).start()
+
+    def _send(self, send: Callable[[Beat], None]) -> None:
+        told = self.latest
+        while True:
+            time.sleep(self.every)
+            if self._working:
+                self.beat(self.latest.step, self.latest.slowest_step)
+            if self.latest != told:
+                told = self.latest
+                send(told)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ MLflow run holding the sweep and its outcome, one child run per trial."""
 import math
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -340,6 +341,12 @@ class _TrialSession:
 
     def beat(self, step: int, slowest_step: float) -> None:
         self.heartbeat.step = step  # the trial's own process trains it: no watchdog apart
+
+    def working(self) -> AbstractContextManager:
+        return nullcontext()
+
+    def finished(self) -> None:
+        pass
 
 
 def _single_process_group(spec: JobSpec) -> None:

@@ -6,10 +6,10 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
 import warnings
 from concurrent.futures import Future
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,7 +32,6 @@ from gentrain.families import FamilyStep, FamilyWarning, get_family
 from gentrain.memory import is_out_of_memory, out_of_memory_message, peak_memory
 from gentrain.noise import DrawPlan
 from gentrain.spec import JobSpec
-from gentrain.stall import Beat
 from gentrain.strategies import Strategy, describe, layout, make_strategy
 from gentrain.tracking import RunLogger, outbox_dir
 from gentrain.tracking import system as system_metrics
@@ -60,6 +59,13 @@ class Session(Protocol):
     def beat(self, step: int, slowest_step: float) -> None:
         """Rank 0 made progress at `step` (a training step, a part of an evaluation)."""
 
+    def working(self) -> AbstractContextManager:
+        """Rank 0 is busy with no step to show (exporting the model): progress meanwhile."""
+
+    def finished(self) -> None:
+        """Rank 0's training is over: what remains (closing the logs, Ray winding the workers
+        up) is no stall."""
+
 
 class PlainSession:
     """A training process outside Ray (a benchmark's baseline, a test's reference run): no
@@ -78,10 +84,14 @@ class PlainSession:
     def beat(self, step: int, slowest_step: float) -> None:
         pass
 
+    def working(self) -> AbstractContextManager:
+        return nullcontext()
+
+    def finished(self) -> None:
+        pass
+
 
 class RayTrainSession:
-    BEAT_EVERY = 1.0  # seconds: how often rank 0 tells the driver's watchdog of its progress
-
     def __init__(self, config: dict[str, Any]):
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
@@ -91,12 +101,12 @@ class RayTrainSession:
         self.one_node = context.get_local_world_size() == self.world
         self.run_id = config["run_id"]
         self.board = ray.get_actor(config["progress"]) if config.get("progress") else None
-        self.latest = Beat(os.getpid(), step=0, count=0, slowest_step=0.0)
+        self.pulse = stall.Pulse(os.getpid())
         if self.board:  # the watchdog's: where to find this process, and rank 0's progress
             node_id = ray.get_runtime_context().get_node_id()
             self.board.register.remote(self.run_id, WorkerProcess(self.rank, node_id, os.getpid()))
             if self.rank == 0 and config.get("beats", True):
-                threading.Thread(target=self._tell_progress, daemon=True).start()
+                self.pulse.start(lambda beat: self.board.beat.remote(self.run_id, beat))
 
     def resume_from(self) -> Checkpoint | None:
         """Ray Train's latest checkpoint of this run, or a newer one in the run's directory: a
@@ -112,19 +122,13 @@ class RayTrainSession:
         ray.train.report(metrics, checkpoint=saved)
 
     def beat(self, step: int, slowest_step: float) -> None:
-        self.latest = Beat(self.latest.pid, step, self.latest.count + 1, slowest_step)
+        self.pulse.beat(step, slowest_step)
 
-    def _tell_progress(self) -> None:
-        """Rank 0's progress, sent once a second from a thread of its own: a step costs no
-        call, and a training thread that hangs leaves its last step told. Nothing is told
-        before the first progress: the watchdog is armed by it, not by a worker still starting
-        (restoring a checkpoint, building its model)."""
-        told = self.latest
-        while True:
-            time.sleep(self.BEAT_EVERY)
-            if self.latest != told:
-                told = self.latest
-                self.board.beat.remote(self.run_id, told)
+    def working(self) -> AbstractContextManager:
+        return self.pulse.working()
+
+    def finished(self) -> None:
+        self.pulse.finished()
 
 
 def train_fn(config: dict[str, Any]) -> None:
@@ -411,8 +415,10 @@ class _Loop:
                 self.session.report(progress)
         with self.strategy.full_models() as models:
             if self.rank == 0:
-                self._export(models)
+                with self.session.working():
+                    self._export(models)
         self._commit()
+        self.session.finished()
 
     def _stepped(self, step: int, seconds: float) -> None:
         """Tell the watchdog; under train.stall_timeout auto, a step slower than any before
