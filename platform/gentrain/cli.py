@@ -236,6 +236,50 @@ def validate(spec: str, sets: SetOption = []) -> None:  # noqa: B006  (typer rea
 
 
 @app.command()
+def plan(
+    spec: str,
+    sets: SetOption = [],  # noqa: B006
+    device_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--device-memory",
+            help="Memory per worker, e.g. 24GiB (default: the first GPU's, else the RAM here).",
+        ),
+    ] = None,
+    workers: Annotated[
+        str | None,
+        typer.Option("--workers", help="Worker counts to plan, e.g. 1,2,4 (default: the spec's)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+) -> None:
+    """What the job needs per worker under each strategy, whether it fits, and the one to use.
+    Builds the model and measures one micro-batch on this machine; starts nothing."""
+    from gentrain.plan import make_plan, parse_size
+    from gentrain.plan.show import show
+
+    job = _load(spec, sets)
+    memory = None
+    if device_memory is not None:
+        try:
+            memory = parse_size(device_memory)
+        except ValueError as error:
+            _fail(f"--device-memory: {error}", 2)
+    counts = None
+    if workers is not None:
+        try:
+            counts = sorted({int(part) for part in workers.split(",")})
+        except ValueError:
+            counts = [0]
+        if min(counts) < 1:
+            _fail(f"--workers: worker counts of 1 or more, such as 1,2,4 (got {workers!r})", 2)
+    planned = make_plan(job, memory=memory, workers=counts)
+    if as_json:
+        out.print_json(json.dumps(planned.json_rows()))
+    else:
+        show(planned, out)
+
+
+@app.command()
 def run(
     spec: str,
     sets: SetOption = [],  # noqa: B006

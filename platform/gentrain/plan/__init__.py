@@ -1,0 +1,104 @@
+"""`gentrain plan`: what a job needs per worker under each layout it could train in (ddp, fsdp,
+ZeRO 1-3 with offload, pipelines), whether that fits the workers' memory, what each sends per
+step, and the layout to pick: of those that fit, the one that sends least, then on the fewest
+workers, then the simplest."""
+
+import re
+from dataclasses import dataclass
+
+from gentrain.plan.estimate import Layout, Row, estimate, layouts
+from gentrain.plan.probe import Probe, probe
+from gentrain.spec import JobSpec
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+@dataclass
+class Plan:
+    spec: JobSpec
+    probe: Probe
+    memory: int  # bytes each worker may hold
+    memory_source: str  # where that figure comes from
+    rows: list[Row]
+    chosen: Row | None
+
+    def reason(self) -> str:
+        if self.chosen is None:
+            smallest = min(self.rows, key=lambda row: row.total_bytes)
+            return (
+                f"no layout fits in {size(self.memory)} per worker ({self.memory_source}): the "
+                f"smallest, {smallest.name} on {_workers(smallest.workers)}, needs "
+                f"{size(smallest.total_bytes)}"
+            )
+        fitting = [row for row in self.rows if row.fits]
+        row = self.chosen
+        return (
+            f"{row.name} on {_workers(row.workers)}: it holds {size(row.total_bytes)} of "
+            f"{size(self.memory)} per worker and sends {size(row.comm_bytes_per_step)} a step, "
+            f"the least of the {len(fitting)} layouts that fit"
+        )
+
+    def json_rows(self) -> list[dict]:
+        return [{**row.to_dict(), "recommended": row is self.chosen} for row in self.rows]
+
+
+def make_plan(
+    spec: JobSpec, *, memory: int | None = None, workers: list[int] | None = None
+) -> Plan:
+    """Probe the spec's model on this machine and estimate every layout at each worker count
+    (default: the spec's train.workers) against `memory` bytes per worker (default: the first
+    GPU's memory where there is one, else this machine's RAM)."""
+    source = "--device-memory"
+    if memory is None:
+        memory, source = default_memory()
+    measured = probe(spec)
+    on_cpu = not spec.train.use_gpu
+    rows = [
+        estimate(spec, measured, layout, device_memory=memory, on_cpu=on_cpu)
+        for layout in layouts(spec, measured, workers or [spec.train.workers])
+    ]
+    return Plan(spec, measured, memory, source, rows, recommend(rows))
+
+
+def recommend(rows: list[Row]) -> Row | None:
+    """Of the rows that fit: the least sent per step, then the fewest workers, then the first
+    (the simplest: rows come ddp, fsdp, ZeRO 1-3, offload, pipeline)."""
+    fitting = [(row.comm_bytes_per_step, row.workers, i) for i, row in enumerate(rows) if row.fits]
+    return rows[min(fitting)[2]] if fitting else None
+
+
+def default_memory() -> tuple[int, str]:
+    import psutil
+    import torch
+
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_properties(0)
+        return device.total_memory, f"GPU 0, {device.name}"
+    return psutil.virtual_memory().total, "this machine's RAM"
+
+
+def parse_size(text: str) -> int:
+    """'24GiB', '80GB', '512MiB', '1.5T', '1000000' -> bytes (binary units with an i)."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*", text.lower())
+    if not found or (found[3] and not found[2]):
+        raise ValueError(f"a size such as 24GiB, 80GB or 512MiB (got {text!r})")
+    number, unit, binary = found.groups()
+    scale = 1024 ** ("kmgt".index(unit) + 1) if binary else _UNITS[unit]
+    value = int(float(number) * scale)
+    if value <= 0:
+        raise ValueError(f"a size above zero (got {text!r})")
+    return value
+
+
+def size(count: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count:.0f} B"
+
+
+def _workers(count: int) -> str:
+    return f"{count} worker" + ("s" if count > 1 else "")
+
+
+__all__ = ["Layout", "Plan", "Row", "make_plan", "parse_size", "recommend", "size"]

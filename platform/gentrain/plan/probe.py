@@ -1,0 +1,168 @@
+"""What a job's model is, measured on this machine: the exact parameter count of each network and
+of each pipeline block, and the activation memory of one micro-batch's forward and backward pass
+per phase (what autograd saves for the backward pass, told apart per example and per block)."""
+
+import time
+from dataclasses import dataclass, field
+
+import psutil
+import torch
+from torch import nn
+
+from gentrain.data import open_data
+from gentrain.families import PipelineUnsupported, get_family
+from gentrain.spec import JobSpec
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Activations:
+    """Bytes autograd keeps for the backward pass: `fixed` + `per_example` x examples."""
+
+    fixed: float = 0.0
+    per_example: float = 0.0
+
+    def at(self, examples: float) -> float:
+        return self.fixed + self.per_example * examples
+
+
+@dataclass
+class Block:
+    """One pipeline block of the first phase: where a pipeline can cut."""
+
+    params: int
+    activations: Activations  # saved inside the block, all phases' worst
+    output: Activations  # what it hands the next block (sent between stages when cut after)
+
+
+@dataclass
+class Probe:
+    family: str
+    networks: dict[str, int]  # parameters of each network
+    phases: int  # networks updated one after the other each step (a GAN's two)
+    activations: Activations  # the worst phase's, the whole model
+    blocks: list[Block] = field(default_factory=list)  # empty: no pipeline for this family
+    baseline: int = 0  # bytes this process held before the model was built (a worker's floor)
+    seconds: float = 0.0
+
+    @property
+    def params(self) -> int:
+        return sum(self.networks.values())
+
+
+def probe(spec: JobSpec) -> Probe:
+    """Build the spec's model for real on the CPU and run one forward and backward pass of each
+    phase at 1 and at 2 examples, under the spec's precision."""
+    started = time.perf_counter()
+    baseline = psutil.Process().memory_info().rss
+    family = get_family(spec.model.family)
+    step_fn = family.make_step()
+    data = open_data(spec.data, seed=spec.train.seed)
+    torch.manual_seed(spec.train.seed)
+    config = family.config(flavor=spec.model.flavor, overrides=spec.model.overrides)
+    models = step_fn.build(config, data.info)
+    networks = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+    batches = data.stream.batches(batch_size=2, rank=0, world=1)
+    try:
+        batch = next(batches)[0]
+    finally:
+        batches.close()
+    weights = {p.untyped_storage().data_ptr() for m in models.values() for p in m.parameters()}
+    amp = AMP_DTYPES.get(spec.train.precision)
+    whole = [
+        max(_phase(step_fn, models, batch[:n], phase, weights, amp) for phase in step_fn.phases)
+        for n in (1, 2)
+    ]
+    found = Probe(
+        family=family.name,
+        networks=networks,
+        phases=len(step_fn.phases),
+        activations=_line(whole),
+        blocks=_blocks(step_fn, models, batch, weights, amp),
+        baseline=baseline,
+    )
+    found.seconds = time.perf_counter() - started
+    return found
+
+
+def _line(at_one_and_two: list[float]) -> Activations:
+    one, two = at_one_and_two
+    per_example = max(0.0, two - one)
+    return Activations(fixed=max(0.0, one - per_example), per_example=per_example)
+
+
+class _Saved:
+    """Counts the bytes autograd saves for the backward pass, each storage once, weights not."""
+
+    def __init__(self, weights: set[int]):
+        self.weights, self.seen, self.bytes = weights, set(), 0
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        if key not in self.weights and key not in self.seen and tensor.device.type != "meta":
+            self.seen.add(key)
+            self.bytes += storage.nbytes()
+        return tensor
+
+    def __enter__(self):
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+        self.hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.hooks.__exit__(*exc)
+
+
+def _autocast(amp):
+    return torch.autocast("cpu", dtype=amp) if amp else torch.autocast("cpu", enabled=False)
+
+
+def _phase(step_fn, models, batch, phase: str, weights: set[int], amp) -> float:
+    """Bytes saved for the backward pass of `phase` on this batch."""
+    with _Saved(weights) as saved, _autocast(amp):
+        loss, _ = step_fn.loss(models, batch, phase=phase)
+    loss.backward()
+    _zero(models)
+    return saved.bytes
+
+
+def _blocks(step_fn, models, batch, weights: set[int], amp) -> list[Block]:
+    """Each pipeline block's parameters, saved activations and output, per example (the worst
+    phase's); none where the family cannot be cut into a pipeline."""
+    if not callable(getattr(step_fn, "pipeline", None)):
+        return []
+    try:
+        forms = {phase: step_fn.pipeline(models, phase=phase) for phase in step_fn.phases}
+    except PipelineUnsupported:
+        return []
+    first = forms[step_fn.phases[0]].blocks
+    saved = [[[0.0, 0.0] for _ in first] for _ in forms]  # phase, block, examples 1 and 2
+    outputs = [[[0.0, 0.0] for _ in first] for _ in forms]
+    for p, form in enumerate(forms.values()):
+        for n in (1, 2):
+            with _autocast(amp):
+                args, target = form.inputs(batch[:n])
+                for b, block in enumerate(form.blocks):
+                    with _Saved(weights) as counted:
+                        out = block(*args)
+                    args = out if isinstance(out, tuple) else (out,)
+                    saved[p][b][n - 1] = counted.bytes
+                    outputs[p][b][n - 1] = sum(t.nbytes for t in args if torch.is_tensor(t))
+                loss, _ = form.loss(args if len(args) > 1 else args[0], target)
+            loss.backward()
+            _zero(models)
+    return [
+        Block(
+            params=sum(p.numel() for p in block.parameters()),
+            activations=_line(max((s[b] for s in saved), key=lambda pair: pair[1])),
+            output=_line(max((o[b] for o in outputs), key=lambda pair: pair[1])),
+        )
+        for b, block in enumerate(first)
+    ]
+
+
+def _zero(models: dict[str, nn.Module]) -> None:
+    for model in models.values():
+        model.zero_grad(set_to_none=True)
