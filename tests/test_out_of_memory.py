@@ -1,5 +1,6 @@
 """A job too large for its memory limit (a data-segment limit on the driver and every Ray process
-it starts, as `ulimit -d` sets it) ends with one line naming the strategy settings that fit."""
+it starts, as `ulimit -d` sets it) ends with one line naming the strategy settings that fit, and
+what `gentrain plan` makes of it."""
 
 import resource
 
@@ -41,7 +42,11 @@ def test_out_of_memory_names_the_strategies_that_fit(new_store, tmp_path):
     assert "out of memory on worker rank" in line and "gpt small (3224.8M parameters)" in line
     assert "train.strategy: deepspeed with train.deepspeed.zero_stage: 3" in line
     assert "train.strategy: pipeline with train.pipeline.stages: 2" in line
-    assert line.endswith("or give the workers more memory (gentrain --debug shows the traceback)")
+    # 51 GB of model state: no layout fits 3 GiB a worker on 2 to 16 workers
+    plan = "gentrain plan finds no layout that fits 3.0 GiB a worker"
+    assert f"or give the workers more memory; {plan}" in line
+    assert "(the smallest, zero3 on 16 workers, needs" in line
+    assert line.endswith(" GiB) (gentrain --debug shows the traceback)")
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "FAILED"

@@ -12,7 +12,7 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from gentrain import checkpoints, cluster, stall, tracking
+from gentrain import checkpoints, cluster, plan, stall, tracking
 from gentrain.cluster import WorkerProcess
 from gentrain.data import check_source, questions
 from gentrain.errors import GentrainError, SpecError, first_line, traceback_of
@@ -128,6 +128,8 @@ def run(
         reason = failure_reason(err)
         if is_out_of_memory(err) and not reason.startswith("out of memory"):  # Ray's monitor
             reason = out_of_memory_message(spec, where="on a worker (Ray stopped it)")
+        if reason.startswith("out of memory"):
+            reason += plan.advice_here(spec)
         end_run(run_id, uri=uri, status="FAILED", reason=reason, error=traceback_of(err))
         raise GentrainError(f"run {run_id} failed: {reason}") from err
     finally:

@@ -43,12 +43,16 @@ class Plan:
 
 
 def make_plan(
-    spec: JobSpec, *, memory: int | None = None, workers: list[int] | None = None
+    spec: JobSpec,
+    *,
+    memory: int | None = None,
+    workers: list[int] | None = None,
+    source: str = "--device-memory",
 ) -> Plan:
     """Probe the spec's model on this machine and estimate every layout at each worker count
     (default: the spec's train.workers) against `memory` bytes per worker (default: the first
-    GPU's memory where there is one, else this machine's RAM)."""
-    source = "--device-memory"
+    GPU's memory where there is one, else this machine's RAM); `source` says where `memory`
+    comes from."""
     if memory is None:
         memory, source = default_memory()
     measured = probe(spec)
@@ -67,14 +71,57 @@ def recommend(rows: list[Row]) -> Row | None:
     return rows[min(fitting)[2]] if fitting else None
 
 
+def advice(spec: JobSpec, *, memory: int) -> str:
+    """The plan's word for a job that ran out of `memory` bytes a worker: the layout to train
+    in, at the spec's worker count or up to 8 times as many."""
+    counts = [spec.train.workers * k for k in (1, 2, 4, 8)]
+    planned = make_plan(spec, memory=memory, workers=counts, source="")
+    row = planned.chosen
+    if row is None:
+        smallest = min(planned.rows, key=lambda row: row.total_bytes)
+        return (
+            f"gentrain plan finds no layout that fits {size(memory)} a worker on up to "
+            f"{counts[-1]} workers (the smallest, {smallest.name} on "
+            f"{_workers(smallest.workers)}, needs {size(smallest.total_bytes)})"
+        )
+    return (
+        f"gentrain plan recommends {row.name} on {_workers(row.workers)} "
+        f"({size(row.total_bytes)} of {size(memory)} a worker)"
+    )
+
+
+def advice_here(spec: JobSpec) -> str:
+    """`advice` for the workers' memory as this machine tells it (a GPU job's driver without a
+    GPU cannot: ""), as a clause to end a message with."""
+    import torch
+
+    if spec.train.use_gpu and not torch.cuda.is_available():
+        return ""
+    memory, _ = default_memory()
+    try:
+        return "; " + advice(spec, memory=memory)
+    except Exception:  # the message stands without it
+        return ""
+
+
 def default_memory() -> tuple[int, str]:
-    import psutil
     import torch
 
     if torch.cuda.is_available():
         device = torch.cuda.get_device_properties(0)
         return device.total_memory, f"GPU 0, {device.name}"
-    return psutil.virtual_memory().total, "this machine's RAM"
+    return machine_memory(), "this machine's RAM"
+
+
+def machine_memory() -> int:
+    """This machine's RAM, or less under a limit on the process's data (`ulimit -d`)."""
+    import resource
+
+    import psutil
+
+    total = psutil.virtual_memory().total
+    limit, _ = resource.getrlimit(resource.RLIMIT_DATA)
+    return total if limit == resource.RLIM_INFINITY else min(total, limit)
 
 
 def parse_size(text: str) -> int:
@@ -101,4 +148,4 @@ def _workers(count: int) -> str:
     return f"{count} worker" + ("s" if count > 1 else "")
 
 
-__all__ = ["Layout", "Plan", "Row", "make_plan", "parse_size", "recommend", "size"]
+__all__ = ["Layout", "Plan", "Row", "advice", "make_plan", "parse_size", "recommend", "size"]

@@ -14,6 +14,7 @@ from gentrain.families import PipelineUnsupported, get_family
 from gentrain.spec import JobSpec
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+ROOM = 4  # the probe builds a model only where 4 times its fp32 weights are free
 
 
 @dataclass
@@ -43,7 +44,8 @@ class Probe:
     phases: int  # networks updated one after the other each step (a GAN's two)
     activations: Activations  # the worst phase's, the whole model
     blocks: list[Block] = field(default_factory=list)  # empty: no pipeline for this family
-    baseline: int = 0  # bytes this process held before the model was built (a worker's floor)
+    baseline: int = 0  # bytes a worker holds before its model is built
+    measured: bool = True  # False: too large to run here; its activations are not known
     seconds: float = 0.0
 
     @property
@@ -52,38 +54,59 @@ class Probe:
 
 
 def probe(spec: JobSpec) -> Probe:
-    """Build the spec's model for real on the CPU and run one forward and backward pass of each
-    phase at 1 and at 2 examples, under the spec's precision."""
+    """Count the spec's model on the meta device; where it fits this machine's memory with room
+    to spare, build it for real on the CPU and run one forward and backward pass of each phase at
+    1 and at 2 examples, under the spec's precision."""
     started = time.perf_counter()
-    baseline = psutil.Process().memory_info().rss
+    baseline = psutil.Process().memory_info().rss  # what a worker holds before its model
     family = get_family(spec.model.family)
     step_fn = family.make_step()
     data = open_data(spec.data, seed=spec.train.seed)
-    torch.manual_seed(spec.train.seed)
     config = family.config(flavor=spec.model.flavor, overrides=spec.model.overrides)
-    models = step_fn.build(config, data.info)
+    with torch.device("meta"):
+        models = step_fn.build(config, data.info)
     networks = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
-    batches = data.stream.batches(batch_size=2, rank=0, world=1)
-    try:
-        batch = next(batches)[0]
-    finally:
-        batches.close()
-    weights = {p.untyped_storage().data_ptr() for m in models.values() for p in m.parameters()}
-    amp = AMP_DTYPES.get(spec.train.precision)
-    whole = [
-        max(_phase(step_fn, models, batch[:n], phase, weights, amp) for phase in step_fn.phases)
-        for n in (1, 2)
-    ]
     found = Probe(
         family=family.name,
         networks=networks,
         phases=len(step_fn.phases),
-        activations=_line(whole),
-        blocks=_blocks(step_fn, models, batch, weights, amp),
+        activations=Activations(),
+        blocks=_blocks(step_fn, models, None, set(), None),
         baseline=baseline,
+        measured=False,
     )
+    # weights, gradients and the probe's own copies: a model this large is counted, not run
+    if ROOM * sum(networks.values()) * 4 < free_memory():
+        torch.manual_seed(spec.train.seed)
+        models = step_fn.build(config, data.info)
+        batches = data.stream.batches(batch_size=2, rank=0, world=1)
+        try:
+            batch = next(batches)[0]
+        finally:
+            batches.close()
+        weights = {p.untyped_storage().data_ptr() for m in models.values() for p in m.parameters()}
+        amp = AMP_DTYPES.get(spec.train.precision)
+        whole = [
+            max(_phase(step_fn, models, batch[:n], phase, weights, amp) for phase in step_fn.phases)
+            for n in (1, 2)
+        ]
+        found.activations = _line(whole)
+        found.blocks = _blocks(step_fn, models, batch, weights, amp)
+        found.measured = True
     found.seconds = time.perf_counter() - started
     return found
+
+
+def free_memory() -> int:
+    """Bytes this process may still take: the machine's available memory, or less under a
+    limit on the process's data (`ulimit -d`)."""
+    import resource
+
+    available = psutil.virtual_memory().available
+    limit, _ = resource.getrlimit(resource.RLIMIT_DATA)
+    if limit != resource.RLIM_INFINITY:
+        available = min(available, limit - psutil.Process().memory_info().rss)
+    return available
 
 
 def _line(at_one_and_two: list[float]) -> Activations:
@@ -130,7 +153,8 @@ def _phase(step_fn, models, batch, phase: str, weights: set[int], amp) -> float:
 
 def _blocks(step_fn, models, batch, weights: set[int], amp) -> list[Block]:
     """Each pipeline block's parameters, saved activations and output, per example (the worst
-    phase's); none where the family cannot be cut into a pipeline."""
+    phase's; without a batch, parameters only); none where the family cannot be cut into a
+    pipeline."""
     if not callable(getattr(step_fn, "pipeline", None)):
         return []
     try:
@@ -140,7 +164,7 @@ def _blocks(step_fn, models, batch, weights: set[int], amp) -> list[Block]:
     first = forms[step_fn.phases[0]].blocks
     saved = [[[0.0, 0.0] for _ in first] for _ in forms]  # phase, block, examples 1 and 2
     outputs = [[[0.0, 0.0] for _ in first] for _ in forms]
-    for p, form in enumerate(forms.values()):
+    for p, form in enumerate(forms.values() if batch is not None else []):
         for n in (1, 2):
             with _autocast(amp):
                 args, target = form.inputs(batch[:n])

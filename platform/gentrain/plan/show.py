@@ -17,6 +17,13 @@ def show(plan: Plan, out: Console) -> None:
         markup=False,
         highlight=False,
     )
+    if not measured.measured:
+        out.print(
+            f"activations not measured: {measured.params * 4 / 2**30:.1f} GiB of fp32 weights "
+            "is too large to run on this machine (sizes below are model state only)",
+            markup=False,
+            highlight=False,
+        )
     if measured.blocks:
         largest = max(block.params for block in measured.blocks)
         out.print(
