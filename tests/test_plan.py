@@ -2,10 +2,11 @@
 the one to pick; through the CLI as a person runs it."""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from conftest import JOBS, REPO, gentrain, gentrain_in_terminal
+from conftest import JOBS, REPO, gentrain, gentrain_in_terminal, local_client, only_run
 from gentrain import spec as spec_module
 from gentrain.data import open_data
 from gentrain.families import get_family
@@ -60,7 +61,10 @@ def test_every_layout_of_a_gpt_job_is_sized_and_the_cheapest_that_fits_is_picked
     assert rows["ddp", 1]["comm_bytes_per_step"] == 0
     assert ddp["comm_bytes_per_step"] == 4 * psi, "a ring all-reduce sends 2(N-1)/N of it"
     assert zero3["comm_bytes_per_step"] == pytest.approx(1.5 * 4 * psi, abs=2)
-    assert rows["pipeline 2x4", 2]["params_bytes"] < 4 * psi, "a stage holds part of the model"
+    pipeline = rows["pipeline 2x4", 2]
+    assert pipeline["params_bytes"] == 4 * psi and pipeline["grads_bytes"] < 4 * psi, (
+        "every stage keeps the whole model, and trains its part"
+    )
     assert ddp["activations_bytes"] < rows["ddp", 1]["activations_bytes"], "half the batch each"
     chosen = [key for key, row in rows.items() if row["recommended"]]
     assert chosen == [("ddp", 1)], "fits, and sends nothing"
@@ -110,6 +114,48 @@ def test_the_table_folds_in_a_terminal_and_keeps_a_row_a_line_in_a_file(tmp_path
     piped = gentrain("plan", job, cwd=tmp_path).stdout
     (zero3,) = [line for line in piped.splitlines() if line.startswith("│ zero3 ")]
     assert zero3.rstrip().endswith("│") and " yes " in zero3, piped
+
+
+def test_strategy_auto_is_the_plans_pick_shown_by_validate_and_logged_by_the_run(
+    new_store, tmp_path
+):
+    job = str(JOBS / "vae_digits.yaml")
+    auto = ("--set", "train.strategy=auto")
+    (pick,) = [row for row in _rows(tmp_path, job).values() if row["recommended"]]
+    shown = gentrain("validate", job, *auto, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    said = f"train.strategy auto: {pick['name']} on 2 workers: it holds "
+    assert shown.stdout.startswith(said), shown.stdout
+    assert f"(auto: {pick['strategy']}, 2 workers, " in shown.stdout
+
+    new_store(tmp_path)
+    short = [f"--set={key}" for key in ("train.max_steps=4", "train.eval_every=4")]
+    short += ["--set=train.checkpoint_every=4", "--set=eval.metrics=[]"]
+    ran = gentrain("run", job, *auto, *short, "--set=tracking.system_metrics=false", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert said in ran.stdout
+    run = only_run(tmp_path, "vae-digits")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.strategy"] == pick["strategy"], "it trained in the pick"
+    assert run.data.tags["gentrain.strategy_auto"].startswith(f"{pick['name']} on 2 workers")
+    client = local_client(tmp_path)
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "plan")}
+    assert logged == {"plan/plan.txt", "plan/plan.json"}
+    table = Path(client.download_artifacts(run.info.run_id, "plan/plan.txt", str(tmp_path)))
+    assert f"recommended: {pick['name']} on 2 workers" in table.read_text()
+
+
+def test_strategy_auto_that_fits_nowhere_is_refused_in_one_line(tmp_path):
+    job = str(JOBS / "vae_digits.yaml")
+    tight = ("--set", "train.strategy=auto", "--set", "train.device_memory=1MiB")
+    for command in ("validate", "run"):
+        shown = gentrain(command, job, *tight, cwd=tmp_path)
+        assert shown.returncode == 2 and len(shown.stderr.splitlines()) == 1, shown.stderr
+        assert shown.stderr.startswith(
+            "error: train.strategy: auto: no layout fits in 1.0 MiB per worker "
+            "(train.device_memory): the smallest, "
+        ), shown.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
 
 
 @pytest.mark.parametrize(

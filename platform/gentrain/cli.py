@@ -126,6 +126,21 @@ def _check_data(job, *, on_s3: bool = True) -> None:
         _fault(error)
 
 
+def _resolved(job):
+    """A spec under train.strategy: auto, in the layout the plan picks (said in one line);
+    other specs as they are. Nothing fits: one line, exit 2."""
+    if job.train.strategy != "auto":
+        return job, None
+    from gentrain import plan
+
+    try:
+        resolved, planned = plan.resolve(job)
+    except SpecError as error:
+        _fail(str(error), 2)
+    out.print(f"train.strategy auto: {planned.reason()}", markup=False, highlight=False)
+    return resolved, planned
+
+
 def _load(spec_path: str, sets: list[str]):
     from gentrain import spec as spec_module
 
@@ -220,6 +235,8 @@ def validate(spec: str, sets: SetOption = []) -> None:  # noqa: B006  (typer rea
     """Validate a job spec and the local data it names; starts nothing."""
     job = _load(spec, sets)
     _check_data(job, on_s3=False)
+    auto = job.train.strategy == "auto"
+    job, _ = _resolved(job)
     sweep = job.sweep
     searched = ""
     if sweep is not None:
@@ -229,7 +246,7 @@ def validate(spec: str, sets: SetOption = []) -> None:  # noqa: B006  (typer rea
         trials = f"{count} trials"
         searched = f"; a {sweep.search} sweep of {trials} over {', '.join(sweep.space)}"
     out.print(
-        f"ok: {spec} is a valid {job.model.family} job ({job.train.strategy}, "
+        f"ok: {spec} is a valid {job.model.family} job ({'auto: ' * auto}{job.train.strategy}, "
         f"{job.train.workers} workers, {job.train.max_steps} steps){searched}",
         markup=False,
     )
@@ -263,7 +280,7 @@ def plan(
         try:
             memory = parse_size(device_memory)
         except ValueError as error:
-            _fail(f"--device-memory: {error}", 2)
+            _fail(f"--device-memory: {error} (got {device_memory!r})", 2)
     counts = None
     if workers is not None:
         try:
@@ -293,6 +310,7 @@ def run(
     job = _load(spec, sets)
     _check_run_id(resume, "--resume")
     _check_data(job)
+    job, planned = _resolved(job)
     from gentrain import launch
     from gentrain.tracking import source
 
@@ -308,6 +326,7 @@ def run(
                 on_progress=progress.update,
                 on_warning=_warn,
                 source_tags=source.of_spec(spec),
+                planned=planned,
             )
     except SpecError as error:
         _fail(str(error), 2)
@@ -398,6 +417,7 @@ def sweep(
     if job.sweep is None:
         _fail(f"{spec}: sweep: this spec has no sweep section; `gentrain run` trains it", 2)
     _check_data(job)
+    job, _ = _resolved(job)  # once, for every trial
     from gentrain import sweep as sweep_module
     from gentrain.tracking import source
 

@@ -1,6 +1,7 @@
 """Runs one job: opens its MLflow run, builds a Ray Train TorchTrainer for the spec, relays
 progress to the caller and closes the run with its outcome."""
 
+import json
 import re
 import threading
 from collections import defaultdict
@@ -101,11 +102,17 @@ def run(
     on_start: Callable[[str], None] | None = None,
     allow_data_change: bool = False,
     source_tags: dict[str, str] | None = None,
+    planned: plan.Plan | None = None,
 ) -> RunResult:
     """Train `spec` as one MLflow run; `source_tags`: where its code came from
-    (tracking.source; default: the working directory's checkout)."""
+    (tracking.source; default: the working directory's checkout); `planned`: the plan that
+    resolved its train.strategy: auto (resolved here when not given)."""
+    if spec.train.strategy == "auto":
+        spec, planned = plan.resolve(spec)
     uri = connect(spec, address, resume_run_id=resume_run_id, allow_data_change=allow_data_change)
     run_id = tracking.start_run(spec, uri=uri, resume_run_id=resume_run_id, source_tags=source_tags)
+    if planned is not None:
+        _log_plan(run_id, planned, uri=uri)
     if on_start:
         on_start(run_id)
     heartbeat = Heartbeat(run_id, uri=uri, owner=cluster.this_process())
@@ -136,6 +143,17 @@ def run(
         heartbeat.stop()
     kept_in = end_run(run_id, uri=uri, status="FINISHED")
     return RunResult(run_id, spec.experiment, uri, metrics=metrics, kept_in=kept_in)
+
+
+def _log_plan(run_id: str, planned: plan.Plan, *, uri: str) -> None:
+    """Why the run trains in the layout it does: the tag gentrain.strategy_auto, and the plan
+    as `gentrain plan` shows it (plan/plan.txt) and as its rows (plan/plan.json)."""
+    from gentrain.plan.show import render
+
+    tracking.set_tag(run_id, "gentrain.strategy_auto", planned.reason(), uri=uri)
+    tracking.log_text(run_id, render(planned), "plan/plan.txt", uri=uri)
+    rows = json.dumps(planned.json_rows(), indent=1)
+    tracking.log_text(run_id, rows, "plan/plan.json", uri=uri)
 
 
 def end_run(

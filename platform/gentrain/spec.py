@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gentrain import places
 from gentrain.errors import SpecError
+from gentrain.sizes import parse_size
 
 DATA_SOURCE_KINDS = ("builtin", "parquet", "images", "text", "prepared")
 BUILTIN_IMAGES = ("digits",)  # gentrain.data.digits
@@ -189,7 +190,14 @@ class FSDPSection(Section):
 
 
 class TrainSection(Section):
-    strategy: Literal["ddp", "fsdp", "deepspeed", "pipeline"] = "ddp"
+    strategy: Literal["ddp", "fsdp", "deepspeed", "pipeline", "auto"] = Field(
+        "ddp", description="auto: the layout `gentrain plan` recommends, chosen before the run"
+    )
+    device_memory: int | None = Field(
+        None,
+        description="bytes (or 24GiB, 80GB) each worker may hold, for strategy auto (default: "
+        "the first GPU's memory, else this machine's RAM)",
+    )
     workers: int = Field(2, ge=1, le=1024)
     use_gpu: bool = False
     cpus_per_worker: int | None = Field(None, ge=1)
@@ -218,6 +226,13 @@ class TrainSection(Section):
     deepspeed: DeepSpeedSection = DeepSpeedSection()
     pipeline: PipelineSection = PipelineSection()
     fsdp: FSDPSection = FSDPSection()
+
+    @field_validator("device_memory", mode="before")
+    @classmethod
+    def _a_size(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        return parse_size(str(value))
 
     @field_validator("stall_timeout", mode="before")
     @classmethod
@@ -251,9 +266,9 @@ class TrainSection(Section):
         if self.fsdp.offload == "cpu" and not self.use_gpu:
             raise ValueError("fsdp.offload cpu needs train.use_gpu: true (nothing to offload)")
         for option in ("activation_checkpointing", "compile", "checkpoint_async"):
-            if getattr(self, option) and self.strategy not in ("ddp", "fsdp"):
+            if getattr(self, option) and self.strategy not in ("ddp", "fsdp", "auto"):
                 raise ValueError(f"{option} needs strategy ddp or fsdp (got {self.strategy})")
-        if self.on_nan == "skip_step" and self.strategy != "ddp":
+        if self.on_nan == "skip_step" and self.strategy not in ("ddp", "auto"):
             raise ValueError(
                 f"on_nan skip_step needs strategy ddp (got {self.strategy}); use on_nan: stop"
             )
@@ -511,6 +526,7 @@ class JobSpec(Section):
             by = {
                 "ddp": "train.workers",
                 "fsdp": "train.workers",
+                "auto": "train.workers",
                 "deepspeed": "train.workers x gradient_accumulation_steps",
                 "pipeline": "replicas (workers / stages) x pipeline.microbatches",
             }[self.train.strategy]

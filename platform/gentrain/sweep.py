@@ -15,7 +15,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.tune.search import BasicVariantGenerator, Searcher
 
-from gentrain import cluster, launch, tracking
+from gentrain import cluster, launch, plan, tracking
 from gentrain.errors import GentrainError, SpecError, traceback_of
 from gentrain.spec import JobSpec, SweepSection, trial_spec
 from gentrain.tracking.heartbeat import Heartbeat
@@ -73,6 +73,7 @@ def run(
     sweep = spec.sweep
     if sweep is None:
         raise SpecError("sweep: this spec has no sweep section; `gentrain run` trains it")
+    spec, _ = plan.resolve(spec)  # train.strategy: auto, once for every trial
     uri = launch.connect(spec, address)
     storage = launch.storage_path(spec)
     if resume:

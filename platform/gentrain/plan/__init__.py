@@ -3,14 +3,12 @@ ZeRO 1-3 with offload, pipelines), whether that fits the workers' memory, what e
 step, and the layout to pick: of those that fit, the one that sends least, then on the fewest
 workers, then the simplest."""
 
-import re
 from dataclasses import dataclass
 
 from gentrain.plan.estimate import Layout, Row, estimate, layouts
 from gentrain.plan.probe import Probe, probe
+from gentrain.sizes import parse_size, size
 from gentrain.spec import JobSpec
-
-_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 
 
 @dataclass
@@ -62,6 +60,23 @@ def make_plan(
         for layout in layouts(spec, measured, workers or [spec.train.workers])
     ]
     return Plan(spec, measured, memory, source, rows, recommend(rows))
+
+
+def resolve(spec: JobSpec) -> tuple[JobSpec, Plan | None]:
+    """A spec under train.strategy: auto becomes the layout the plan recommends for its workers
+    (train.device_memory each, or the default); other specs stay as they are. Fitting nowhere
+    is a SpecError naming the smallest need."""
+    from gentrain.errors import SpecError
+    from gentrain.spec import trial_spec
+
+    if spec.train.strategy != "auto":
+        return spec, None
+    memory = spec.train.device_memory
+    planned = make_plan(spec, memory=memory, source="train.device_memory")
+    if planned.chosen is None:
+        raise SpecError(f"train.strategy: auto: {planned.reason()}")
+    layout = planned.chosen.layout()
+    return trial_spec(spec.to_dict(), layout.settings(spec)), planned
 
 
 def recommend(rows: list[Row]) -> Row | None:
@@ -122,26 +137,6 @@ def machine_memory() -> int:
     total = psutil.virtual_memory().total
     limit, _ = resource.getrlimit(resource.RLIMIT_DATA)
     return total if limit == resource.RLIM_INFINITY else min(total, limit)
-
-
-def parse_size(text: str) -> int:
-    """'24GiB', '80GB', '512MiB', '1.5T', '1000000' -> bytes (binary units with an i)."""
-    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*", text.lower())
-    if not found or (found[3] and not found[2]):
-        raise ValueError(f"a size such as 24GiB, 80GB or 512MiB (got {text!r})")
-    number, unit, binary = found.groups()
-    scale = 1024 ** ("kmgt".index(unit) + 1) if binary else _UNITS[unit]
-    value = int(float(number) * scale)
-    if value <= 0:
-        raise ValueError(f"a size above zero (got {text!r})")
-    return value
-
-
-def size(count: float) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if count >= scale:
-            return f"{count / scale:.1f} {unit}"
-    return f"{count:.0f} B"
 
 
 def _workers(count: int) -> str:

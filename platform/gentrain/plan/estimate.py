@@ -83,7 +83,7 @@ class Row:
     optimizer_bytes: int
     activations_bytes: int
     transient_bytes: int  # weights gathered for a block, DDP's gradient buckets
-    overhead_bytes: int  # the worker process itself (CPU training)
+    overhead_bytes: int  # CPU training: the worker process itself, host copies of the weights
     total_bytes: int
     fits: bool
     allreduce_bytes: int
@@ -95,6 +95,16 @@ class Row:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def layout(self) -> Layout:
+        return Layout(
+            self.strategy,
+            self.workers,
+            zero_stage=self.zero_stage,
+            offload=self.offload,
+            stages=self.stages,
+            microbatches=self.microbatches,
+        )
 
 
 def layouts(spec: JobSpec, probe: Probe, workers: list[int]) -> list[Layout]:
@@ -172,12 +182,13 @@ def estimate(
         allgather = _ring(1, n) * width * psi * (2 * micro if stage == 3 else 1)
     else:  # pipeline: each stage holds its blocks whole; replicas all-reduce them
         stage_params, stage_acts, sent = _pipeline(job, probe, layout)
-        params, grads, optimizer = FP32 * stage_params, FP32 * stage_params, moments * stage_params
+        # every stage keeps the whole model's weights (evaluation, export); it trains its own
+        params, grads, optimizer = FP32 * psi, FP32 * stage_params, moments * stage_params
         activations = stage_acts
         replicas = n // layout.stages
         allreduce = _ring(2, replicas) * FP32 * stage_params
         p2p = sent
-    overhead = probe.baseline if on_cpu else 0
+    overhead = probe.baseline + _host_copies(job, layout) * psi if on_cpu else 0
     total = params + grads + optimizer + activations + transient + overhead
     comm = allreduce + reduce_scatter + allgather + p2p
     return Row(
@@ -202,6 +213,17 @@ def estimate(
         comm_bytes_per_step=round(comm),
         name=layout.name,
     )
+
+
+def _host_copies(job: JobSpec, layout: Layout) -> int:
+    """Bytes per parameter of the fullest worker's copies of the weights in host memory: rank 0
+    keeps plain ones for evaluation and export where its own are sharded or wrapped, and a
+    pipeline's every stage keeps the weights as built."""
+    train = job.train
+    if layout.strategy == "pipeline":
+        return 2 * FP32
+    per_block = train.activation_checkpointing or train.compile
+    return FP32 if layout.strategy in ("fsdp", "deepspeed") or per_block else 0
 
 
 def _ring(factor: int, n: int) -> float:

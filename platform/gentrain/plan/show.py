@@ -1,5 +1,7 @@
 """The plan as a person reads it: what was measured, a table of layouts, the pick and why."""
 
+import io
+
 from rich.console import Console
 from rich.table import Table
 
@@ -60,7 +62,8 @@ def show(plan: Plan, out: Console) -> None:
             size(row.comm_bytes_per_step),
         )
     # in a terminal cells fold to its width; piped, a row is one line however wide
-    (out if out.is_terminal else Console(width=100_000, emoji=False)).print(table, soft_wrap=False)
+    wide = Console(file=out.file, width=100_000, color_system=None, emoji=False)
+    (out if out.is_terminal else wide).print(table, soft_wrap=False)
     out.print(
         "other: weights gathered for a block, DDP's gradient buckets"
         + (", the worker process itself" if not train.use_gpu else ""),
@@ -69,3 +72,10 @@ def show(plan: Plan, out: Console) -> None:
     )
     word = "recommended" if plan.chosen else "nothing fits"
     out.print(f"{word}: {plan.reason()}", markup=False, highlight=False)
+
+
+def render(plan: Plan) -> str:
+    """The plan as `gentrain plan` prints it, as plain text (a run's artifact)."""
+    text = io.StringIO()
+    show(plan, Console(file=text, width=100_000, color_system=None, emoji=False))
+    return text.getvalue()
