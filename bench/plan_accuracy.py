@@ -40,9 +40,8 @@ def held(strategy) -> dict[str, int]:
     """Bytes of the weights, gradients and optimizer state this rank's strategy holds."""
     holdings = Holdings()
     engines = getattr(strategy, "engines", {})
-    modules = [e.module for e in engines.values()] or list(
-        getattr(strategy, "raw", None) or getattr(strategy, "models", {}).values()
-    )
+    plain = getattr(strategy, "raw", None) or getattr(strategy, "models", {})  # ddp, fsdp; pipeline
+    modules = [e.module for e in engines.values()] or list(plain.values())
     optimizers, masters = [], []
     for engine in engines.values():
         zero = engine.optimizer

@@ -169,12 +169,16 @@ def estimate(
         # ZeRO-1/2 keep an fp32 master of their partition; ZeRO-3's fp32 weights are their own
         master = 0 if stage == 3 and width == FP32 else FP32
         params = width * psi / (n if stage == 3 else 1)
-        grads = width * psi / (n if stage >= 2 else 1)
+        # DeepSpeed's ZeRO-1 keeps only its partition of the gradients once they are reduced,
+        # as ZeRO-2 does; their whole size is held only through the backward pass
+        grads = width * psi / n
         optimizer = (master + moments) * psi / n
         if "optimizer" in layout.offload:
             optimizer = 0
         if "param" in layout.offload:
             params = 0
+        if stage == 1 and n > 1:
+            transient = width * psi * (n - 1) / n
         if stage == 3 and n > 1:
             transient = min(psi, 2 * largest_block) * width
         micro = train.accumulation_steps if stage >= 2 else 1
