@@ -9,7 +9,8 @@ the trainer runs them) in gloo processes of its own. Measured per rank:
   model state  the tensors held inside the second step's last optimizer step (weights, their
                gradients, the optimizer's state and DeepSpeed's fp32 partitions; each storage
                once; see bench/zero_memory.py)
-  peak         the process's peak resident memory (CPU: ru_maxrss)
+  peak         the process's peak resident memory (VmHWM: ru_maxrss would carry the peak of
+               the process it was spawned from)
 The fullest rank's figures are compared: ratio = estimate / measured - 1. The plan's time is
 `gentrain plan JOB --json` in a fresh process, as a person waits for it.
 """
@@ -17,7 +18,6 @@ The fullest rank's figures are compared: ratio = estimate / measured - 1. The pl
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -115,10 +115,18 @@ def worker(rank: int, world: int, port: int, job: str, settings: dict, results) 
     batches.close()
     hook.remove()
     state = max(seen, key=lambda h: sum(h.values())) if seen else held(strategy)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_resident()
     results.put((rank, sum(state.values()), peak))
     dist.barrier()
     dist.destroy_process_group()
+
+
+def peak_resident() -> int:
+    """This process's own high-water mark of resident memory, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def measure(job: str, settings: dict, world: int) -> tuple[int, int]:
@@ -134,28 +142,20 @@ def measure(job: str, settings: dict, world: int) -> tuple[int, int]:
     return max(r[1] for r in per_rank), max(r[2] for r in per_rank)
 
 
-def plan_seconds(job: str) -> float:
+def plan_rows(job: str) -> tuple[float, list[dict]]:
+    """`gentrain plan JOB --workers 1,2 --json` as a person runs it: its seconds and rows."""
     started = time.perf_counter()
-    shown = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gentrain.cli",
-            "plan",
-            str(REPO / "jobs" / f"{job}.yaml"),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    spec = str(REPO / "jobs" / f"{job}.yaml")
+    command = [sys.executable, "-m", "gentrain.cli", "plan", spec, "--workers", "1,2", "--json"]
+    shown = subprocess.run(command, capture_output=True, text=True)
     if shown.returncode:
         raise SystemExit(shown.stderr)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, json.loads(shown.stdout)
 
 
 def main() -> None:
     from gentrain import spec as spec_module
-    from gentrain.plan import make_plan
+    from gentrain.plan import Layout
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
@@ -170,29 +170,29 @@ def main() -> None:
         f"{'peak est':>12}{'measured':>12}{'ratio':>8}"
     )
     for job in jobs:
-        seconds[job] = plan_seconds(job)
+        seconds[job], planned = plan_rows(job)
         spec = spec_module.load(REPO / "jobs" / f"{job}.yaml")
-        planned = make_plan(spec, workers=[1, 2])
-        for row in planned.rows:
-            settings = row.layout().settings(spec)
-            state, peak = measure(job, settings, row.workers)
-            estimated = row.params_bytes + row.grads_bytes + row.optimizer_bytes
+        for row in planned:
+            keys = ("zero_stage", "offload", "stages", "microbatches")
+            layout = Layout(row["strategy"], row["workers"], **{k: row[k] for k in keys})
+            state, peak = measure(job, layout.settings(spec), row["workers"])
+            estimated = row["params_bytes"] + row["grads_bytes"] + row["optimizer_bytes"]
             figures = {
                 "job": job,
-                "layout": row.name,
-                "workers": row.workers,
+                "layout": row["name"],
+                "workers": row["workers"],
                 "state_estimate": estimated,
                 "state_measured": state,
                 "state_ratio": estimated / state - 1,
-                "peak_estimate": row.total_bytes,
+                "peak_estimate": row["total_bytes"],
                 "peak_measured": peak,
-                "peak_ratio": row.total_bytes / peak - 1,
+                "peak_ratio": row["total_bytes"] / peak - 1,
             }
             rows.append(figures)
             print(
-                f"{job:<22}{row.name:<16}{row.workers:>3}{estimated / 2**20:>11.2f}M"
+                f"{job:<22}{row['name']:<16}{row['workers']:>3}{estimated / 2**20:>11.2f}M"
                 f"{state / 2**20:>11.2f}M{figures['state_ratio']:>+8.3f}"
-                f"{row.total_bytes / 2**20:>11.1f}M{peak / 2**20:>11.1f}M"
+                f"{row['total_bytes'] / 2**20:>11.1f}M{peak / 2**20:>11.1f}M"
                 f"{figures['peak_ratio']:>+8.3f}",
                 flush=True,
             )

@@ -83,7 +83,7 @@ class Row:
     optimizer_bytes: int
     activations_bytes: int
     transient_bytes: int  # weights gathered for a block, DDP's gradient buckets
-    overhead_bytes: int  # CPU training: the worker process itself, host copies of the weights
+    overhead_bytes: int  # CPU: the worker process, DeepSpeed's library, host copies of weights
     total_bytes: int
     fits: bool
     allreduce_bytes: int
@@ -170,8 +170,9 @@ def estimate(
         master = 0 if stage == 3 and width == FP32 else FP32
         params = width * psi / (n if stage == 3 else 1)
         # DeepSpeed's ZeRO-1 keeps only its partition of the gradients once they are reduced,
-        # as ZeRO-2 does; their whole size is held only through the backward pass
-        grads = width * psi / n
+        # as ZeRO-2 does (their whole size only through the backward pass); each network's
+        # engine frees them after its step: one network's at a time
+        grads = width * max(probe.networks.values()) / n
         optimizer = (master + moments) * psi / n
         if "optimizer" in layout.offload:
             optimizer = 0
@@ -192,7 +193,10 @@ def estimate(
         replicas = n // layout.stages
         allreduce = _ring(2, replicas) * FP32 * stage_params
         p2p = sent
-    overhead = probe.baseline + _host_copies(job, layout) * psi if on_cpu else 0
+    overhead = 0
+    if on_cpu:  # host memory is the workers' memory
+        library = probe.deepspeed if layout.strategy == "deepspeed" else 0
+        overhead = probe.baseline + library + _host_copies(job, layout) * psi
     total = params + grads + optimizer + activations + transient + overhead
     comm = allreduce + reduce_scatter + allgather + p2p
     return Row(

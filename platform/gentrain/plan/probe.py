@@ -2,6 +2,9 @@
 of each pipeline block, and the activation memory of one micro-batch's forward and backward pass
 per phase (what autograd saves for the backward pass, told apart per example and per block)."""
 
+import contextlib
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -45,6 +48,7 @@ class Probe:
     activations: Activations  # the worst phase's, the whole model
     blocks: list[Block] = field(default_factory=list)  # empty: no pipeline for this family
     baseline: int = 0  # bytes a worker holds before its model is built
+    deepspeed: int = 0  # bytes importing DeepSpeed adds to a process (measured on CPU jobs)
     measured: bool = True  # False: too large to run here; its activations are not known
     seconds: float = 0.0
 
@@ -74,6 +78,7 @@ def probe(spec: JobSpec) -> Probe:
         blocks=_blocks(step_fn, models, None, set(), None),
         baseline=baseline,
         measured=False,
+        deepspeed=deepspeed_footprint() if not spec.train.use_gpu else 0,
     )
     # weights, gradients and the probe's own copies: a model this large is counted, not run
     if ROOM * sum(networks.values()) * 4 < free_memory():
@@ -95,6 +100,26 @@ def probe(spec: JobSpec) -> Probe:
         found.measured = True
     found.seconds = time.perf_counter() - started
     return found
+
+
+_deepspeed_bytes: list[int] = []  # measured once a process: the import happens once
+
+
+def deepspeed_footprint() -> int:
+    """What importing DeepSpeed adds to this process's resident memory (0 where it was imported
+    before this process could measure it)."""
+    if not _deepspeed_bytes:
+        before = psutil.Process().memory_info().rss
+        fresh = "deepspeed" not in sys.modules
+        # its logger's notes (no GPU found) would land in the plan's own output; its handler
+        # keeps the stream it found, so the stream stays open
+        quiet = open(os.devnull, "w")  # noqa: SIM115
+        with contextlib.redirect_stdout(quiet):
+            import deepspeed  # noqa: F401
+
+        after = psutil.Process().memory_info().rss
+        _deepspeed_bytes.append(max(0, after - before) if fresh else 0)
+    return _deepspeed_bytes[0]
 
 
 def free_memory() -> int:

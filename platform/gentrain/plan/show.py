@@ -65,8 +65,12 @@ def show(plan: Plan, out: Console) -> None:
     wide = Console(file=out.file, width=100_000, color_system=None, emoji=False)
     (out if out.is_terminal else wide).print(table, soft_wrap=False)
     out.print(
-        "other: weights gathered for a block, DDP's gradient buckets"
-        + (", the worker process itself" if not train.use_gpu else ""),
+        "other: weights gathered for a block, gradients before their reduction"
+        + (
+            "; the worker process, DeepSpeed's library, host copies of the weights"
+            if not train.use_gpu
+            else ""
+        ),
         markup=False,
         highlight=False,
     )
