@@ -62,13 +62,14 @@ def probe(spec: JobSpec) -> Probe:
     to spare, build it for real on the CPU and run one forward and backward pass of each phase at
     1 and at 2 examples, under the spec's precision."""
     started = time.perf_counter()
-    baseline = psutil.Process().memory_info().rss  # what a worker holds before its model
     family = get_family(spec.model.family)
     step_fn = family.make_step()
     data = open_data(spec.data, seed=spec.train.seed)
     config = family.config(flavor=spec.model.flavor, overrides=spec.model.overrides)
     with torch.device("meta"):
         models = step_fn.build(config, data.info)
+    # what a worker holds before its model: its libraries (the family's too) imported, no weights
+    baseline = psutil.Process().memory_info().rss
     networks = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
     found = Probe(
         family=family.name,
