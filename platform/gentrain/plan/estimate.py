@@ -169,6 +169,11 @@ def estimate(
         # ZeRO-1/2 keep an fp32 master of their partition; ZeRO-3's fp32 weights are their own
         master = 0 if stage == 3 and width == FP32 else FP32
         params = width * psi / (n if stage == 3 else 1)
+        if stage == 3 and n > 1:
+            # a network another's phase runs through (a GAN's discriminator in the generator's
+            # phase) stays gathered whole through that phase: only its own engine's backward
+            # releases it (measured: bench/plan_accuracy.py)
+            params += width * (psi - max(probe.networks.values()))
         # DeepSpeed's ZeRO-1 keeps only its partition of the gradients once they are reduced,
         # as ZeRO-2 does (their whole size only through the backward pass); each network's
         # engine frees them after its step: one network's at a time
