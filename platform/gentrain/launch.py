@@ -305,12 +305,16 @@ def _watchdog(spec: JobSpec, board, *, run_id: str, uri: str, relay, heartbeat) 
         if heartbeat is not None:
             heartbeat.step = step
 
+    def kill(workers: list) -> None:
+        relay.warn("killing the stalled workers; Ray Train restarts them from the last checkpoint")
+        cluster.kill_workers(workers)
+
     return stall.Watchdog(
         spec.train.stall_timeout,
         world=spec.train.workers,
         poll=lambda: ray.get(board.watch.remote(run_id), timeout=10),
         inspect=cluster.inspect_workers,
-        kill=cluster.kill_workers,
+        kill=kill,
         on_stall=on_stall,
         on_step=on_step,
     )

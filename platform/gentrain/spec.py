@@ -193,12 +193,12 @@ class TrainSection(Section):
     strategy: Literal["ddp", "fsdp", "deepspeed", "pipeline", "auto"] = Field(
         "ddp", description="auto: the layout `gentrain plan` recommends, chosen before the run"
     )
+    workers: int = Field(2, ge=1, le=1024)
     device_memory: int | None = Field(
         None,
         description="bytes (or 24GiB, 80GB) each worker may hold, for strategy auto (default: "
         "the first GPU's memory, else this machine's RAM)",
     )
-    workers: int = Field(2, ge=1, le=1024)
     use_gpu: bool = False
     cpus_per_worker: int | None = Field(None, ge=1)
     max_steps: int = Field(1000, ge=1)
