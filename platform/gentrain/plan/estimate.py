@@ -164,32 +164,8 @@ def estimate(
         allgather = 2 * _ring(1, n) * gathered * psi  # forward and backward
         reduce_scatter = _ring(1, n) * FP32 * psi
     elif layout.strategy == "deepspeed":
-        width = _deepspeed_width(job)
-        stage = layout.zero_stage
-        # ZeRO-1/2 keep an fp32 master of their partition; ZeRO-3's fp32 weights are their own
-        master = 0 if stage == 3 and width == FP32 else FP32
-        params = width * psi / (n if stage == 3 else 1)
-        if stage == 3 and n > 1:
-            # a network another's phase runs through (a GAN's discriminator in the generator's
-            # phase) stays gathered whole through that phase: only its own engine's backward
-            # releases it (measured: bench/plan_accuracy.py)
-            params += width * (psi - max(probe.networks.values()))
-        # DeepSpeed's ZeRO-1 keeps only its partition of the gradients once they are reduced,
-        # as ZeRO-2 does (their whole size only through the backward pass); each network's
-        # engine frees them after its step: one network's at a time
-        grads = width * max(probe.networks.values()) / n
-        optimizer = (master + moments) * psi / n
-        if "optimizer" in layout.offload:
-            optimizer = 0
-        if "param" in layout.offload:
-            params = 0
-        if stage == 1 and n > 1:
-            transient = width * psi * (n - 1) / n
-        if stage == 3 and n > 1:
-            transient = min(psi, 2 * largest_block) * width
-        micro = train.accumulation_steps if stage >= 2 else 1
-        reduce_scatter = _ring(1, n) * width * psi * micro
-        allgather = _ring(1, n) * width * psi * (2 * micro if stage == 3 else 1)
+        held = _zero(job, probe, layout, moments, largest_block)
+        params, grads, optimizer, transient, reduce_scatter, allgather = held
     else:  # pipeline: each stage holds its blocks whole; replicas all-reduce them
         stage_params, stage_acts, sent = _pipeline(job, probe, layout)
         # every stage keeps the whole model's weights (evaluation, export); it trains its own
@@ -226,6 +202,42 @@ def estimate(
         comm_bytes_per_step=round(comm),
         name=layout.name,
     )
+
+
+def _zero(
+    job: JobSpec, probe: Probe, layout: Layout, moments: int, largest_block: int
+) -> tuple[float, float, float, float, float, float]:
+    """DeepSpeed ZeRO's params, grads, optimizer and transient bytes per worker, and the bytes
+    it reduce-scatters and all-gathers a step."""
+    train, n, psi = job.train, layout.workers, probe.params
+    transient = 0.0
+    width = _deepspeed_width(job)
+    stage = layout.zero_stage
+    # ZeRO-1/2 keep an fp32 master of their partition; ZeRO-3's fp32 weights are their own
+    master = 0 if stage == 3 and width == FP32 else FP32
+    params = width * psi / (n if stage == 3 else 1)
+    if stage == 3 and n > 1:
+        # a network another's phase runs through (a GAN's discriminator in the generator's
+        # phase) stays gathered whole through that phase: only its own engine's backward
+        # releases it (measured: bench/plan_accuracy.py)
+        params += width * (psi - max(probe.networks.values()))
+    # DeepSpeed's ZeRO-1 keeps only its partition of the gradients once they are reduced,
+    # as ZeRO-2 does (their whole size only through the backward pass); each network's
+    # engine frees them after its step: one network's at a time
+    grads = width * max(probe.networks.values()) / n
+    optimizer = (master + moments) * psi / n
+    if "optimizer" in layout.offload:
+        optimizer = 0
+    if "param" in layout.offload:
+        params = 0
+    if stage == 1 and n > 1:
+        transient = width * psi * (n - 1) / n
+    if stage == 3 and n > 1:
+        transient = min(psi, 2 * largest_block) * width
+    micro = train.accumulation_steps if stage >= 2 else 1
+    reduce_scatter = _ring(1, n) * width * psi * micro
+    allgather = _ring(1, n) * width * psi * (2 * micro if stage == 3 else 1)
+    return params, grads, optimizer, transient, reduce_scatter, allgather
 
 
 def _host_copies(job: JobSpec, layout: Layout) -> int:
