@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from zero_memory import Holdings, free_port
+from zero_memory import free_port, measure_all
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = sorted(p.stem for p in (REPO / "jobs").glob("*.yaml"))
@@ -38,31 +38,13 @@ STEPS = 2
 
 def held(strategy) -> dict[str, int]:
     """Bytes of the weights, gradients and optimizer state this rank's strategy holds."""
-    holdings = Holdings()
     engines = getattr(strategy, "engines", {})
     plain = getattr(strategy, "raw", None) or getattr(strategy, "models", {})  # ddp, fsdp; pipeline
     modules = [e.module for e in engines.values()] or list(plain.values())
-    optimizers, masters = [], []
-    for engine in engines.values():
-        zero = engine.optimizer
-        optimizers.append(getattr(zero, "optimizer", zero))
-        for name in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
-            masters += list(getattr(zero, name, []))  # DeepSpeed's fp32 partitions
+    zeros = [e.optimizer for e in engines.values()]
+    optimizers = [getattr(z, "optimizer", z) for z in zeros]
     optimizers += list(getattr(strategy, "optimizers", {}).values())
-    masters += [p for o in optimizers for group in o.param_groups for p in group["params"]]
-    for module in modules:
-        for param in module.parameters():
-            holdings.add("params", getattr(param, "ds_tensor", None))
-            holdings.add("params", param.data)
-    for param in [p for m in modules for p in m.parameters()] + masters:
-        holdings.add("grads", param.grad)
-    for master in masters:
-        holdings.add("optimizer", master)
-    for optimizer in optimizers:
-        for state in optimizer.state.values():
-            for value in state.values():
-                holdings.add("optimizer", value)
-    return holdings.bytes
+    return measure_all(modules, zeros, optimizers)
 
 
 def worker(rank: int, world: int, port: int, job: str, settings: dict, results) -> None:

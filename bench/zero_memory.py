@@ -82,20 +82,31 @@ class Holdings:
 
 
 def measure(module: torch.nn.Module, zero_optimizer, optimizer) -> dict[str, int]:
+    return measure_all([module], [zero_optimizer] if zero_optimizer else [], [optimizer])
+
+
+def measure_all(modules: list, zero_optimizers: list, optimizers: list) -> dict[str, int]:
+    """Bytes of the modules' weights and gradients, the optimizers' state and DeepSpeed's fp32
+    partitions (`zero_optimizers`: DeepSpeed's ZeRO optimizers), each storage once."""
     held = Holdings()
-    for param in module.parameters():
+    params = [p for module in modules for p in module.parameters()]
+    for param in params:
         held.add("params", getattr(param, "ds_tensor", None))  # ZeRO-3's own partition
         held.add("params", param.data)  # empty under ZeRO-3 between forward passes
-    masters = [p for group in optimizer.param_groups for p in group["params"]]
-    for name in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
-        masters += list(getattr(zero_optimizer, name, []))  # DeepSpeed's fp32 partitions
-    for param in [*module.parameters(), *masters]:
+    masters = [
+        p for optimizer in optimizers for group in optimizer.param_groups for p in group["params"]
+    ]
+    for zero in zero_optimizers:
+        for name in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
+            masters += list(getattr(zero, name, []))  # DeepSpeed's fp32 partitions
+    for param in [*params, *masters]:
         held.add("grads", param.grad)
     for master in masters:
         held.add("optimizer", master)
-    for state in optimizer.state.values():
-        for value in state.values():
-            held.add("optimizer", value)
+    for optimizer in optimizers:
+        for state in optimizer.state.values():
+            for value in state.values():
+                held.add("optimizer", value)
     return held.bytes
 
 
