@@ -92,7 +92,8 @@ def _stop_a_worker(workdir: Path, driver: subprocess.Popen) -> tuple[list[int], 
 
 
 def _the_stall_line(stderr: str) -> str:
-    lines = [x for x in stderr.splitlines() if "stalled after step" in x]
+    # a busy SQLite store's error log may quote the stall too: count the warnings
+    lines = [x for x in stderr.splitlines() if x.startswith("warning: stalled after step")]
     assert len(lines) == 1, f"one stall, and one only:\n{stderr}"
     return lines[0]
 
@@ -126,6 +127,7 @@ def test_a_frozen_worker_has_its_stack_dumped_and_is_restarted(new_store, tmp_pa
     assert f"Process {worker}" in stalls[path] and "trainer.py" in stalls[path], stalls[path]
     line = _the_stall_line(stderr)
     assert "rank 0 (process stopped) in " in line and "stall/step_" in line, line
+    assert line.startswith(f"warning: {run.data.tags['gentrain.stall']}"), line
     assert STALL_TIMEOUT <= restarted_after < STALL_TIMEOUT + 60
 
 
@@ -146,6 +148,7 @@ def test_a_collective_left_waiting_by_a_stopped_rank_times_out(new_store, tmp_pa
     line = _the_stall_line(stderr)
     assert f"rank {stopped} (process stopped) in " in line, line
     assert f"rank {waiting} waits in " in line, line
+    assert line.startswith(f"warning: {run.data.tags['gentrain.stall']}"), line
     # the waiting rank's collective times out; or, where it waits outside one (for rank 0's
     # evaluation), the watchdog kills the workers once the collectives' limit has passed too
     failures = [x for x in stderr.splitlines() if f"worker rank {waiting} failed" in x]

@@ -123,3 +123,51 @@ def test_the_collective_timeout_reaches_every_group_now_and_later():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["450.0", "450.0", "450.0"], "torch's default is 1800"
+
+
+def test_a_stall_the_busy_store_missed_is_recorded_once_the_stalled_workers_are_gone(
+    new_store, tmp_path
+):
+    """A worker stopped mid-write holds the SQLite store's lock: the driver records the stall's
+    stacks and tag when new workers progress (or once it has killed the stalled ones)."""
+    import sqlite3
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+
+    from gentrain import launch
+
+    uri = new_store(tmp_path)
+    client = MlflowClient(uri)
+    artifacts = (tmp_path / "artifacts").as_uri()
+    run_id = client.create_run(
+        client.create_experiment("x", artifact_location=artifacts)
+    ).info.run_id
+    warnings = []
+    spec = SimpleNamespace(train=SimpleNamespace(stall_timeout=10, workers=1))
+    watchdog = launch._watchdog(
+        spec,
+        None,
+        run_id=run_id,
+        uri=uri,
+        relay=SimpleNamespace(warn=warnings.append),
+        heartbeat=None,
+    )
+    stack = stall.RankStack(rank=0, pid=123, stopped=True, text="Process 123: python\n")
+    found = stall.Stall(7, 12.0, [stack], "stalled after step 7: no progress for 12 s")
+
+    held = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    held.execute("BEGIN EXCLUSIVE")  # as a worker stopped mid-write holds it
+    watchdog.on_stall(found)
+    held.execute("ROLLBACK")
+    assert warnings == [
+        f"{found.message}; stacks in MLflow stall/step_7/; its workers will be restarted"
+    ]
+    assert "gentrain.stall" not in client.get_run(run_id).data.tags
+
+    watchdog.on_step(21)  # new workers progressed: the stopped one is gone
+    assert client.get_run(run_id).data.tags["gentrain.stall"] == found.message
+    assert [a.path for a in client.list_artifacts(run_id, "stall/step_7")] == [
+        "stall/step_7/rank_0.txt"
+    ]
+    assert len(warnings) == 1

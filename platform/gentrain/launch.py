@@ -291,23 +291,42 @@ def _watched(spec: JobSpec, heartbeat: Heartbeat | None) -> bool:
 def _watchdog(spec: JobSpec, board, *, run_id: str, uri: str, relay, heartbeat) -> stall.Watchdog:
     """The run's stall watchdog (it also follows the step for the run's heartbeat)."""
 
-    def on_stall(found: stall.Stall) -> None:
+    unrecorded: list[stall.Stall] = []  # the store was busy (a stopped worker may hold its lock)
+
+    def record(found: stall.Stall) -> None:
         where = stall_artifacts(found)
-        relay.warn(f"{found.message}; stacks in MLflow {where}; its workers will be restarted")
         try:
             for stack in found.stacks:
                 tracking.log_text(run_id, stack.text, f"{where}rank_{stack.rank}.txt", uri=uri)
             tracking.set_tag(run_id, "gentrain.stall", found.message[:5000], uri=uri)
-        except Exception as err:  # the store is away or busy: the terminal has the gist
-            relay.warn(f"the stall's stacks did not reach the tracking store: {first_line(err)}")
+        except Exception as err:
+            if unrecorded:  # tried again, with the stalled workers gone: the terminal has the gist
+                relay.warn(
+                    f"the stall's stacks did not reach the tracking store: {first_line(err)}"
+                )
+                unrecorded.clear()
+            else:
+                unrecorded.append(found)
+
+    def retry() -> None:
+        if unrecorded:
+            record(unrecorded[0])
+
+    def on_stall(found: stall.Stall) -> None:
+        where = stall_artifacts(found)
+        relay.warn(f"{found.message}; stacks in MLflow {where}; its workers will be restarted")
+        unrecorded.clear()
+        record(found)
 
     def on_step(step: int) -> None:
+        retry()  # new workers made progress: the old ones are gone
         if heartbeat is not None:
             heartbeat.step = step
 
     def kill(workers: list) -> None:
         relay.warn("killing the stalled workers; Ray Train restarts them from the last checkpoint")
         cluster.kill_workers(workers)
+        retry()
 
     return stall.Watchdog(
         spec.train.stall_timeout,
