@@ -442,6 +442,7 @@ def sweep(
             resume=resume,
             on_start=started,
             on_trial=trial_ended,
+            on_note=lambda text: out.print(text, markup=False, highlight=False),
             source_tags=source.of_spec(spec),
         )
     except SpecError as error:

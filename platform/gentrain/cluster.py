@@ -171,6 +171,18 @@ def available_cpus() -> int:
     return int(ray.cluster_resources().get("CPU", 1))
 
 
+def worker_slots(*, cpus: int, gpus: int) -> int:
+    """How many workers of `cpus` CPUs and `gpus` GPUs each the cluster's live nodes hold at
+    once (a worker lives on one node)."""
+    slots = 0
+    for node in ray.nodes():
+        if node.get("Alive"):
+            have = node.get("Resources", {})
+            fit = int(have.get("CPU", 0) // cpus)
+            slots += min(fit, int(have.get("GPU", 0) // gpus)) if gpus else fit
+    return slots
+
+
 # --- the Ray Jobs API: submit a spec to a cluster, follow and manage its jobs -----------------
 
 # Never shipped with a job (gitignore patterns, as Ray reads them; a leading / anchors to the

@@ -8,7 +8,7 @@ import hashlib
 import json
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -439,17 +439,34 @@ class PbtSection(Section):
         return _check_space(mutations) if mutations else mutations
 
 
+class TpeSection(Section):
+    """Optuna's TPE sampler (search: bayesian, sampler: tpe)."""
+
+    multivariate: bool = False  # one model of the dimensions together, not one each
+    # trials still running count as a bad result, so concurrent trials spread out;
+    # default: on when sweep.concurrency is more than 1
+    constant_liar: bool | None = None
+
+
 class SweepSection(Section):
     """`gentrain sweep`: Ray Tune over `space` (dotted spec keys to distributions)."""
 
     search: Literal["grid", "random", "bayesian"] = "random"
     sampler: Literal["tpe", "gp"] = "tpe"  # bayesian: Optuna's TPE or Gaussian process
+    tpe: TpeSection = TpeSection()
     metric: str = "loss"
     mode: Literal["min", "max"] = "min"
     trials: int = Field(8, ge=1, description="ignored by grid: the grid's size is the count")
-    concurrency: int = Field(1, ge=1)
+    # trials side by side; auto: as many as the cluster has room for
+    concurrency: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
     seed: int = Field(0, ge=0)
     time_budget: float | None = Field(None, gt=0, description="seconds")
+    # training steps of all trials together: no trial is started, and those running are
+    # stopped, once they are spent
+    budget_steps: int | None = Field(None, ge=1)
+    # an earlier sweep's parent run id, or an experiment: bayesian search learns from its
+    # finished trials; grid and random search skip the configurations it ran
+    warm_start: str | None = None
     scheduler: Literal["none", "asha", "pbt"] = "none"
     asha: AshaSection = AshaSection()
     pbt: PbtSection = PbtSection()
@@ -478,6 +495,8 @@ class SweepSection(Section):
             raise ValueError(f"asha is set but scheduler is {self.scheduler}")
         if self.scheduler != "pbt" and self.pbt != PbtSection():
             raise ValueError(f"pbt is set but scheduler is {self.scheduler}")
+        if (self.search, self.sampler) != ("bayesian", "tpe") and self.tpe != TpeSection():
+            raise ValueError("tpe is set but search is not bayesian with sampler tpe")
         return self
 
 

@@ -15,7 +15,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.tune.search import BasicVariantGenerator, Searcher
 
-from gentrain import cluster, launch, plan, tracking
+from gentrain import cluster, launch, plan, tracking, warm_start
 from gentrain.errors import GentrainError, SpecError, traceback_of
 from gentrain.spec import JobSpec, SweepSection, trial_spec
 from gentrain.tracking.heartbeat import Heartbeat
@@ -68,6 +68,7 @@ def run(
     resume: bool = False,
     on_start: Callable[[str], None] | None = None,
     on_trial: Callable[[TrialOutcome], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
     source_tags: dict[str, str] | None = None,
 ) -> SweepResult:
     sweep = spec.sweep
@@ -75,6 +76,15 @@ def run(
         raise SpecError("sweep: this spec has no sweep section; `gentrain run` trains it")
     spec, _ = plan.resolve(spec)  # train.strategy: auto, once for every trial
     uri = launch.connect(spec, address)
+    concurrency = _concurrency(spec)
+    earlier = _read_warm_start(sweep, uri=uri)
+    if on_note and sweep.concurrency == "auto":
+        on_note(f"concurrency auto: {concurrency} trials at once, as the cluster has room")
+    if on_note and sweep.warm_start:
+        on_note(
+            f"warm start: {len(earlier[0])} of the {earlier[1]} trials of {sweep.warm_start} "
+            "ended in this sweep's space"
+        )
     storage = launch.storage_path(spec)
     if resume:
         parent_id = tracking.unfinished_sweep_run(spec, uri=uri)
@@ -108,6 +118,8 @@ def run(
             storage=storage,
             resume=resume,
             report=_TrialReport(spec, parent_id, uri),
+            concurrency=concurrency,
+            earlier=earlier[0],
         )
         tuner.fit()
         comparison = tracking.compare(uri=uri, parent_id=parent_id)
@@ -127,6 +139,9 @@ def run(
         reason = "no trial reported " + sweep.metric
         _close(parent_id, uri, "FAILED", reason)
         raise GentrainError(f"sweep {parent_id} failed: {reason}")
+    if sweep.budget_steps:  # trials the budget stopped end no other way
+        spent = f"stopped when sweep.budget_steps ({sweep.budget_steps}) ran out"
+        tracking.end_open_trials(parent_id, uri=uri, reason=spent)
     _close(parent_id, uri, "FINISHED", None)
     return SweepResult(
         parent_run_id=parent_id,
@@ -147,10 +162,38 @@ def _close(
     tracking.end_run(parent_id, uri=uri, status=status, reason=reason, error=error)
 
 
-def _tuner(
-    spec: JobSpec, *, parent_id: str, uri: str, storage: str, resume: bool, report: tune.Callback
-) -> tune.Tuner:
+def _concurrency(spec: JobSpec) -> int:
+    """sweep.concurrency, where auto is as many trials as the cluster's nodes hold at once."""
     sweep, train = spec.sweep, spec.train
+    if sweep.concurrency != "auto":
+        return sweep.concurrency
+    slots = cluster.worker_slots(cpus=train.cpus_per_worker or 1, gpus=int(train.use_gpu))
+    trials = (
+        math.prod(len(d["grid"]) for d in sweep.space.values())
+        if sweep.search == "grid"
+        else sweep.trials
+    )
+    return max(1, min(trials, slots // train.workers))
+
+
+def _read_warm_start(sweep: SweepSection, *, uri: str) -> tuple[list[warm_start.EarlierTrial], int]:
+    if sweep.warm_start is None:
+        return [], 0
+    return warm_start.earlier_trials(sweep, uri=uri)
+
+
+def _tuner(
+    spec: JobSpec,
+    *,
+    parent_id: str,
+    uri: str,
+    storage: str,
+    resume: bool,
+    report: tune.Callback,
+    concurrency: int,
+    earlier: list[warm_start.EarlierTrial],
+) -> tune.Tuner:
+    sweep, train = spec.sweep.model_copy(update={"concurrency": concurrency}), spec.train
     base = spec.to_dict()
     del base["sweep"]
     single = train.workers == 1
@@ -180,6 +223,7 @@ def _tuner(
         name=parent_id,
         storage_path=storage,
         callbacks=[report],
+        stop=_StepBudget(sweep.budget_steps) if sweep.budget_steps else None,
         verbose=0,
         failure_config=tune.FailureConfig(max_failures=train.max_failures if single else 0),
         # PBT exploits other trials' checkpoints: none may be deleted under it
@@ -187,16 +231,16 @@ def _tuner(
             num_to_keep=None if sweep.scheduler == "pbt" else 2
         ),
     )
-    search, scheduler = make_search(sweep), make_scheduler(sweep)
+    search, space, samples = _search_for(sweep, train.max_steps, earlier)
     return tune.Tuner(
         trainable,
-        param_space=param_space(sweep),
+        param_space=space,
         tune_config=tune.TuneConfig(
             metric=sweep.metric,
             mode=sweep.mode,
             search_alg=search,
-            scheduler=scheduler,
-            num_samples=1 if sweep.search == "grid" else sweep.trials,
+            scheduler=make_scheduler(sweep),
+            num_samples=samples,
             # the variant generator limits itself (make_search); searchers are limited here
             max_concurrent_trials=sweep.concurrency if sweep.search == "bayesian" else None,
             time_budget_s=sweep.time_budget,
@@ -224,23 +268,77 @@ def param_space(sweep: SweepSection) -> dict[str, Any]:
     return {key: domain(dist) for key, dist in sweep.space.items()}
 
 
-def make_search(sweep: SweepSection) -> Searcher | BasicVariantGenerator:
+def _search_for(sweep: SweepSection, max_steps: int, earlier: list[warm_start.EarlierTrial]):
+    """(the search algorithm, Tune's param space, its num_samples) for the sweep; a grid or
+    random sweep warm-started from `earlier` runs its own configurations that `earlier` lacks."""
+    if sweep.search == "bayesian":
+        return (
+            make_search(sweep, max_steps=max_steps, earlier=earlier),
+            param_space(sweep),
+            sweep.trials,
+        )
+    if not earlier:
+        samples = 1 if sweep.search == "grid" else sweep.trials
+        return make_search(sweep), param_space(sweep), samples
+    todo = [c for c in configurations(sweep) if not warm_start.was_run(c, earlier)]
+    if not todo:
+        raise SpecError(
+            f"sweep.warm_start: {sweep.warm_start} ran every configuration of this sweep; "
+            "raise sweep.trials or widen sweep.space"
+        )
+    # the configurations to run, given whole; the space's grids become choices so that they
+    # do not multiply them
+    space = {
+        key: tune.choice(next(iter(d.values()))) if "grid" in d else domain(d)
+        for key, d in sweep.space.items()
+    }
+    search = BasicVariantGenerator(points_to_evaluate=todo, max_concurrent=sweep.concurrency)
+    return search, space, len(todo)
+
+
+def configurations(sweep: SweepSection) -> list[dict[str, Any]]:
+    """The configurations a grid or random sweep runs, in order: what Tune's variant generator
+    draws under the sweep's seed."""
+    from ray.tune.search.sample import _BackwardsCompatibleNumpyRng
+    from ray.tune.search.variant_generator import generate_variants
+
+    rng = _BackwardsCompatibleNumpyRng(sweep.seed)
+    samples = 1 if sweep.search == "grid" else sweep.trials
+    return [
+        {key: variant["config"][key] for key in sweep.space}
+        for _ in range(samples)
+        for _, variant in generate_variants({"config": param_space(sweep)}, random_state=rng)
+    ]
+
+
+def make_search(
+    sweep: SweepSection,
+    *,
+    max_steps: int | None = None,
+    earlier: list[warm_start.EarlierTrial] = (),
+) -> Searcher | BasicVariantGenerator:
     """Grid and random search: Tune's variant generator (seeded); bayesian: Optuna's TPE or
-    Gaussian-process sampler (seeded)."""
+    Gaussian-process sampler (seeded), told which trials a scheduler stopped (pruned) and
+    the earlier sweep's trials (sweep.warm_start)."""
     if sweep.search != "bayesian":
         return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=sweep.concurrency)
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
+    from gentrain import bayesian
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # Optuna samples its first 10 trials at random: most of a small sweep. A third of the
-    # trials (2 to 10) is enough for its model to start from.
-    startup = min(10, max(2, sweep.trials // 3))
-    if sweep.sampler == "gp":
-        sampler = optuna.samplers.GPSampler(seed=sweep.seed, n_startup_trials=startup)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=sweep.seed, n_startup_trials=startup)
-    return OptunaSearch(sampler=sampler)
+    return bayesian.search(sweep, max_steps=max_steps, earlier=list(earlier))
+
+
+class _StepBudget(tune.Stopper):
+    """sweep.budget_steps: stops the sweep once its trials' training steps add up to it."""
+
+    def __init__(self, budget: int):
+        self.budget, self.steps = budget, {}
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self.steps[trial_id] = max(self.steps.get(trial_id, 0), result.get("step", 0))
+        return False
+
+    def stop_all(self) -> bool:
+        return sum(self.steps.values()) >= self.budget
 
 
 def make_scheduler(sweep: SweepSection):
@@ -379,9 +477,14 @@ class _TrialReport(tune.Callback):
         self.spec, self.parent_id, self.uri = spec, parent_id, uri
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        result = trial.last_result or {}
-        scheduler = self.spec.sweep.scheduler
-        by = f"early by {scheduler}" if scheduler != "none" else "when the time budget ran out"
+        result, sweep = trial.last_result or {}, self.spec.sweep
+        spent = sum((t.last_result or {}).get("step", 0) for t in trials)
+        if sweep.budget_steps and spent >= sweep.budget_steps:
+            by = f"when sweep.budget_steps ({sweep.budget_steps}) ran out"
+        elif sweep.scheduler != "none":
+            by = f"early by {sweep.scheduler}"
+        else:
+            by = "when the time budget ran out"
         reason = (
             f"stopped {by} after {result.get(TIME_ATTR, 0)} evaluations "
             f"(step {result.get('step', 0)})"
