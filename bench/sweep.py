@@ -13,6 +13,10 @@ figures are Tune's and Ray Train's own.
 Search efficiency: the best value found after k trials, median over seeds, on the Branin function
 (global minimum 0.397887) and on a tiny GPT's held-out perplexity (jobs/gpt_python_docs.yaml,
 debug flavor, learning rate x width); ASHA versus no scheduler at equal total training steps.
+Equal budget (--parts budget): random, random + ASHA, TPE, TPE + ASHA and grid each get the same
+total training steps (sweep.budget_steps) on a tiny GPT over learning rate x width x warmup;
+the median over seeds of each one's best held-out perplexity, and of the steps it needed to
+first reach random search's final best.
 """
 
 import argparse
@@ -28,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 BRANIN_MINIMUM = 0.397887
 
 
-def gpt_sweep(workdir: Path, sweep: dict, **train) -> dict:
+def gpt_sweep(workdir: Path, sweep: dict, optim: dict | None = None, **train) -> dict:
     """A sweep of jobs/gpt_python_docs.yaml at the debug flavor, trials of `train`."""
     from gentrain import spec
 
@@ -38,6 +42,7 @@ def gpt_sweep(workdir: Path, sweep: dict, **train) -> dict:
     raw["train"].update(workers=1, max_steps=40, log_every=1, eval_every=10, checkpoint_every=40)
     raw["train"].update(train)
     raw["optim"].update(warmup_steps=0, schedule="constant")
+    raw["optim"].update(optim or {})
     raw["tracking"] = {"uri": f"sqlite:///{workdir / 'mlflow.db'}"}
     raw["storage"] = {"path": str(workdir / "checkpoints")}
     raw["sweep"] = {"metric": "perplexity", **sweep}
@@ -221,6 +226,75 @@ def asha_versus_none(seed: int, trials: int) -> dict[str, float]:
     return {"asha": result.best_value, "none": plain_best, "steps": steps, "none_trials": budget}
 
 
+BUDGET_SPACE = {
+    "optim.lr": {"loguniform": [1e-4, 3e-2]},
+    "model.overrides.dim": {"choice": [16, 32, 64]},
+    "optim.warmup_steps": {"int": [0, 30]},
+}
+BUDGET_GRID = {
+    "optim.lr": {"grid": [1e-3, 1e-2]},
+    "model.overrides.dim": {"grid": [16, 64]},
+    "optim.warmup_steps": {"grid": [0, 20]},
+}
+BUDGET_TRIALS = 8  # whole trials' worth of steps every method gets
+METHODS = {  # name -> the sweep section (the same budget for all)
+    "random": {"search": "random"},
+    "random_asha": {"search": "random", "scheduler": "asha"},
+    "tpe": {"search": "bayesian"},
+    "tpe_asha": {"search": "bayesian", "scheduler": "asha"},
+    "grid": {"search": "grid"},
+}
+
+
+def equal_budget(method: str, seed: int) -> dict:
+    """One sweep of `method` under the budget: its best perplexity, and the step (counted over
+    all its trials, in the order they ran) of each new best it reported."""
+    from gentrain import sweep
+
+    section = METHODS[method]
+    budget = BUDGET_TRIALS * 40  # steps: BUDGET_TRIALS trials of train.max_steps 40
+    stopping = "scheduler" in section  # trials stop early: more of them fit the budget
+    with tempfile.TemporaryDirectory() as tmp:
+        job = gpt_sweep(
+            Path(tmp),
+            {
+                **section,
+                "seed": seed,
+                "space": BUDGET_GRID if method == "grid" else BUDGET_SPACE,
+                "trials": 8 * BUDGET_TRIALS if stopping else BUDGET_TRIALS,
+                "budget_steps": budget,
+            },
+            optim={"schedule": "cosine"},
+            max_steps=40,
+            eval_every=10,
+        )
+        result = sweep.run(job)
+        return {"best": result.best_value, "curve": _best_so_far(result)}
+
+
+def _best_so_far(result) -> list[tuple[int, float]]:
+    """(steps spent by the sweep, the best perplexity so far) at each evaluation, trials in the
+    order they started."""
+    import mlflow
+
+    client = mlflow.MlflowClient(result.tracking_uri)
+    runs = sorted(_children(result), key=lambda run: run.info.start_time)
+    spent, best, curve = 0, math.inf, []
+    for run in runs:
+        for m in sorted(
+            client.get_metric_history(run.info.run_id, "perplexity"), key=lambda m: m.step
+        ):
+            if m.value < best:
+                best = m.value
+                curve.append((spent + m.step, best))
+        spent += _last_step(run, result)
+    return curve
+
+
+def steps_to_reach(curve: list[tuple[int, float]], target: float) -> float:
+    return next((steps for steps, best in curve if best <= target), math.inf)
+
+
 def _last_step(run, result) -> int:
     import mlflow
 
@@ -234,7 +308,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8, help="k: trials per GPT search")
     parser.add_argument("--quick", action="store_true", help="3 seeds, 4 trials")
     parser.add_argument("--json", type=Path, help="also write the figures here (flat JSON)")
-    parts = ("overhead", "branin", "gpt", "asha")
+    parts = ("overhead", "branin", "gpt", "asha", "budget")
     parser.add_argument("--parts", default=",".join(parts), help=f"some of {','.join(parts)}")
     args = parser.parse_args()
     wanted = set(args.parts.split(","))
@@ -310,6 +384,37 @@ def main() -> None:
             f"ASHA {figures['scheduler.asha']:.3f}  none {figures['scheduler.none']:.3f}  "
             f"(steps per round {[r['steps'] for r in rounds]}, "
             f"trials without a scheduler {[r['none_trials'] for r in rounds]})"
+        )
+    if "budget" in wanted:
+        print(
+            f"== equal budget ({BUDGET_TRIALS} trials x 40 steps each method), tiny GPT "
+            f"perplexity, median of {args.seeds} seeds"
+        )
+        runs = {m: [equal_budget(m, seed) for seed in range(args.seeds)] for m in METHODS}
+        targets = [run["best"] for run in runs["random"]]  # random's final best, each seed
+        best = {m: statistics.median(r["best"] for r in rs) for m, rs in runs.items()}
+        reach = {
+            m: statistics.median(
+                steps_to_reach(r["curve"], target) for r, target in zip(rs, targets, strict=True)
+            )
+            for m, rs in runs.items()
+        }
+        for m in METHODS:
+            figures[f"budget.{m}.best"], figures[f"budget.{m}.steps_to_random_best"] = (
+                best[m],
+                reach[m],
+            )
+            print(
+                f"{m:<12} best {best[m]:8.3f}   steps to reach random's best {reach[m]:6.0f}"
+                f"   per seed {[round(r['best'], 2) for r in runs[m]]}"
+            )
+        figures["asha_steps_ratio"] = reach["random_asha"] / reach["random"]
+        figures["asha_best_ratio"] = best["random_asha"] / best["random"]
+        figures["tpe_asha_best_ratio"] = best["tpe_asha"] / best["random"]
+        print(
+            f"asha_steps_ratio {figures['asha_steps_ratio']:.3f} (target <= 0.5)  "
+            f"asha_best_ratio {figures['asha_best_ratio']:.3f} (target <= 1)  "
+            f"tpe_asha_best_ratio {figures['tpe_asha_best_ratio']:.3f} (target: the lowest)"
         )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))

@@ -27,7 +27,9 @@ def search(sweep: SweepSection, *, max_steps: int | None, earlier: list[EarlierT
             multivariate=sweep.tpe.multivariate,
             constant_liar=sweep.concurrency > 1 if liar is None else liar,
         )
-    return PruningOptunaSearch(sampler=sampler, max_steps=max_steps, earlier=list(earlier))
+    return PruningOptunaSearch(
+        sampler=sampler, max_steps=max_steps, earlier=list(earlier), seed=sweep.seed
+    )
 
 
 class PruningOptunaSearch(OptunaSearch):
@@ -37,9 +39,10 @@ class PruningOptunaSearch(OptunaSearch):
 
     REDRAWS = 20
 
-    def __init__(self, *, max_steps: int | None, earlier: list, **kwargs):
+    def __init__(self, *, max_steps: int | None, earlier: list, seed: int, **kwargs):
         super().__init__(**kwargs)
         self._max_steps, self._earlier = max_steps, earlier
+        self._at_random = optuna.samplers.RandomSampler(seed=seed)
 
     def _setup_study(self, mode):
         super()._setup_study(mode)
@@ -56,14 +59,21 @@ class PruningOptunaSearch(OptunaSearch):
             )
 
     def suggest(self, trial_id: str) -> dict | None:
-        """Optuna's next configuration, unless the earlier sweep ran it (a sampler under the
-        same seed can draw it again): that draw is dropped and another taken."""
-        for _ in range(self.REDRAWS):
-            config = super().suggest(trial_id)
+        """Optuna's next configuration, unless the earlier sweep ran it: that draw is dropped
+        and another taken; where the model keeps drawing it, at random."""
+        config = super().suggest(trial_id)
+        for redraw in range(self.REDRAWS):
             if config is None or not was_run(config, self._earlier):
-                return config
+                break
             drawn = self._ot_trials.pop(trial_id)
             self._ot_study.tell(drawn, state=optuna.trial.TrialState.FAIL)  # not a result
+            model = self._ot_study.sampler
+            if redraw >= self.REDRAWS // 2:
+                self._ot_study.sampler = self._at_random
+            try:
+                config = super().suggest(trial_id)
+            finally:
+                self._ot_study.sampler = model
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:

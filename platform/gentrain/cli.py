@@ -544,6 +544,56 @@ def compare_runs(
         _print_comparison(comparison, title=f"{experiment}: best {comparison.metric} first")
 
 
+@runs_app.command("best")
+def best_run(
+    experiment: str,
+    parent: Annotated[
+        str | None,
+        typer.Option("--parent", help="This sweep's best trial (its parent run id)."),
+    ] = None,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="Write the spec here (default: print it).")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option("--tracking-uri", help="Default: MLFLOW_TRACKING_URI, else ./mlflow.db."),
+    ] = None,
+) -> None:
+    """The best finished trial of a sweep (default: of the experiment's sweeps) as a job spec,
+    without its sweep section: `gentrain run` trains it, tagged with the sweep it came from."""
+    from gentrain import tracking
+    from gentrain.tracking.best import best_trial
+
+    _check_run_id(parent, "--parent")
+    if out_path is not None and not out_path.parent.is_dir():
+        _fail(f"--out: no directory {out_path.parent} to write {out_path.name} in", 2)
+    try:
+        uri = tracking.resolve_tracking_uri(tracking_uri=tracking_uri)
+        tracking.check_reachable(uri, experiment=experiment)
+        best = best_trial(uri=uri, experiment=experiment, parent_id=parent)
+    except SpecError as error:
+        _fail(str(error), 2)
+    except GentrainError as error:
+        _fault(error)
+    text = best.job_yaml()
+    values = ", ".join(f"{key}={value}" for key, value in best.values.items())
+    said = (
+        f"best trial: run {best.run_id} of sweep {best.parent_id}: "
+        f"{best.metric} {best.value:.4g} ({values})"
+    )
+    if out_path is None:
+        err.print(said, markup=False, highlight=False)
+        sys.stdout.write(text)
+        return
+    out_path.write_text(text)
+    out.print(said, markup=False, highlight=False)
+    out.print(
+        f"wrote {out_path}; train it: gentrain run {out_path} --set train.max_steps=N",
+        markup=False,
+        highlight=False,
+    )
+
+
 @runs_app.command("reconcile")
 def reconcile_runs(
     experiment: Annotated[

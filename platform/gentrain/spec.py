@@ -357,6 +357,7 @@ class TrackingSection(Section):
     _place = _place_check("uri", places.check_tracking_uri)
     experiment: str | None = Field(None, min_length=1, max_length=500)
     register_as: str | None = None  # the registered model's name
+    tags: dict[str, str] = {}  # on every run of the spec (a sweep's parent and trials too)
 
     @field_validator("register_as")
     @classmethod

@@ -76,15 +76,18 @@ def run(
         raise SpecError("sweep: this spec has no sweep section; `gentrain run` trains it")
     spec, _ = plan.resolve(spec)  # train.strategy: auto, once for every trial
     uri = launch.connect(spec, address)
-    concurrency = _concurrency(spec)
-    earlier = _read_warm_start(sweep, uri=uri)
-    if on_note and sweep.concurrency == "auto":
-        on_note(f"concurrency auto: {concurrency} trials at once, as the cluster has room")
+    auto = sweep.concurrency == "auto"
+    sweep = sweep.model_copy(update={"concurrency": _concurrency(spec)})
+    if on_note and auto:
+        on_note(f"concurrency auto: {sweep.concurrency} trials at once, as the cluster has room")
+    earlier, told = _read_warm_start(sweep, uri=uri)
     if on_note and sweep.warm_start:
         on_note(
-            f"warm start: {len(earlier[0])} of the {earlier[1]} trials of {sweep.warm_start} "
+            f"warm start: {len(earlier)} of the {told} trials of {sweep.warm_start} "
             "ended in this sweep's space"
         )
+    # before anything starts: a warm start may leave nothing to run
+    searching = None if resume else _search_for(sweep, spec.train.max_steps, earlier)
     storage = launch.storage_path(spec)
     if resume:
         parent_id = tracking.unfinished_sweep_run(spec, uri=uri)
@@ -118,8 +121,8 @@ def run(
             storage=storage,
             resume=resume,
             report=_TrialReport(spec, parent_id, uri),
-            concurrency=concurrency,
-            earlier=earlier[0],
+            sweep=sweep,
+            searching=searching,
         )
         tuner.fit()
         comparison = tracking.compare(uri=uri, parent_id=parent_id)
@@ -190,10 +193,12 @@ def _tuner(
     storage: str,
     resume: bool,
     report: tune.Callback,
-    concurrency: int,
-    earlier: list[warm_start.EarlierTrial],
+    sweep: SweepSection,
+    searching: tuple | None,
 ) -> tune.Tuner:
-    sweep, train = spec.sweep.model_copy(update={"concurrency": concurrency}), spec.train
+    """The sweep's Tuner; `sweep` is the spec's, its concurrency resolved; `searching` is what
+    `_search_for` made of it (None on resume: Tune restores its searcher)."""
+    train = spec.train
     base = spec.to_dict()
     del base["sweep"]
     single = train.workers == 1
@@ -231,7 +236,7 @@ def _tuner(
             num_to_keep=None if sweep.scheduler == "pbt" else 2
         ),
     )
-    search, space, samples = _search_for(sweep, train.max_steps, earlier)
+    search, space, samples = searching
     return tune.Tuner(
         trainable,
         param_space=space,

@@ -209,6 +209,7 @@ def log_text(run_id: str, text: str, path: str, *, uri: str) -> None:
 
 def _tags(spec: JobSpec) -> dict[str, str]:
     return {
+        **spec.tracking.tags,
         "gentrain.family": spec.model.family,
         "gentrain.strategy": spec.train.strategy,
         "gentrain.workers": str(spec.train.workers),
