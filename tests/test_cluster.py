@@ -398,12 +398,14 @@ def test_a_submitted_sweep_runs_its_trials_on_both_nodes(
     spec["sweep"] = {
         "search": "grid",
         "metric": "loss",
-        "concurrency": 2,
+        "concurrency": "auto",
         "space": {"optim.lr": {"grid": [1e-3, 2e-3]}},
     }
     spec_path.write_text(yaml.safe_dump(spec))
     result = _submit_and_follow(cluster, tmp_path)
     assert "(gentrain sweep job.yaml)" in result.stdout and "SUCCEEDED" in result.stdout
+    # a CPU a node, a worker a trial: room for both trials at once
+    assert "concurrency auto: 2 trials at once" in result.stdout, result.stdout[-3000:]
     parent, children = _sweep_runs(tracking_server, spec["name"])
     assert parent.info.status == "FINISHED" and "best_loss" in parent.data.metrics
     assert sorted(run.data.params["optim.lr"] for run in children) == ["0.001", "0.002"]
@@ -439,12 +441,14 @@ def test_a_submitted_sweep_of_two_worker_trials_spreads_each_trial_over_both_nod
         "search": "random",
         "metric": "loss",
         "trials": 2,
-        "concurrency": 1,
+        "concurrency": "auto",
         "space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}},
     }
     spec_path.write_text(yaml.safe_dump(spec))
     result = _submit_and_follow(cluster, tmp_path)
     assert "SUCCEEDED" in result.stdout, result.stdout[-3000:]
+    # two CPUs in all, two workers a trial: one trial at a time
+    assert "concurrency auto: 1 trial at once" in result.stdout, result.stdout[-3000:]
     parent, children = _sweep_runs(tracking_server, spec["name"])
     assert parent.info.status == "FINISHED" and "best_loss" in parent.data.metrics
     assert len(children) == 2 and all(run.info.status == "FINISHED" for run in children)

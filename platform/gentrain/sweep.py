@@ -79,7 +79,8 @@ def run(
     auto = sweep.concurrency == "auto"
     sweep = sweep.model_copy(update={"concurrency": _concurrency(spec)})
     if on_note and auto:
-        on_note(f"concurrency auto: {sweep.concurrency} trials at once, as the cluster has room")
+        trials = "1 trial" if sweep.concurrency == 1 else f"{sweep.concurrency} trials"
+        on_note(f"concurrency auto: {trials} at once, as the cluster has room")
     earlier, told = _read_warm_start(sweep, uri=uri)
     if on_note and sweep.warm_start:
         on_note(
