@@ -16,7 +16,11 @@ def search(sweep: SweepSection, *, max_steps: int | None, earlier: list[EarlierT
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Optuna samples its first 10 trials at random: most of a small sweep. A third of the
     # trials (2 to 10) is enough for its model to start from; trials told by a warm start count.
-    startup = max(0, min(10, max(2, sweep.trials // 3)) - len(earlier))
+    # Under a step budget, `trials` is only a cap: count the whole trials the budget pays for.
+    trials = sweep.trials
+    if sweep.budget_steps and max_steps:
+        trials = min(trials, max(1, sweep.budget_steps // max_steps))
+    startup = max(0, min(10, max(2, trials // 3)) - len(earlier))
     if sweep.sampler == "gp":
         sampler = optuna.samplers.GPSampler(seed=sweep.seed, n_startup_trials=startup)
     else:
