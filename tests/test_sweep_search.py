@@ -28,7 +28,7 @@ def local_ray():
 
 
 def _searcher(space: dict, *, earlier=(), **section):
-    section = SweepSection(search="bayesian", trials=6, space=space, **section)
+    section = SweepSection(search="bayesian", **{"trials": 6, "space": space, **section})
     searcher = sweep.make_search(section, max_steps=STEPS, earlier=list(earlier))
     searcher.set_search_properties("loss", "min", sweep.param_space(section))
     return searcher
@@ -230,3 +230,16 @@ def test_the_best_trial_becomes_a_job_that_remembers_its_sweep(local_ray, new_st
 
 def _all_runs(client, experiment: str) -> list:
     return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+@pytest.mark.parametrize(
+    ("section", "startup"),
+    [
+        ({"trials": 64}, 10),  # a third of the trials, 10 at most
+        ({"trials": 64, "budget_steps": 12 * STEPS}, 4),  # a third of the 12 the budget pays for
+        ({"trials": 3}, 2),  # 2 at least
+    ],
+)
+def test_optunas_random_start_is_a_third_of_the_trials_the_sweep_pays_for(section, startup):
+    sampler = _searcher({"x": {"uniform": [0, 1]}}, **section)._sampler
+    assert sampler._n_startup_trials == startup
