@@ -32,7 +32,13 @@ REPO = Path(__file__).resolve().parents[1]
 BRANIN_MINIMUM = 0.397887
 
 
-def gpt_sweep(workdir: Path, sweep: dict, optim: dict | None = None, **train) -> dict:
+def gpt_sweep(
+    workdir: Path,
+    sweep: dict,
+    optim: dict | None = None,
+    evaluation: dict | None = None,
+    **train,
+) -> dict:
     """A sweep of jobs/gpt_python_docs.yaml at the debug flavor, trials of `train`."""
     from gentrain import spec
 
@@ -43,6 +49,7 @@ def gpt_sweep(workdir: Path, sweep: dict, optim: dict | None = None, **train) ->
     raw["train"].update(train)
     raw["optim"].update(warmup_steps=0, schedule="constant")
     raw["optim"].update(optim or {})
+    raw["eval"].update(evaluation or {})
     raw["tracking"] = {"uri": f"sqlite:///{workdir / 'mlflow.db'}"}
     raw["storage"] = {"path": str(workdir / "checkpoints")}
     raw["sweep"] = {"metric": "perplexity", **sweep}
@@ -265,6 +272,9 @@ def equal_budget(method: str, seed: int) -> dict:
                 "budget_steps": budget,
             },
             optim={"schedule": "cosine"},
+            evaluation={
+                "metrics": ["perplexity"]
+            },  # what the sweeps compare; text metrics cost 5 s
             max_steps=40,
             eval_every=10,
         )

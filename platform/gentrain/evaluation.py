@@ -15,6 +15,17 @@ from gentrain.tracking import RunLogger
 EVAL_SEED = 1234  # every evaluation draws the same noise and samples from the same stream
 
 
+def load_ahead(spec: JobSpec) -> None:
+    """Start loading, in the background, what rank 0's evaluations need and take seconds to
+    load (the text metrics' sentence encoder): the first evaluation then finds it loaded."""
+    from gentrain.metrics.text import needs_encoder
+
+    if needs_encoder(spec.text_metrics, judged=bool(spec.eval.judge)):
+        from gentrain.metrics.text_quality import load_encoder_ahead
+
+        load_encoder_ahead()
+
+
 class Evaluation:
     def __init__(
         self,

@@ -27,7 +27,7 @@ from gentrain.data.augment import augment
 from gentrain.data.fingerprint import what_changed
 from gentrain.data.stream import Position
 from gentrain.errors import GentrainError
-from gentrain.evaluation import Evaluation
+from gentrain.evaluation import Evaluation, load_ahead
 from gentrain.families import FamilyStep, FamilyWarning, get_family
 from gentrain.memory import is_out_of_memory, out_of_memory_message, peak_memory
 from gentrain.noise import DrawPlan
@@ -151,6 +151,8 @@ def train(config: dict[str, Any], session: Session) -> None:
             f"data.source: {spec.data.source} holds {data.modality}s; family {family.name} "
             f"trains on {family.modality}s"
         )
+    if rank == 0:
+        load_ahead(spec)
     logger, board = _tracking(config, rank) if rank == 0 else (None, None)
     monitor = _system_metrics(spec, config, session)
     try:

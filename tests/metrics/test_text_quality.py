@@ -156,3 +156,31 @@ def test_scores_are_1_to_5_and_the_truth_scores_above_noise(measured):
         noise = [score(metric, raw) for raw in measured["random bytes"][metric]]
         assert set(truth + noise) <= {1, 2, 3, 4, 5}
         assert np.mean(truth) > np.mean(noise) + 1, (metric, truth, noise)
+
+
+def test_a_process_loads_its_encoder_once_and_can_load_it_ahead(monkeypatch):
+    """Sweep trials reuse their processes, and rank 0 starts loading the encoder as training
+    starts: the first evaluation finds it loaded."""
+    import threading
+
+    from gentrain.metrics import text_quality
+
+    monkeypatch.setattr(text_quality, "_encoders", {})
+    loads = []
+    load = text_quality.Encoder.__init__
+
+    def counted(self, device: str = "cpu") -> None:
+        loads.append(threading.current_thread().name)
+        load(self, device)
+
+    monkeypatch.setattr(text_quality.Encoder, "__init__", counted)
+    text_quality.load_encoder_ahead()
+    for thread in threading.enumerate():
+        if thread.name == "gentrain-encoder":
+            thread.join()
+    assert loads == ["gentrain-encoder"]  # loaded in the background
+    first = text_quality.shared_encoder()
+    text_quality.load_encoder_ahead()  # loaded already: nothing more
+    assert text_quality.shared_encoder() is first
+    assert loads == ["gentrain-encoder"]
+    assert first(["a sentence."]).shape == (1, 384)

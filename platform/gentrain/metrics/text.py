@@ -9,13 +9,25 @@ import torch
 
 from gentrain.data.questions import Question
 from gentrain.families import MASK_SHOWN
-from gentrain.metrics.text_quality import CharNgrams, Encoder, Item, raw_scores, score
+from gentrain.metrics.text_quality import (
+    CharNgrams,
+    Item,
+    raw_scores,
+    score,
+    shared_encoder,
+)
 
 if TYPE_CHECKING:
     from gentrain.metrics.judge import Judges
 
 ANSWERS = "answers.json"  # the MLflow table of each evaluation's answers and their scores
 BATCH = 32  # prompts generated at once
+
+
+def needs_encoder(metrics: Sequence[str], *, judged: bool) -> bool:
+    """Whether the text metrics use the sentence encoder: the embedded scorer does, and MAUVE
+    (a judge scores the rest)."""
+    return bool(metrics) and (not judged or "mauve" in metrics)
 
 
 class TextQuality:
@@ -60,8 +72,7 @@ class TextQuality:
                     Question(question=question, context=question, ground_truth=truth)
                 )
             reference = heldout[count:] if len(heldout) > count else heldout
-        # the embedded scorer; a judge leaves it only MAUVE
-        self.encoder = Encoder() if judges is None or "mauve" in self.metrics else None
+        self.encoder = shared_encoder() if needs_encoder(metrics, judged=bool(judges)) else None
         self.reference = CharNgrams("".join(decode(window.tolist()) for window in reference))
 
     def compute(

@@ -17,6 +17,7 @@ Embeddings are unit vectors, so a dot product is a cosine similarity.
 
 import math
 import re
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,6 +80,27 @@ class Encoder:
         if not texts:
             return np.zeros((0, self.model.get_embedding_dimension()), dtype=np.float32)
         return np.stack([self.known[t] for t in texts])
+
+
+_encoders: dict[str, Encoder] = {}
+_loading = threading.Lock()
+
+
+def shared_encoder(device: str = "cpu") -> Encoder:
+    """This process's encoder, loaded once: importing sentence-transformers and reading the
+    weights take seconds, and a sweep's trials reuse their processes."""
+    with _loading:
+        if device not in _encoders:
+            _encoders[device] = Encoder(device)
+        return _encoders[device]
+
+
+def load_encoder_ahead(device: str = "cpu") -> None:
+    """Start loading this process's encoder in the background, while training goes on."""
+    if device not in _encoders:
+        threading.Thread(
+            target=shared_encoder, args=(device,), daemon=True, name="gentrain-encoder"
+        ).start()
 
 
 class CharNgrams:
