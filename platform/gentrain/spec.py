@@ -8,7 +8,7 @@ import hashlib
 import json
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -459,7 +459,7 @@ class SweepSection(Section):
     mode: Literal["min", "max"] = "min"
     trials: int = Field(8, ge=1, description="ignored by grid: the grid's size is the count")
     # trials side by side; auto: as many as the cluster has room for
-    concurrency: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
+    concurrency: int | Literal["auto"] = 1
     seed: int = Field(0, ge=0)
     time_budget: float | None = Field(None, gt=0, description="seconds")
     # training steps of all trials together: no trial is started, and those running are
@@ -472,6 +472,13 @@ class SweepSection(Section):
     asha: AshaSection = AshaSection()
     pbt: PbtSection = PbtSection()
     space: dict[str, dict[str, Any]]
+
+    @field_validator("concurrency", mode="before")
+    @classmethod
+    def _valid_concurrency(cls, value: Any) -> Any:
+        if value == "auto" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError("a number of trials at once (1 or more), or auto")
 
     @field_validator("space")
     @classmethod

@@ -75,13 +75,13 @@ def run(
     if sweep is None:
         raise SpecError("sweep: this spec has no sweep section; `gentrain run` trains it")
     spec, _ = plan.resolve(spec)  # train.strategy: auto, once for every trial
+    earlier, told = _read_warm_start(spec)  # before Ray starts: it may name no sweep
     uri = launch.connect(spec, address)
     auto = sweep.concurrency == "auto"
     sweep = sweep.model_copy(update={"concurrency": _concurrency(spec)})
     if on_note and auto:
         trials = "1 trial" if sweep.concurrency == 1 else f"{sweep.concurrency} trials"
         on_note(f"concurrency auto: {trials} at once, as the cluster has room")
-    earlier, told = _read_warm_start(sweep, uri=uri)
     if on_note and sweep.warm_start:
         on_note(
             f"warm start: {len(earlier)} of the {told} trials of {sweep.warm_start} "
@@ -180,10 +180,11 @@ def _concurrency(spec: JobSpec) -> int:
     return max(1, min(trials, slots // train.workers))
 
 
-def _read_warm_start(sweep: SweepSection, *, uri: str) -> tuple[list[warm_start.EarlierTrial], int]:
-    if sweep.warm_start is None:
+def _read_warm_start(spec: JobSpec) -> tuple[list[warm_start.EarlierTrial], int]:
+    if spec.sweep.warm_start is None:
         return [], 0
-    return warm_start.earlier_trials(sweep, uri=uri)
+    uri = tracking.resolve_tracking_uri(spec)
+    return warm_start.earlier_trials(spec.sweep, uri=uri)
 
 
 def _tuner(

@@ -4,11 +4,13 @@ as Optuna trials it did not run; grid and random search skip the configurations 
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gentrain.errors import SpecError
+from gentrain.redact import redact
 from gentrain.spec import SweepSection
-from gentrain.tracking import client_for
+from gentrain.tracking import check_reachable, client_for
 from gentrain.tracking.runs import PARENT, SAMPLED
 
 
@@ -23,8 +25,15 @@ class EarlierTrial:
 def earlier_trials(sweep: SweepSection, *, uri: str) -> tuple[list[EarlierTrial], int]:
     """The earlier sweep's trials that ended (finished, or stopped early) with the sweep metric
     and lie in this sweep's space; and how many trials it had in all."""
+    nowhere = SpecError(
+        f"sweep.warm_start: no sweep's parent run and no experiment named "
+        f"'{sweep.warm_start}' in {redact(uri)}"
+    )
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise nowhere  # no store yet: reading would make one
+    check_reachable(uri)
     client = client_for(uri)
-    runs = _trial_runs(client, sweep.warm_start, uri)
+    runs = _trial_runs(client, sweep.warm_start, nowhere)
     found = []
     for run in runs:
         values = _values_in(sweep.space, run.data.tags)
@@ -49,7 +58,7 @@ def was_run(config: dict[str, Any], earlier: list[EarlierTrial]) -> bool:
     return any(_same(config, trial.values) for trial in earlier)
 
 
-def _trial_runs(client, source: str, uri: str) -> list:
+def _trial_runs(client, source: str, nowhere: SpecError) -> list:
     """The child runs of sweep parent `source`, or of every sweep in experiment `source`."""
     try:
         parent = client.get_run(source)
@@ -60,9 +69,7 @@ def _trial_runs(client, source: str, uri: str) -> list:
         return client.search_runs([parent.info.experiment_id], query, max_results=5000)
     experiment = client.get_experiment_by_name(source)
     if experiment is None:
-        raise SpecError(
-            f"sweep.warm_start: no sweep's parent run and no experiment named '{source}' in {uri}"
-        )
+        raise nowhere
     runs = client.search_runs([experiment.experiment_id], max_results=5000)
     return [run for run in runs if PARENT in run.data.tags]
 
