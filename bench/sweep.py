@@ -76,9 +76,11 @@ def _training_seconds(result, batch: int) -> float:
     )
 
 
-def trial_overhead(workers: int, trials: int) -> tuple[float, float]:
+def trial_overhead(
+    workers: int, trials: int, metrics: list[str] | None = None
+) -> tuple[float, float]:
     """(gentrain seconds beyond training for a sweep of `trials` trials, mean training seconds
-    per trial)"""
+    per trial); `metrics`: the trials' eval.metrics instead of the job's"""
     from gentrain import cluster, sweep
 
     cluster.connect()
@@ -87,6 +89,7 @@ def trial_overhead(workers: int, trials: int) -> tuple[float, float]:
         job = gpt_sweep(
             Path(tmp),
             {"search": "grid", "space": {"optim.lr": {"grid": grid}}},
+            evaluation={"metrics": metrics} if metrics else None,
             workers=workers,
             eval_every=40,
         )
@@ -318,6 +321,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8, help="k: trials per GPT search")
     parser.add_argument("--quick", action="store_true", help="3 seeds, 4 trials")
     parser.add_argument("--json", type=Path, help="also write the figures here (flat JSON)")
+    parser.add_argument(
+        "--eval-metrics",
+        type=lambda text: text.split(","),
+        help="overhead: the trials' eval.metrics (default: the job's, text quality included)",
+    )
+    parser.add_argument("--workers", default="1,2", help="overhead: trials of these workers")
     parts = ("overhead", "branin", "gpt", "asha", "budget")
     parser.add_argument("--parts", default=",".join(parts), help=f"some of {','.join(parts)}")
     args = parser.parse_args()
@@ -330,11 +339,14 @@ def main() -> None:
         print(
             "== trial overhead: seconds each trial adds beyond its training (sweeps of two sizes)"
         )
+        chosen = {int(w) for w in args.workers.split(",")}
         for workers, counts, target in ((1, (4, 8), 3.0), (2, (2, 4), 10.0)):
+            if workers not in chosen:
+                continue
             training = []
 
             def ours(n: int, workers: int = workers, training: list = training) -> float:
-                overhead, seconds = trial_overhead(workers, n)
+                overhead, seconds = trial_overhead(workers, n, args.eval_metrics)
                 training.append(seconds)
                 return overhead
 
