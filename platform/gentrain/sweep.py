@@ -77,37 +77,14 @@ def run(
     spec, _ = plan.resolve(spec)  # train.strategy: auto, once for every trial
     earlier, told = _read_warm_start(spec)  # before Ray starts: it may name no sweep
     uri = launch.connect(spec, address)
-    auto = sweep.concurrency == "auto"
     sweep = sweep.model_copy(update={"concurrency": _concurrency(spec)})
-    if on_note and auto:
-        trials = "1 trial" if sweep.concurrency == 1 else f"{sweep.concurrency} trials"
-        on_note(f"concurrency auto: {trials} at once, as the cluster has room")
-    if on_note and sweep.warm_start:
-        on_note(
-            f"warm start: {len(earlier)} of the {told} trials of {sweep.warm_start} "
-            "ended in this sweep's space"
-        )
+    if on_note:
+        for note in _notes(spec.sweep, concurrency=sweep.concurrency, earlier=earlier, told=told):
+            on_note(note)
     # before anything starts: a warm start may leave nothing to run
     searching = None if resume else _search_for(sweep, spec.train.max_steps, earlier)
     storage = launch.storage_path(spec)
-    if resume:
-        parent_id = tracking.unfinished_sweep_run(spec, uri=uri)
-        if parent_id is None or not tune.Tuner.can_restore(f"{storage}/{parent_id}"):
-            raise SpecError(
-                f"--resume: no unfinished sweep of this spec in experiment '{spec.experiment}' "
-                f"with its Tune state under {storage} (the spec must be unchanged)"
-            )
-        tracking.start_run(spec, uri=uri, resume_run_id=parent_id)
-    else:
-        parent_id = tracking.start_sweep_run(spec, uri=uri, source_tags=source_tags)
-        tracking.save_sweep_view(
-            uri=uri,
-            parent_id=parent_id,
-            name=spec.name,
-            metric=sweep.metric,
-            mode=sweep.mode,
-            params=list(sweep.space),
-        )
+    parent_id = _parent_run(spec, uri=uri, storage=storage, resume=resume, source_tags=source_tags)
     if on_start:
         on_start(parent_id)
     outcomes: dict[str, TrialOutcome] = {}
@@ -157,6 +134,46 @@ def run(
         trials=list(outcomes.values()),
         view=tracking.sweep_view_path(uri=uri, parent_id=parent_id),
     )
+
+
+def _notes(sweep: SweepSection, *, concurrency: int, earlier: list, told: int) -> list[str]:
+    """What the sweep made of `concurrency: auto` and `warm_start`."""
+    notes = []
+    if sweep.concurrency == "auto":
+        trials = "1 trial" if concurrency == 1 else f"{concurrency} trials"
+        notes.append(f"concurrency auto: {trials} at once, as the cluster has room")
+    if sweep.warm_start:
+        notes.append(
+            f"warm start: {len(earlier)} of the {told} trials of {sweep.warm_start} "
+            "ended in this sweep's space"
+        )
+    return notes
+
+
+def _parent_run(
+    spec: JobSpec, *, uri: str, storage: str, resume: bool, source_tags: dict[str, str] | None
+) -> str:
+    """The sweep's parent run: a new one, or (--resume) the unfinished one of this spec."""
+    sweep = spec.sweep
+    if resume:
+        parent_id = tracking.unfinished_sweep_run(spec, uri=uri)
+        if parent_id is None or not tune.Tuner.can_restore(f"{storage}/{parent_id}"):
+            raise SpecError(
+                f"--resume: no unfinished sweep of this spec in experiment '{spec.experiment}' "
+                f"with its Tune state under {storage} (the spec must be unchanged)"
+            )
+        tracking.start_run(spec, uri=uri, resume_run_id=parent_id)
+        return parent_id
+    parent_id = tracking.start_sweep_run(spec, uri=uri, source_tags=source_tags)
+    tracking.save_sweep_view(
+        uri=uri,
+        parent_id=parent_id,
+        name=spec.name,
+        metric=sweep.metric,
+        mode=sweep.mode,
+        params=list(sweep.space),
+    )
+    return parent_id
 
 
 def _close(
