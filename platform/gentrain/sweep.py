@@ -302,8 +302,7 @@ def _search_for(sweep: SweepSection, max_steps: int, earlier: list[warm_start.Ea
             sweep.trials,
         )
     if not earlier:
-        samples = 1 if sweep.search == "grid" else sweep.trials
-        return make_search(sweep), param_space(sweep), samples
+        return make_search(sweep), param_space(sweep), _samples(sweep)
     todo = [c for c in configurations(sweep) if not warm_start.was_run(c, earlier)]
     if not todo:
         raise SpecError(
@@ -320,6 +319,11 @@ def _search_for(sweep: SweepSection, max_steps: int, earlier: list[warm_start.Ea
     return search, space, len(todo)
 
 
+def _samples(sweep: SweepSection) -> int:
+    """Tune's num_samples for a grid or random sweep: a grid is drawn whole, once."""
+    return 1 if sweep.search == "grid" else sweep.trials
+
+
 def configurations(sweep: SweepSection) -> list[dict[str, Any]]:
     """The configurations a grid or random sweep runs, in order: what Tune's variant generator
     draws under the sweep's seed."""
@@ -327,10 +331,9 @@ def configurations(sweep: SweepSection) -> list[dict[str, Any]]:
     from ray.tune.search.variant_generator import generate_variants
 
     rng = _BackwardsCompatibleNumpyRng(sweep.seed)
-    samples = 1 if sweep.search == "grid" else sweep.trials
     return [
         {key: variant["config"][key] for key in sweep.space}
-        for _ in range(samples)
+        for _ in range(_samples(sweep))
         for _, variant in generate_variants({"config": param_space(sweep)}, random_state=rng)
     ]
 
