@@ -4,12 +4,11 @@ no scheduler).
 
     python bench/sweep.py [--seeds N] [--trials K] [--quick] [--json PATH]
 
-Trial overhead: a sweep's wall time minus its training time (the time the trials' optimizer steps
-took, from gentrain's samples_per_sec at every step), measured for sweeps of two sizes and split
-into what each further trial adds and what a sweep pays once (starting Tune, the MLflow store, the
-first trial's imports), for trials of 1 and of 2 workers. Bare Ray Tune runs the same trials of a
-function that only waits out that training time (for 2 workers, in a bare Ray Train run), so its
-figures are Tune's and Ray Train's own.
+Trial overhead: each trial's wall time (its MLflow run, from before its `fit` to after) minus its
+training time (its median optimizer step, from samples_per_sec at every step, times its steps),
+for trials of 1 and of 2 workers, median over the trials of one sweep. Bare Ray Tune runs trials
+of a function that only waits out that training time (for 2 workers, in a bare Ray Train run),
+timed the same way inside the trial, so its figures are Tune's and Ray Train's own.
 Search efficiency: the best value found after k trials, median over seeds, on the Branin function
 (global minimum 0.397887) and on a tiny GPT's held-out perplexity (jobs/gpt_python_docs.yaml,
 debug flavor, learning rate x width); ASHA versus no scheduler at equal total training steps.
@@ -65,22 +64,20 @@ def _children(result) -> list:
     return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
 
 
-def _training_seconds(result, batch: int) -> float:
+def _training_seconds(client, run_id: str, batch: int) -> float:
+    """The time a run's optimizer steps take on their own: its median step (from samples_per_sec,
+    logged every step) times its steps. Steps slowed by work beside them (a thread of rank 0's)
+    count as overhead, not training."""
+    steps = [batch / m.value for m in client.get_metric_history(run_id, "samples_per_sec")]
+    return statistics.median(steps) * len(steps)
+
+
+def trial_overhead(workers: int, trials: int, metrics: list[str] | None = None) -> list[dict]:
+    """Each trial of a gentrain sweep of `trials`: its wall time (its MLflow run's start to end,
+    which spans the whole trial) and its training seconds; `metrics`: the trials' eval.metrics
+    instead of the job's."""
     import mlflow
 
-    client = mlflow.MlflowClient(result.tracking_uri)
-    return sum(
-        batch / m.value
-        for run in _children(result)
-        for m in client.get_metric_history(run.info.run_id, "samples_per_sec")
-    )
-
-
-def trial_overhead(
-    workers: int, trials: int, metrics: list[str] | None = None
-) -> tuple[float, float]:
-    """(gentrain seconds beyond training for a sweep of `trials` trials, mean training seconds
-    per trial); `metrics`: the trials' eval.metrics instead of the job's"""
     from gentrain import cluster, sweep
 
     cluster.connect()
@@ -93,15 +90,20 @@ def trial_overhead(
             workers=workers,
             eval_every=40,
         )
-        start = time.perf_counter()
         result = sweep.run(job)
-        wall = time.perf_counter() - start
-        training = _training_seconds(result, job.data.batch_size)
-    return wall - training, training / trials
+        client = mlflow.MlflowClient(result.tracking_uri)
+        return [
+            {
+                "wall": (run.info.end_time - run.info.start_time) / 1000,
+                "training": _training_seconds(client, run.info.run_id, job.data.batch_size),
+            }
+            for run in _children(result)
+        ]
 
 
-def bare_tune_overhead(workers: int, trials: int, seconds: float) -> float:
-    """Seconds beyond `seconds` of work per trial for a sweep of `trials`, Ray Tune alone."""
+def bare_tune_overhead(workers: int, trials: int, seconds: float) -> list[float]:
+    """Each trial's wall time beyond `seconds` of work, Ray Tune (and for 2 workers Ray Train)
+    alone: timed inside the trial, as gentrain's are."""
     from ray import tune
 
     from gentrain import cluster
@@ -109,36 +111,35 @@ def bare_tune_overhead(workers: int, trials: int, seconds: float) -> float:
     cluster.connect()
     function = _wait_in_train if workers > 1 else _wait
     with tempfile.TemporaryDirectory() as tmp:
+        times = Path(tmp) / "times"
+        times.mkdir()
         tuner = tune.Tuner(
             tune.with_resources(function, {"CPU": 1} if workers == 1 else {"memory": 2**28}),
             param_space={
                 "seconds": seconds,
                 "workers": workers,
+                "times": str(times),
                 "i": tune.grid_search(list(range(trials))),
             },
             tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=1),
             run_config=tune.RunConfig(storage_path=tmp, verbose=0),
         )
-        start = time.perf_counter()
         tuner.fit()
-        wall = time.perf_counter() - start
-    return wall - trials * seconds
-
-
-def per_trial_and_fixed(overhead, counts: tuple[int, int]) -> tuple[float, float]:
-    """Split a sweep's overhead (a function of its trial count) into the cost each further trial
-    adds and the cost paid once per sweep, from sweeps of two sizes."""
-    small, large = counts
-    at_small, at_large = overhead(small), overhead(large)
-    per_trial = (at_large - at_small) / (large - small)
-    return per_trial, at_small - small * per_trial
+        return [float(path.read_text()) - seconds for path in times.iterdir()]
 
 
 def _wait(config: dict) -> None:
     from ray import tune
 
+    start = time.perf_counter()
     time.sleep(config["seconds"])
+    _record(config, time.perf_counter() - start)
     tune.report({"perplexity": 1.0})
+
+
+def _record(config: dict, seconds: float) -> None:
+    if "times" in config:
+        (Path(config["times"]) / str(config["i"])).write_text(str(seconds))
 
 
 def _wait_in_train(config: dict) -> None:
@@ -152,6 +153,7 @@ def _wait_in_train(config: dict) -> None:
         time.sleep(inner["seconds"])
         ray.train.report({"perplexity": 1.0})
 
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         TorchTrainer(
             work,
@@ -159,6 +161,7 @@ def _wait_in_train(config: dict) -> None:
             scaling_config=ScalingConfig(num_workers=config["workers"]),
             run_config=RunConfig(storage_path=tmp, callbacks=[TuneReportCallback()]),
         ).fit()
+    _record(config, time.perf_counter() - start)
 
 
 def branin(x1: float, x2: float) -> float:
@@ -327,6 +330,7 @@ def main() -> None:
         help="overhead: the trials' eval.metrics (default: the job's, text quality included)",
     )
     parser.add_argument("--workers", default="1,2", help="overhead: trials of these workers")
+    parser.add_argument("--overhead-trials", type=int, default=5, help="overhead: trials each")
     parts = ("overhead", "branin", "gpt", "asha", "budget")
     parser.add_argument("--parts", default=",".join(parts), help=f"some of {','.join(parts)}")
     args = parser.parse_args()
@@ -336,35 +340,23 @@ def main() -> None:
     figures: dict[str, float] = {}
 
     if "overhead" in wanted:
-        print(
-            "== trial overhead: seconds each trial adds beyond its training (sweeps of two sizes)"
-        )
+        print("== trial overhead: each trial's wall time beyond its training, timed in the trial")
         chosen = {int(w) for w in args.workers.split(",")}
-        for workers, counts, target in ((1, (4, 8), 3.0), (2, (2, 4), 10.0)):
-            if workers not in chosen:
-                continue
-            training = []
-
-            def ours(n: int, workers: int = workers, training: list = training) -> float:
-                overhead, seconds = trial_overhead(workers, n, args.eval_metrics)
-                training.append(seconds)
-                return overhead
-
-            per_trial, fixed = per_trial_and_fixed(ours, counts)
-            seconds = statistics.mean(training)
-            bare_per_trial, bare_fixed = per_trial_and_fixed(
-                lambda n, workers=workers, seconds=seconds: bare_tune_overhead(workers, n, seconds),
-                counts,
-            )
-            figures[f"overhead.workers_{workers}"] = per_trial
-            figures[f"overhead.fixed.workers_{workers}"] = fixed
-            figures[f"overhead.bare_tune.workers_{workers}"] = bare_per_trial
-            figures[f"overhead.bare_tune.fixed.workers_{workers}"] = bare_fixed
+        for workers in sorted(chosen):
+            ours = trial_overhead(workers, args.overhead_trials, args.eval_metrics)
+            seconds = statistics.median(trial["training"] for trial in ours)
+            gentrain = statistics.median(trial["wall"] - trial["training"] for trial in ours)
+            bare = statistics.median(bare_tune_overhead(workers, args.overhead_trials, seconds))
+            figures[f"overhead.workers_{workers}"] = gentrain
+            figures[f"overhead.bare_tune.workers_{workers}"] = bare
+            figures[f"overhead.added.workers_{workers}"] = gentrain - bare
             print(
-                f"{workers} worker(s): gentrain {per_trial:.2f} s per trial"
-                f" + {fixed:.1f} s per sweep;"
-                f"  bare Ray Tune {bare_per_trial:.2f} s per trial + {bare_fixed:.1f} s per sweep"
-                f"  (training {seconds:.2f} s per trial; target <= {target:.0f} s per trial)"
+                f"{workers} worker(s): gentrain {gentrain:.2f} s per trial, bare Ray Tune"
+                f"{' + Ray Train' if workers > 1 else ''} {bare:.2f} s: gentrain adds"
+                f" {gentrain - bare:.2f} s ({'target <= 2 s; ' if workers > 1 else ''}"
+                f"training {seconds:.2f} s per trial,"
+                f" medians of {args.overhead_trials} trials; per trial"
+                f" {[round(t['wall'] - t['training'], 2) for t in ours]})"
             )
 
     if "branin" in wanted:
