@@ -2,6 +2,8 @@
 the one to pick; through the CLI as a person runs it."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -180,3 +182,17 @@ def test_sizes_read_as_people_write_them():
     for bad in ("", "GiB", "3 apples", "0", "2iB"):
         with pytest.raises(ValueError):
             parse_size(bad)
+
+
+def test_the_launcher_imports_no_pipeline_machinery():
+    """Ray Train's controller imports gentrain.launch for every run (its failure callback), and
+    the launcher imports the plan: torch's pipelining, and with it dynamo, is a second of each
+    run's start that only a pipeline layout needs."""
+    code = (
+        "import sys; import gentrain.launch\n"
+        "print(sorted(m for m in ('torch.distributed.pipelining', 'torch._dynamo') "
+        "if m in sys.modules))"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert shown.stdout.split() == ["[]"]

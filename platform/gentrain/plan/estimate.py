@@ -10,7 +10,6 @@ from typing import Any
 from gentrain.errors import SpecError
 from gentrain.plan.probe import Probe
 from gentrain.spec import JobSpec, trial_spec
-from gentrain.strategies.pipeline import balanced_cuts
 
 FP32 = 4
 # fp32 moments the optimizer keeps per parameter (Adam: m and v)
@@ -276,6 +275,10 @@ def _activations(job: JobSpec, probe: Probe, examples: float) -> float:
 
 def _pipeline(job: JobSpec, probe: Probe, layout: Layout) -> tuple[float, float, float]:
     """The fullest stage's parameters and activations, and the bytes one stage sends a step."""
+    # here, not at the top: the pipeline strategy imports torch's pipelining and with it dynamo
+    # (a second), and every process that imports gentrain.launch would pay for it
+    from gentrain.strategies.pipeline import balanced_cuts
+
     stages, micro = layout.stages, layout.microbatches
     replicas = layout.workers // stages
     examples = job.data.batch_size / (replicas * micro)  # one micro-batch
