@@ -22,7 +22,7 @@ from ray import tune
 from browser import browse, needs_browser, ui_server
 from conftest import GENTRAIN, gentrain, wait_for
 from gentrain import spec as spec_module
-from gentrain import sweep, tracking
+from gentrain import sweep, sweep_search, tracking
 from gentrain.errors import GentrainError, SpecError
 from gentrain.spec import SweepSection
 
@@ -186,11 +186,11 @@ BRANIN = {"x1": {"uniform": [-5, 10]}, "x2": {"uniform": [0, 15]}}
 def _random_configs(seed: int, tmp_path: Path) -> list[tuple[float, float]]:
     """The configs Tune's variant generator makes for a random sweep (no trial needs to run)."""
     section = SweepSection(search="random", trials=4, concurrency=4, seed=seed, space=BRANIN)
-    generator = sweep.make_search(section)
+    generator = sweep_search.make_search(section)
     experiment = tune.Experiment(
         "random",
         lambda config: None,
-        config=sweep.param_space(section),
+        config=sweep_search.param_space(section),
         num_samples=section.trials,
         storage_path=str(tmp_path),
     )
@@ -203,8 +203,8 @@ def _random_configs(seed: int, tmp_path: Path) -> list[tuple[float, float]]:
 
 def _bayesian_configs(seed: int, sampler: str) -> list[tuple[float, float]]:
     section = SweepSection(search="bayesian", sampler=sampler, trials=6, seed=seed, space=BRANIN)
-    searcher = sweep.make_search(section)
-    searcher.set_search_properties("loss", "min", sweep.param_space(section))
+    searcher = sweep_search.make_search(section)
+    searcher.set_search_properties("loss", "min", sweep_search.param_space(section))
     configs = []
     for trial in range(section.trials):
         config = searcher.suggest(str(trial))
@@ -398,8 +398,8 @@ def _runs(client, *, parent: bool = False) -> list:
 def _midway(storage: Path) -> bool:
     """A trial after the first (so one trial is done: they run one at a time) holds its
     checkpoint of step 20 or 30 of 40: it is part way."""
-    for trial in storage.glob("*/_trial_*"):
-        index = int(trial.name.split("_")[3])
+    for trial in storage.glob("*/trial_*"):
+        index = int(trial.name.split("_")[2])
         steps = {int(c.name.removeprefix("checkpoint_")) for c in trial.glob("checkpoint_*")}
         if index >= 1 and max(steps, default=-1) in (1, 2):
             return True

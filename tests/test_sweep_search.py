@@ -12,7 +12,7 @@ import yaml
 from ray import tune
 
 from conftest import gentrain
-from gentrain import sweep
+from gentrain import sweep, sweep_search
 from gentrain.errors import SpecError
 from gentrain.spec import SweepSection
 from gentrain.warm_start import EarlierTrial
@@ -29,8 +29,8 @@ def local_ray():
 
 def _searcher(space: dict, *, earlier=(), **section):
     section = SweepSection(search="bayesian", **{"trials": 6, "space": space, **section})
-    searcher = sweep.make_search(section, max_steps=STEPS, earlier=list(earlier))
-    searcher.set_search_properties("loss", "min", sweep.param_space(section))
+    searcher = sweep_search.make_search(section, max_steps=STEPS, earlier=list(earlier))
+    searcher.set_search_properties("loss", "min", sweep_search.param_space(section))
     return searcher
 
 
@@ -97,12 +97,12 @@ def test_the_configurations_a_sweep_runs_are_those_tunes_generator_draws(search,
     )
     # as many at once as there are: the generator holds back trials beyond its concurrency
     section = SweepSection(search=search, trials=5, seed=3, concurrency=6, space=space)
-    generator = sweep.make_search(section)
+    generator = sweep_search.make_search(section)
     generator.add_configurations(
         tune.Experiment(
             "drawn",
             lambda config: None,
-            config=sweep.param_space(section),
+            config=sweep_search.param_space(section),
             num_samples=1 if search == "grid" else section.trials,
             storage_path=str(tmp_path),
         )
@@ -110,7 +110,7 @@ def test_the_configurations_a_sweep_runs_are_those_tunes_generator_draws(search,
     drawn = []
     while (trial := generator.next_trial()) is not None:
         drawn.append(trial.config)
-    assert sweep.configurations(section) == drawn
+    assert sweep_search.configurations(section) == drawn
     assert len(drawn) == (6 if search == "grid" else 5)
 
 
@@ -131,7 +131,7 @@ def test_a_random_sweep_warm_started_skips_the_configurations_already_run(
     assert notes == [
         f"warm start: 2 of the 2 trials of {first.parent_run_id} ended in this sweep's space"
     ]
-    drawn = sweep.configurations(SweepSection(trials=3, space=space))
+    drawn = sweep_search.configurations(SweepSection(trials=3, space=space))
     assert _ran(first) == drawn[:2]  # under the same seed: the same draws
     assert _ran(second) == drawn[2:]  # the third alone is new
 

@@ -5,19 +5,16 @@ MLflow run holding the sweep and its outcome, one child run per trial."""
 import math
 import os
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
-from ray.tune.search import BasicVariantGenerator, Searcher
 
-from gentrain import cluster, launch, plan, tracking, warm_start
+from gentrain import cluster, launch, plan, sweep_trial, tracking, warm_start
 from gentrain.errors import GentrainError, SpecError, traceback_of
-from gentrain.spec import JobSpec, SweepSection, trial_spec
+from gentrain.spec import JobSpec, SweepSection
+from gentrain.sweep_search import TIME_ATTR, StepBudget, make_scheduler, search_for
 from gentrain.tracking.heartbeat import Heartbeat
 
 TUNE_SETTINGS = {
@@ -35,8 +32,6 @@ AWS_CREDENTIALS = {
     "AWS_SESSION_TOKEN",
 }
 DRIVER_MEMORY = 256 * 1024**2  # reserved by a distributed trial's driving process
-# Schedulers count a trial's progress in evaluations (train.eval_every), reported by every trial.
-TIME_ATTR = "evaluations"
 
 
 @dataclass(frozen=True)
@@ -82,7 +77,7 @@ def run(
         for note in _notes(spec.sweep, concurrency=sweep.concurrency, earlier=earlier, told=told):
             on_note(note)
     # before anything starts: a warm start may leave nothing to run
-    searching = None if resume else _search_for(sweep, spec.train.max_steps, earlier)
+    searching = None if resume else search_for(sweep, spec.train.max_steps, earlier)
     storage = launch.storage_path(spec)
     parent_id = _parent_run(spec, uri=uri, storage=storage, resume=resume, source_tags=source_tags)
     if on_start:
@@ -216,7 +211,7 @@ def _tuner(
     searching: tuple | None,
 ) -> tune.Tuner:
     """The sweep's Tuner; `sweep` is the spec's, its concurrency resolved; `searching` is what
-    `_search_for` made of it (None on resume: Tune restores its searcher)."""
+    `search_for` made of it (None on resume: Tune restores its searcher)."""
     train = spec.train
     base = spec.to_dict()
     del base["sweep"]
@@ -237,7 +232,8 @@ def _tuner(
         if single
         else {"memory": DRIVER_MEMORY}
     )
-    trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup), resources)
+    # Tune names each trial's directory after the function: trial_<id>_<index>_<values>
+    trainable = tune.with_resources(tune.with_parameters(sweep_trial.trial, setup=setup), resources)
     os.environ.update(TUNE_SETTINGS)
     _keep_credentials_out_of_trial_runtime_envs()
     path = f"{storage}/{parent_id}"
@@ -247,7 +243,7 @@ def _tuner(
         name=parent_id,
         storage_path=storage,
         callbacks=[report],
-        stop=_StepBudget(sweep.budget_steps) if sweep.budget_steps else None,
+        stop=StepBudget(sweep.budget_steps) if sweep.budget_steps else None,
         verbose=0,
         failure_config=tune.FailureConfig(max_failures=train.max_failures if single else 0),
         # PBT exploits other trials' checkpoints: none may be deleted under it
@@ -274,120 +270,6 @@ def _tuner(
     )
 
 
-def domain(dist: dict[str, Any]):
-    """A space entry as a Ray Tune domain ({int: [a, b]} includes b)."""
-    ((kind, values),) = dist.items()
-    if kind == "uniform":
-        return tune.uniform(*values)
-    if kind == "loguniform":
-        return tune.loguniform(*values)
-    if kind == "int":
-        return tune.randint(values[0], values[1] + 1)
-    if kind == "choice":
-        return tune.choice(values)
-    return tune.grid_search(values)
-
-
-def param_space(sweep: SweepSection) -> dict[str, Any]:
-    return {key: domain(dist) for key, dist in sweep.space.items()}
-
-
-def _search_for(sweep: SweepSection, max_steps: int, earlier: list[warm_start.EarlierTrial]):
-    """(the search algorithm, Tune's param space, its num_samples) for the sweep; a grid or
-    random sweep warm-started from `earlier` runs its own configurations that `earlier` lacks."""
-    if sweep.search == "bayesian":
-        return (
-            make_search(sweep, max_steps=max_steps, earlier=earlier),
-            param_space(sweep),
-            sweep.trials,
-        )
-    if not earlier:
-        return make_search(sweep), param_space(sweep), _samples(sweep)
-    todo = [c for c in configurations(sweep) if not warm_start.was_run(c, earlier)]
-    if not todo:
-        raise SpecError(
-            f"sweep.warm_start: {sweep.warm_start} ran every configuration of this sweep; "
-            "raise sweep.trials or widen sweep.space"
-        )
-    # the configurations to run, given whole; the space's grids become choices so that they
-    # do not multiply them
-    space = {
-        key: tune.choice(next(iter(d.values()))) if "grid" in d else domain(d)
-        for key, d in sweep.space.items()
-    }
-    search = BasicVariantGenerator(points_to_evaluate=todo, max_concurrent=sweep.concurrency)
-    return search, space, len(todo)
-
-
-def _samples(sweep: SweepSection) -> int:
-    """Tune's num_samples for a grid or random sweep: a grid is drawn whole, once."""
-    return 1 if sweep.search == "grid" else sweep.trials
-
-
-def configurations(sweep: SweepSection) -> list[dict[str, Any]]:
-    """The configurations a grid or random sweep runs, in order: what Tune's variant generator
-    draws under the sweep's seed."""
-    from ray.tune.search.sample import _BackwardsCompatibleNumpyRng
-    from ray.tune.search.variant_generator import generate_variants
-
-    rng = _BackwardsCompatibleNumpyRng(sweep.seed)
-    return [
-        {key: variant["config"][key] for key in sweep.space}
-        for _ in range(_samples(sweep))
-        for _, variant in generate_variants({"config": param_space(sweep)}, random_state=rng)
-    ]
-
-
-def make_search(
-    sweep: SweepSection,
-    *,
-    max_steps: int | None = None,
-    earlier: list[warm_start.EarlierTrial] = (),
-) -> Searcher | BasicVariantGenerator:
-    """Grid and random search: Tune's variant generator (seeded); bayesian: Optuna's TPE or
-    Gaussian-process sampler (seeded), told which trials a scheduler stopped (pruned) and
-    the earlier sweep's trials (sweep.warm_start)."""
-    if sweep.search != "bayesian":
-        return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=sweep.concurrency)
-    from gentrain import bayesian
-
-    return bayesian.search(sweep, max_steps=max_steps, earlier=list(earlier))
-
-
-class _StepBudget(tune.Stopper):
-    """sweep.budget_steps: stops the sweep once its trials' training steps add up to it."""
-
-    def __init__(self, budget: int):
-        self.budget, self.steps = budget, {}
-
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        self.steps[trial_id] = max(self.steps.get(trial_id, 0), result.get("step", 0))
-        return False
-
-    def stop_all(self) -> bool:
-        return sum(self.steps.values()) >= self.budget
-
-
-def make_scheduler(sweep: SweepSection):
-    if sweep.scheduler == "asha":
-        return ASHAScheduler(
-            time_attr=TIME_ATTR,
-            max_t=10**6,  # never the reason to stop: a trial ends at its own max_steps
-            grace_period=sweep.asha.grace_period,
-            reduction_factor=sweep.asha.reduction_factor,
-        )
-    if sweep.scheduler == "pbt":
-        mutations = sweep.pbt.mutations or sweep.space
-        return PopulationBasedTraining(
-            time_attr=TIME_ATTR,
-            perturbation_interval=sweep.pbt.perturbation_interval,
-            quantile_fraction=sweep.pbt.quantile_fraction,
-            hyperparam_mutations={key: _mutation(dist) for key, dist in mutations.items()},
-            require_attrs=False,
-        )
-    return FIFOScheduler()
-
-
 def _keep_credentials_out_of_trial_runtime_envs() -> None:
     """Tune copies the driver's AWS credentials into every trial's runtime_env, which Ray's
     runtime-env agent writes to its log. Trials read them from their node's environment, as
@@ -395,97 +277,6 @@ def _keep_credentials_out_of_trial_runtime_envs() -> None:
     from ray.tune.execution import class_cache
 
     class_cache.ENV_VARS_TO_PROPAGATE = class_cache.ENV_VARS_TO_PROPAGATE - AWS_CREDENTIALS
-
-
-def _mutation(dist: dict[str, Any]):
-    ((kind, values),) = dist.items()
-    return list(values) if kind in ("choice", "grid") else domain(dist)
-
-
-# --- inside a trial ---------------------------------------------------------------------------
-
-
-def _trial(config: dict[str, Any], *, setup: dict[str, Any]) -> None:
-    """One trial: the sampled values on the base spec, validated, trained as a gentrain run."""
-    values = {key: config[key] for key in setup["keys"]}
-    spec = trial_spec(setup["base"], values)
-    uri, trial_id = setup["uri"], tune.get_context().get_trial_id()
-    run_id, finished = tracking.trial_run(
-        spec, uri=uri, parent_id=setup["parent"], trial_id=trial_id, values=values
-    )
-    if finished is not None:  # ended just before the sweep's driver died, after Tune last saved
-        tune.report(finished)
-        return
-    heartbeat = Heartbeat(run_id, uri=uri, owner=cluster.this_process())
-    heartbeat.start()
-    try:
-        if spec.train.workers == 1:
-            from gentrain import trainer
-
-            _single_process_group(spec)
-            config = {
-                "spec": spec.to_dict(),
-                "run_id": run_id,
-                "tracking_uri": uri,
-                "threads": setup["threads"],
-                "checkpoints": tune.get_context().get_trial_dir(),
-            }
-            trainer.train(config, _TrialSession(spec, heartbeat))
-        else:
-            from ray.tune.integration.ray_train import TuneReportCallback
-
-            callbacks = [TuneReportCallback()]
-            launch.fit(spec, run_id=run_id, uri=uri, callbacks=callbacks, heartbeat=heartbeat)
-    except SystemExit:  # a scheduler stopped the trial: the sweep's callback ends its run
-        raise
-    except BaseException as err:
-        reason = launch.failure_reason(err)
-        launch.end_run(run_id, uri=uri, status="FAILED", reason=reason, error=traceback_of(err))
-        raise
-    finally:
-        heartbeat.stop()
-    launch.end_run(run_id, uri=uri, status="FINISHED")
-
-
-class _TrialSession:
-    """A single-worker trial reports to Ray Tune, which keeps its checkpoints and hands back the
-    one to resume from (its own after a restore, a better trial's after a PBT exploit)."""
-
-    rank, world, node, one_node = 0, 1, 0, True  # each trial's run shows its machine
-
-    def __init__(self, spec: JobSpec, heartbeat: Heartbeat):
-        cuda = spec.train.use_gpu and torch.cuda.is_available()
-        self.device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-        self.heartbeat = heartbeat
-
-    def resume_from(self):
-        return tune.get_checkpoint()
-
-    def report(self, metrics: dict[str, float], checkpoint: Path | None = None) -> None:
-        saved = tune.Checkpoint.from_directory(checkpoint) if checkpoint else None
-        tune.report(metrics, checkpoint=saved)
-
-    def beat(self, step: int, slowest_step: float) -> None:
-        self.heartbeat.step = step  # the trial's own process trains it: no watchdog apart
-
-    def working(self) -> AbstractContextManager:
-        return nullcontext()
-
-    def finished(self) -> None:
-        pass
-
-
-def _single_process_group(spec: JobSpec) -> None:
-    """DeepSpeed and pipelines talk through torch.distributed even alone: a group of one."""
-    import torch.distributed as dist
-
-    if spec.train.strategy == "ddp" or dist.is_initialized():
-        return
-    backend = "nccl" if spec.train.use_gpu and torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-    # what a launcher sets, and DeepSpeed's engine reads, besides the process group
-    for name, value in {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1"}.items():
-        os.environ.setdefault(name, value)
 
 
 # --- on the driver ----------------------------------------------------------------------------
