@@ -41,15 +41,22 @@ STALL_TIMEOUT = 10  # seconds
 
 
 def _start(workdir: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [*GENTRAIN, "run", SPEC, *JOB, *args],
-        cwd=workdir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": "", **(env or {})},
-        start_new_session=True,  # its group: the driver and the Ray it starts
-    )
+    """The driver, its output in files: a pipe nobody reads while the test waits could fill and
+    block the driver's next warning (and the watchdog thread that prints it)."""
+    with open(workdir / "driver.out", "w") as out, open(workdir / "driver.err", "w") as err:
+        return subprocess.Popen(
+            [*GENTRAIN, "run", SPEC, *JOB, *args],
+            cwd=workdir,
+            stdout=out,
+            stderr=err,
+            text=True,
+            env={**os.environ, "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": "", **(env or {})},
+            start_new_session=True,  # its group: the driver and the Ray it starts
+        )
+
+
+def _driver_stderr(workdir: Path) -> str:
+    return (workdir / "driver.err").read_text()
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -82,11 +89,15 @@ def _stop_a_worker(workdir: Path, driver: subprocess.Popen) -> tuple[list[int], 
             now = train_workers_of(driver.pid)
             return bool(now) and not set(workers) & set(now)
 
-        wait_for(replaced, 180, "new workers", 0.2)
+        try:
+            wait_for(replaced, 180, "new workers", 0.2)
+        except AssertionError as err:
+            raise AssertionError(f"{err}; the driver said:\n{_driver_stderr(workdir)}") from None
         restarted_after = time.monotonic() - frozen_at
-        _, stderr = driver.communicate(timeout=300)
+        driver.wait(timeout=300)
     finally:
         _kill_group(driver)
+    stderr = _driver_stderr(workdir)
     assert driver.returncode == 0, stderr
     return workers, restarted_after, stderr
 

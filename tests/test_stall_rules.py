@@ -171,3 +171,52 @@ def test_a_stall_the_busy_store_missed_is_recorded_once_the_stalled_workers_are_
         "stall/step_7/rank_0.txt"
     ]
     assert len(warnings) == 1
+
+
+def test_a_kill_that_failed_is_tried_again_until_the_stalled_worker_is_gone():
+    """Ray too busy to run the kill (its call times out): the watchdog tries again, once the
+    worker is seen still alive, and no more once it is gone."""
+    import psutil
+
+    stopped = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    os.kill(stopped.pid, signal.SIGSTOP)
+    worker = WorkerProcess(rank=0, node_id="this node", pid=stopped.pid)
+    kills = []
+
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def kill(workers: list) -> None:
+        kills.append(time.monotonic())
+        if len(kills) == 1:
+            raise TimeoutError("Ray did not run the kill in time")
+        for w in workers:
+            os.kill(w.pid, signal.SIGKILL)
+
+    stalls = []
+    watchdog = stall.Watchdog(
+        0.2,
+        world=1,
+        poll=lambda: ([worker], stall.Beat(stopped.pid, step=3, count=1, slowest_step=0.01)),
+        inspect=lambda workers, stacks: [
+            {"alive": alive(w.pid), "stopped": True, "text": ""} for w in workers
+        ],
+        kill=kill,
+        on_stall=stalls.append,
+        on_step=lambda step: None,
+        interval=0.05,
+        kill_again=0.5,
+    )
+    watchdog.start()
+    try:
+        stopped.wait(timeout=30)
+        time.sleep(1.5)  # rounds in which the dead worker is still listed
+    finally:
+        watchdog.stop()
+        stopped.kill()
+    assert [s.step for s in stalls] == [3]
+    assert len(kills) == 2 and kills[1] - kills[0] >= 0.5, kills
+    assert stopped.returncode == -signal.SIGKILL

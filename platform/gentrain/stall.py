@@ -163,7 +163,8 @@ class Watchdog(threading.Thread):
     limit while every worker is alive, it dumps each worker's stacks (`on_stall`), then leaves
     the collectives their timeout to fail the step; workers still there after that (or at once,
     for one worker: no collective to time out) are killed, and Ray Train restarts them from the
-    last checkpoint (train.max_failures)."""
+    last checkpoint (train.max_failures). A kill that failed (Ray too busy to run it) or left a
+    worker alive is tried again every `kill_again` seconds."""
 
     GRACE = 10.0  # seconds after the collectives' timeout before the workers are killed
 
@@ -178,11 +179,13 @@ class Watchdog(threading.Thread):
         on_stall: Callable[[Stall], None],
         on_step: Callable[[int], None],
         interval: float = 1.0,
+        kill_again: float = 30.0,
     ):
         super().__init__(daemon=True, name="gentrain-watchdog")
         self.setting, self.world = setting, world
         self.poll, self.inspect, self.kill = poll, inspect, kill
         self.on_stall, self.on_step, self.interval = on_stall, on_step, interval
+        self.kill_again = kill_again
         self.stopping = threading.Event()
         self.stall: Stall | None = None  # the latest
         self._stalled_attempt: tuple[int, ...] = ()
@@ -194,7 +197,7 @@ class Watchdog(threading.Thread):
         self._progress_at = time.monotonic()
         self._stalled_at: float | None = None
         self._checked_at = 0.0
-        self._killed = False
+        self._killed_at: float | None = None
 
     def run(self) -> None:
         while not self.stopping.wait(self.interval):
@@ -228,11 +231,17 @@ class Watchdog(threading.Thread):
             if silent > limit and now - self._checked_at > 10:
                 self._checked_at = now
                 self._dump(workers, silent)
-        elif not self._killed and (
-            self.world == 1 or silent > collective_limit(self.setting, slowest) + self.GRACE
-        ):
-            self._killed = True  # the next attempt's workers reset the watch
-            self.kill(workers)
+        elif self.world == 1 or silent > collective_limit(self.setting, slowest) + self.GRACE:
+            self._kill(workers, now)  # the next attempt's workers reset the watch
+
+    def _kill(self, workers: list, now: float) -> None:
+        if self._killed_at is not None:
+            if now - self._killed_at < self.kill_again:
+                return
+            if not any(f["alive"] for f in self.inspect(workers, stacks=False)):
+                return  # killed: Ray Train is starting the next attempt
+        self._killed_at = now
+        self.kill(workers)
 
     def _dump(self, workers: list, silent: float) -> None:
         found = self.inspect(workers, stacks=True)
