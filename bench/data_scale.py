@@ -134,7 +134,7 @@ def prepare(work: Path, source: str, out: Path, cpus: int, modality: str) -> flo
     code = (
         "import ray, time\n"
         "from gentrain.data.prepare import prepare\n"
-        "from gentrain.spec import DataSection\n"
+        "from gentrain.spec_sections import DataSection\n"
         f"ray.init(num_cpus={cpus}, include_dashboard=False, log_to_driver=False)\n"
         "start = time.perf_counter()\n"
         f"done = prepare(DataSection(source={source!r}, {extra}), {str(out)!r})\n"

@@ -49,7 +49,7 @@ def image_references(job) -> dict[str, float]:
     from gentrain.data import load_dataset
     from gentrain.families import get_family
     from gentrain.metrics import ImageQuality, load_feature_extractor
-    from gentrain.spec import default_features
+    from gentrain.spec_sections import default_features
 
     data = load_dataset(job.data)
     extractor = load_feature_extractor(job.eval.features or default_features(job.data.source))

@@ -42,7 +42,7 @@ def gpt_sweep(
     """A sweep of jobs/gpt_python_docs.yaml at the debug flavor, trials of `train`."""
     from gentrain import spec
 
-    raw = spec._read_yaml(REPO / "jobs" / "gpt_python_docs.yaml")
+    raw = spec.read_yaml(REPO / "jobs" / "gpt_python_docs.yaml")
     raw["model"]["flavor"] = "debug"
     raw["data"].update(seq_len=64, batch_size=16)
     raw["train"].update(workers=1, max_steps=40, log_every=1, eval_every=10, checkpoint_every=40)
@@ -179,7 +179,7 @@ def branin_best(search: str, seed: int, k: int, sampler: str = "tpe") -> list[fl
     from ray import tune
 
     from gentrain import sweep_search
-    from gentrain.spec import SweepSection
+    from gentrain.spec_sweep import SweepSection
 
     space = {"x1": {"uniform": [-5, 10]}, "x2": {"uniform": [0, 15]}}
     section = SweepSection(

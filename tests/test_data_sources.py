@@ -24,7 +24,7 @@ from gentrain.data.augment import augment
 from gentrain.data.sources import CorpusSource
 from gentrain.data.text import BPETokenizer, ByteTokenizer, builtin_corpus
 from gentrain.errors import GentrainError, SpecError
-from gentrain.spec import DataSection
+from gentrain.spec_sections import DataSection, source_modality
 from gentrain.storage import filesystem, read_bytes
 
 RNG = np.random.default_rng(0)
@@ -294,7 +294,7 @@ def test_bpe_dataset_from_the_builtin_corpus():
 
 
 def test_builtin_python_docs_is_english_text():
-    assert spec_module.source_modality("builtin:python_docs") == "text"
+    assert source_modality("builtin:python_docs") == "text"
     text = builtin_corpus("python_docs")
     assert len(text) > 100_000
     words = text.lower().split()

@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import gentrain
 from gentrain.data import load_dataset
-from gentrain.spec import DataSection
+from gentrain.spec_sections import DataSection
 
 
 def _images(directory, count: int) -> None:

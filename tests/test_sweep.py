@@ -24,7 +24,7 @@ from conftest import GENTRAIN, gentrain, wait_for
 from gentrain import spec as spec_module
 from gentrain import sweep, sweep_search, tracking
 from gentrain.errors import GentrainError, SpecError
-from gentrain.spec import SweepSection
+from gentrain.spec_sweep import SweepSection
 
 STEPS = 6
 TINY_GPT = {

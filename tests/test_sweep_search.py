@@ -14,7 +14,7 @@ from ray import tune
 from conftest import gentrain
 from gentrain import sweep, sweep_search
 from gentrain.errors import SpecError
-from gentrain.spec import SweepSection
+from gentrain.spec_sweep import SweepSection
 from gentrain.warm_start import EarlierTrial
 from test_sweep import STEPS, _children, _sampled, _spec
 

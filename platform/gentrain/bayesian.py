@@ -7,7 +7,7 @@ import optuna
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
-from gentrain.spec import SweepSection
+from gentrain.spec_sweep import SweepSection
 from gentrain.warm_start import EarlierTrial, was_run
 
 

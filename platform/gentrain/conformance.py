@@ -19,7 +19,7 @@ from gentrain.data import Dataset, load_dataset
 from gentrain.families import FamilySpec, FamilyStep, PipelineUnsupported, run_blocks
 from gentrain.noise import DrawPlan
 from gentrain.optim import build_optimizer
-from gentrain.spec import DecodingSection, OptimSection
+from gentrain.spec_sections import DecodingSection, OptimSection
 from gentrain.strategies import STRATEGIES
 
 BATCH = 32

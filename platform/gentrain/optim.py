@@ -5,7 +5,7 @@ from collections.abc import Iterable
 
 import torch
 
-from gentrain.spec import OptimSection
+from gentrain.spec_sections import OptimSection
 
 
 def build_optimizer(

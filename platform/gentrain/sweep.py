@@ -13,7 +13,8 @@ from ray import tune
 
 from gentrain import cluster, launch, plan, sweep_trial, tracking, warm_start
 from gentrain.errors import GentrainError, SpecError, traceback_of
-from gentrain.spec import JobSpec, SweepSection
+from gentrain.spec import JobSpec
+from gentrain.spec_sweep import SweepSection
 from gentrain.sweep_search import TIME_ATTR, StepBudget, make_scheduler, search_for
 from gentrain.tracking.heartbeat import Heartbeat
 

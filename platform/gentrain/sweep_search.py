@@ -10,7 +10,7 @@ from ray.tune.search import BasicVariantGenerator, Searcher
 
 from gentrain import warm_start
 from gentrain.errors import SpecError
-from gentrain.spec import SweepSection
+from gentrain.spec_sweep import SweepSection
 
 # Schedulers count a trial's progress in evaluations (train.eval_every), reported by every trial.
 TIME_ATTR = "evaluations"

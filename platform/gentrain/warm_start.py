@@ -9,7 +9,7 @@ from typing import Any
 
 from gentrain.errors import SpecError
 from gentrain.redact import redact
-from gentrain.spec import SweepSection
+from gentrain.spec_sweep import SweepSection
 from gentrain.tracking import check_reachable, client_for
 from gentrain.tracking.runs import PARENT, SAMPLED
 

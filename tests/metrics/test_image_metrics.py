@@ -14,7 +14,7 @@ from gentrain.data.digits import load_digits
 from gentrain.errors import GentrainError, SpecError
 from gentrain.metrics import ImageFeatureExtractor, ImageQuality, load_feature_extractor
 from gentrain.metrics import features as features_module
-from gentrain.spec import FEATURE_EXTRACTORS, default_features
+from gentrain.spec_sections import FEATURE_EXTRACTORS, default_features
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 

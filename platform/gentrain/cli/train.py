@@ -38,7 +38,8 @@ def list_components() -> None:
     from typing import get_args
 
     from gentrain.families import all_families
-    from gentrain.spec import BUILTIN_CORPORA, BUILTIN_IMAGES, FEATURE_EXTRACTORS, SweepSection
+    from gentrain.spec_sections import BUILTIN_CORPORA, BUILTIN_IMAGES, FEATURE_EXTRACTORS
+    from gentrain.spec_sweep import SweepSection
     from gentrain.strategies import STRATEGIES
 
     table = Table(title="model families", title_justify="left")

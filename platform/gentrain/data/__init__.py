@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 from gentrain.errors import GentrainError, SpecError
 from gentrain.families import DataInfo
-from gentrain.spec import DataSection
+from gentrain.spec_sections import DataSection
 
 if TYPE_CHECKING:
     import torch

@@ -8,7 +8,7 @@ import hashlib
 import json
 
 from gentrain.data.sources import Source
-from gentrain.spec import DataSection
+from gentrain.spec_sections import DataSection
 
 LISTED_FILES = 10_000  # more files are remembered by digest and count only
 

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from gentrain.data import Data, open_data
 from gentrain.data.prepared import FORMAT, MANIFEST, read_manifest, shard_table
 from gentrain.errors import SpecError
-from gentrain.spec import DataSection
+from gentrain.spec_sections import DataSection
 from gentrain.storage import filesystem
 
 TOKENIZER_FILE = "tokenizer.json"

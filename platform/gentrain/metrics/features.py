@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gentrain.errors import GentrainError, SpecError, first_line
-from gentrain.spec import FEATURE_EXTRACTORS
+from gentrain.spec_sections import FEATURE_EXTRACTORS
 
 CACHE_DIR_ENV = "GENTRAIN_CACHE_DIR"
 INCEPTION_WEIGHTS_ENV = "GENTRAIN_INCEPTION_WEIGHTS"

@@ -12,7 +12,8 @@ from torch import nn
 from gentrain import noise
 from gentrain.families import FamilyStep
 from gentrain.noise import DrawPlan
-from gentrain.spec import JobSpec, TrainSection
+from gentrain.spec import JobSpec
+from gentrain.spec_sections import TrainSection
 
 STRATEGIES = ("ddp", "fsdp", "deepspeed", "pipeline")
 

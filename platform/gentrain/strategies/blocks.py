@@ -4,7 +4,7 @@ and torch.compile compiles, each on its own. They are the blocks a pipeline cuts
 from torch import nn
 
 from gentrain.families import FamilyStep, PipelineUnsupported
-from gentrain.spec import TrainSection
+from gentrain.spec_sections import TrainSection
 
 
 def checkpoint_and_compile(model: nn.Module, units: list[nn.Module], train: TrainSection) -> None:
