@@ -1,7 +1,8 @@
 """The family registry and the interface every model family implements.
 
 A family supplies its networks, the loss of each update phase, sampling and the module to export;
-the platform (trainer.py) owns the loop, optimizers, checkpoints, metrics and reporting.
+the platform (trainer.py, training_loop.py) owns the loop, optimizers, checkpoints, metrics and
+reporting.
 
 Families are the built-in ones, those installed packages offer through the entry-point group
 `gentrain.families`, and the user's own, named `package.module:NAME` (families/user.py).
