@@ -196,14 +196,18 @@ def test_a_kill_that_failed_is_tried_again_until_the_stalled_worker_is_gone():
         for w in workers:
             os.kill(w.pid, signal.SIGKILL)
 
+    looks = []
+
+    def inspect(workers: list, stacks: bool) -> list[dict]:
+        looks.append(stacks)
+        return [{"alive": alive(w.pid), "stopped": True, "text": ""} for w in workers]
+
     stalls = []
     watchdog = stall.Watchdog(
         0.2,
         world=1,
         poll=lambda: ([worker], stall.Beat(stopped.pid, step=3, count=1, slowest_step=0.01)),
-        inspect=lambda workers, stacks: [
-            {"alive": alive(w.pid), "stopped": True, "text": ""} for w in workers
-        ],
+        inspect=inspect,
         kill=kill,
         on_stall=stalls.append,
         on_step=lambda step: None,
@@ -219,4 +223,6 @@ def test_a_kill_that_failed_is_tried_again_until_the_stalled_worker_is_gone():
         stopped.kill()
     assert [s.step for s in stalls] == [3]
     assert len(kills) == 2 and kills[1] - kills[0] >= 0.5, kills
+    # the dump, then a look before the second kill and at most one each 0.5 s after it
+    assert looks[0] is True and 2 <= looks.count(False) <= 5, looks
     assert stopped.returncode == -signal.SIGKILL

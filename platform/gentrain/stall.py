@@ -235,13 +235,13 @@ class Watchdog(threading.Thread):
             self._kill(workers, now)  # the next attempt's workers reset the watch
 
     def _kill(self, workers: list, now: float) -> None:
-        if self._killed_at is not None:
-            if now - self._killed_at < self.kill_again:
-                return
-            if not any(f["alive"] for f in self.inspect(workers, stacks=False)):
-                return  # killed: Ray Train is starting the next attempt
-        self._killed_at = now
-        self.kill(workers)
+        if self._killed_at is not None and now - self._killed_at < self.kill_again:
+            return
+        again, self._killed_at = self._killed_at is not None, now
+        # once killed, Ray Train may take a while to start the next attempt: only a worker
+        # still alive is killed again
+        if not again or any(f["alive"] for f in self.inspect(workers, stacks=False)):
+            self.kill(workers)
 
     def _dump(self, workers: list, silent: float) -> None:
         found = self.inspect(workers, stacks=True)
