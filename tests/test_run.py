@@ -1,6 +1,7 @@
 """A real job end to end: `gentrain run` on an embedded local Ray with 2 DDP workers (gloo), tracked
 in a local MLflow store, checkpointed under storage.path; failure and resume under SIGKILL."""
 
+import contextlib
 import io
 import json
 import os
@@ -367,16 +368,24 @@ def _assert_same_history_as(finished, workdir: Path, run_id: str) -> None:
 def test_resume_after_the_driver_is_killed_continues_the_same_run(new_store, tmp_path, finished):
     new_store(tmp_path)
     driver = _start_driver(tmp_path)
+    workers = []
     try:
         # past step 30's evaluation, most often before step 40's checkpoint: the resumed run
         # replays from step 20, and logs step 30's samples no second time
-        wait_for(lambda: logged_through(tmp_path) >= 35, 300, "step 35, past an evaluation", 0.2)
+        wait_for(lambda: logged_through(tmp_path) >= 35, 300, "step 35, past an evaluation", 0.05)
+        workers = train_workers_of(driver.pid)
+        for worker in workers:  # no step more: a fast run cannot end before its driver dies
+            os.kill(worker, signal.SIGSTOP)
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
         driver.kill()
-    run_id = only_run(tmp_path).info.run_id
-    assert logged_through(tmp_path) < 60, "the driver was killed before the end"
+        for worker in workers:  # stopped, they would not see their Ray go
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGKILL)
+    run = only_run(tmp_path)
+    run_id = run.info.run_id
+    assert run.info.status == "RUNNING", "the driver was killed before the end"
 
     resumed = gentrain("run", SPEC, *SMALL_JOB, *UNSCORED, "--resume", run_id, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr

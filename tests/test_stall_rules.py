@@ -57,6 +57,19 @@ def test_the_pulse_sends_progress_and_beats_alone_only_while_rank_0_works():
     assert len(sent) > during + 3, "beats from the end of training on"
 
 
+def test_the_first_progress_is_sent_at_once():
+    """A worker that hangs within a second of its first step is still watched: its first
+    beat does not wait for the pulse's next round."""
+    sent = []
+    pulse = stall.Pulse(pid=7, every=30.0)
+    pulse.start(sent.append)
+    pulse.beat(1, slowest_step=0.1)
+    deadline = time.monotonic() + 5
+    while not sent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sent == [stall.Beat(7, step=1, count=1, slowest_step=0.1)]
+
+
 @pytest.fixture
 def stopped_trainer(tmp_path):
     """A process whose training thread spins in gentrain/trainer.py, stopped with SIGSTOP."""

@@ -121,13 +121,19 @@ class Pulse:
         self.latest = Beat(pid, step=0, count=0, slowest_step=0.0)
         self.every = every
         self._working = 0
+        # the first progress is told at once: it arms the watchdog, and a worker that hangs
+        # within its first second of training must not go unwatched
+        self._started = threading.Event()
 
     def beat(self, step: int, slowest_step: float) -> None:
         self.latest = Beat(self.latest.pid, step, self.latest.count + 1, slowest_step)
+        if self.latest.count == 1:
+            self._started.set()
 
     @contextmanager
     def working(self) -> Iterator[None]:
         self._working += 1
+        self._started.set()
         try:
             yield
         finally:
@@ -135,19 +141,21 @@ class Pulse:
 
     def finished(self) -> None:
         self._working += 1  # until the process ends: its logs closing, Ray winding it up
+        self._started.set()
 
     def start(self, send: Callable[[Beat], None]) -> None:
         threading.Thread(target=self._send, args=(send,), daemon=True).start()
 
     def _send(self, send: Callable[[Beat], None]) -> None:
         told = self.latest
+        self._started.wait()
         while True:
-            time.sleep(self.every)
             if self._working:
                 self.beat(self.latest.step, self.latest.slowest_step)
             if self.latest != told:
                 told = self.latest
                 send(told)
+            time.sleep(self.every)
 
 
 @dataclass(frozen=True)
